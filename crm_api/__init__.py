@@ -1,0 +1,100 @@
+"""The HTTP API: Flask + flask-smorest over the crm_domain services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+
+from crm_domain.db import Database
+from crm_domain.services import outbox
+from crm_domain.settings import Settings
+
+from . import health
+from .errors import register_error_handlers
+from .extensions import BEARER_SCHEME, ORG_HEADER, ORG_PARAMETER, Api
+from .jwt import init_jwt
+from .resources import MODULES
+
+API_PREFIX = "/api/v1"
+SWAGGER_ASSETS = "/api/v1/docs/assets/"
+
+
+def create_app(settings: Settings | None = None, **config: Any) -> Flask:
+    """Build the WSGI app. `config` overrides Flask config keys (tests use this)."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        JWT_SECRET_KEY=settings.secret_key,
+        BCRYPT_ROUNDS=settings.bcrypt_rounds,
+        OUTBOX_DISPATCH="celery",
+        API_TITLE="CRM API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX=API_PREFIX,
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS,
+        OPENAPI_SWAGGER_UI_CONFIG={"persistAuthorization": True},
+        API_SPEC_OPTIONS={
+            "security": [{BEARER_SCHEME: []}],
+            "info": {
+                "description": (
+                    "Multi-tenant CRM. Authenticate with `Authorization: Bearer <access_token>`"
+                    f" and choose the organization with the `{ORG_HEADER}` header."
+                )
+            },
+        },
+        MAX_CONTENT_LENGTH=1024 * 1024,
+    )
+    app.config.update(config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    app.extensions["crm_db"] = db
+    app.extensions["crm_settings"] = settings
+    _install_outbox_publisher(app, db)
+
+    init_jwt(app, access_minutes=settings.access_token_minutes, refresh_days=settings.refresh_token_days)
+    register_error_handlers(app)
+
+    api = Api(app)
+    api.spec.components.security_scheme(
+        BEARER_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    api.spec.components.parameter(
+        ORG_PARAMETER,
+        "header",
+        {
+            "name": ORG_HEADER,
+            "required": True,
+            "description": "Id of the organization the request acts in",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+    )
+    for module in MODULES:
+        api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.blp.url_prefix}")
+    app.register_blueprint(health.bp)
+
+    @app.route(f"{SWAGGER_ASSETS}<path:filename>")
+    def swagger_assets(filename: str) -> Any:
+        """Swagger UI assets from the installed swagger-ui-bundle (works offline)."""
+        return send_from_directory(str(swagger_ui_path), filename)
+
+    return app
+
+
+def _install_outbox_publisher(app: Flask, db: Database) -> None:
+    mode = app.config["OUTBOX_DISPATCH"]
+    if mode == "inline":
+        from crm_worker.dispatch import inline_publisher
+
+        outbox.set_publisher(inline_publisher(db))
+    elif mode == "celery":
+        from crm_worker.dispatch import celery_publisher
+
+        outbox.set_publisher(celery_publisher)
+    else:
+        outbox.set_publisher(None)

@@ -1,0 +1,210 @@
+"""Project subclasses of flask-smorest's Api and Blueprint, and the request context helpers.
+
+Resource modules import Blueprint from here: it knows how to require a login
+(`login_required`), a tenant (`tenant_required`, which also needs a login), and documents
+both in OpenAPI."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+import flask_smorest
+import marshmallow as ma
+from flask import current_app, g, request
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from sqlalchemy.orm import Session
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import HTTPException
+
+from crm_domain.context import Actor
+from crm_domain.db import Database
+from crm_domain.errors import PreconditionFailed
+from crm_domain.services import organizations
+
+from .errors import error_response, http_exception_response
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ORG_HEADER = "X-Organization-Id"
+ORG_PARAMETER = "OrganizationId"
+BEARER_SCHEME = "bearerAuth"
+
+
+class Parser(FlaskParser):
+    """Request validation failures are 400, never 422."""
+
+    DEFAULT_VALIDATION_STATUS = 400
+
+
+class ErrorBody(ma.Schema):
+    code = ma.fields.String(required=True, metadata={"example": "VALIDATION_ERROR"})
+    message = ma.fields.String(required=True)
+    details = ma.fields.Dict(required=True)
+
+
+class ErrorSchema(ma.Schema):
+    """The unified error body."""
+
+    error = ma.fields.Nested(ErrorBody, required=True)
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        return http_exception_response(error)
+
+
+def _document_access(doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """Blueprint doc callback: security, the tenant header and the auth error responses."""
+    access = doc_info.get("crm_access")
+    responses = doc.setdefault("responses", {})
+    if access == "public":
+        doc["security"] = []
+    if access in ("login", "tenant"):
+        responses.setdefault("401", "UNAUTHORIZED")
+    if access == "tenant":
+        doc.setdefault("parameters", []).append(ORG_PARAMETER)
+        responses.setdefault("400", "BAD_REQUEST")
+        responses.setdefault("403", "FORBIDDEN")
+    return doc
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = Parser()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(_document_access)
+
+    @staticmethod
+    def _mark(func: Any, access: str) -> None:
+        apidoc = getattr(func, "_apidoc", None)
+        if apidoc is None:
+            apidoc = func._apidoc = {}
+        apidoc["crm_access"] = access
+
+    def login_required(self, func: F) -> F:
+        """Require a valid, unrevoked access token."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            verify_jwt_in_request()
+            return func(*args, **kwargs)
+
+        self._mark(wrapper, "login")
+        return cast(F, wrapper)
+
+    def tenant_required(self, func: F) -> F:
+        """Require a login and an X-Organization-Id the user is a member of; sets g.actor."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            verify_jwt_in_request()
+            g.actor = resolve_actor(current_user_id(), request.headers.get(ORG_HEADER))
+            return func(*args, **kwargs)
+
+        self._mark(wrapper, "tenant")
+        return cast(F, wrapper)
+
+    def public(self, func: F) -> F:
+        """Document an operation as needing no token."""
+        self._mark(func, "public")
+        return func
+
+
+def database() -> Database:
+    return cast(Database, current_app.extensions["crm_db"])
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """One database transaction for the request's work."""
+    with database().transaction() as session:
+        yield session
+
+
+def current_user_id() -> int:
+    return int(get_jwt()["sub"])
+
+
+def current_actor() -> Actor:
+    return cast(Actor, g.actor)
+
+
+def resolve_actor(user_id: int, raw_org_id: str | None) -> Actor:
+    """400 for a missing or malformed header, 403 when the user is not a member."""
+    from flask_smorest import abort
+
+    if raw_org_id is None or not raw_org_id.strip():
+        abort(400, code="ORGANIZATION_HEADER_REQUIRED", message=f"The {ORG_HEADER} header is required")
+    value = raw_org_id.strip()
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) < 2**31:
+        abort(
+            400,
+            code="ORGANIZATION_HEADER_INVALID",
+            message=f"The {ORG_HEADER} header must be a positive integer",
+        )
+    org_id = int(value)
+    with transaction() as session:
+        role = organizations.require_role(session, org_id, user_id)
+    return Actor(user_id=user_id, organization_id=org_id, role=role)
+
+
+# --- ETag / If-Match -------------------------------------------------------------------------
+
+
+def etag_of(data: Any) -> str:
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+def _parse_etags(header: str) -> set[str]:
+    tags = set()
+    for part in header.split(","):
+        tag = part.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag:
+            tags.add(tag)
+    return tags
+
+
+def if_match_precondition(schema: Any) -> Callable[[Any], None] | None:
+    """A precondition for the service layer: compare If-Match with the locked row's ETag."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    expected = _parse_etags(header)
+
+    def check(obj: Any) -> None:
+        if "*" in expected:
+            return
+        current = etag_of(schema.dump(obj))
+        if current not in expected:
+            raise PreconditionFailed(
+                "The resource was modified since you read it (ETag mismatch)",
+                code="PRECONDITION_FAILED",
+                details={"current_etag": current},
+            )
+
+    return check
+
+
+def with_etag(obj: Any, schema: Any) -> Any:
+    """Return (obj, headers) with an ETag; answer 304 to a matching If-None-Match."""
+    tag = etag_of(schema.dump(obj))
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and (tag in _parse_etags(if_none_match) or if_none_match.strip() == "*"):
+        from flask import Response
+
+        return Response(status=304, headers={"ETag": tag})
+    return obj, {"ETag": tag}
+
+
+__all__ = ["Api", "Blueprint", "error_response"]

@@ -1,0 +1,44 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/health")
+def health() -> Any:
+    """The process is up."""
+    return jsonify(status="ok")
+
+
+@bp.get("/ready")
+def ready() -> Any:
+    """The database and Redis answer."""
+    checks: dict[str, str] = {}
+    try:
+        with current_app.extensions["crm_db"].engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        client = redis.Redis.from_url(
+            current_app.extensions["crm_settings"].redis_url,
+            socket_connect_timeout=1,
+            socket_timeout=1,
+        )
+        client.ping()
+        client.close()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    response = jsonify(status="ok" if ok else "unavailable", checks=checks)
+    response.status_code = 200 if ok else 503
+    return response

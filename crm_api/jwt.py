@@ -1,0 +1,78 @@
+"""flask-jwt-extended setup: string identities, session-bound tokens, unified 401 errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from flask import Flask, Response
+from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
+
+from crm_domain.services import auth as auth_service
+
+from .errors import error_response
+
+jwt = JWTManager()
+
+
+def issue_tokens(user_id: int, session_id: str) -> tuple[str, str, str]:
+    """Return (access_token, refresh_token, refresh_jti) bound to the login session."""
+    refresh_jti = str(uuid.uuid4())
+    access = create_access_token(identity=str(user_id), additional_claims={"sid": session_id})
+    refresh = create_refresh_token(
+        identity=str(user_id), additional_claims={"sid": session_id, "jti": refresh_jti}
+    )
+    return access, refresh, refresh_jti
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
+def init_jwt(app: Flask, *, access_minutes: int, refresh_days: int) -> None:
+    app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", dt.timedelta(minutes=access_minutes))
+    app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", dt.timedelta(days=refresh_days))
+    app.config.setdefault("JWT_TOKEN_LOCATION", ["headers"])
+    jwt.init_app(app)
+
+    @jwt.token_in_blocklist_loader
+    def _revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        from .extensions import transaction
+
+        sid = payload.get("sid")
+        if not sid:
+            return True
+        with transaction() as session:
+            return not auth_service.is_session_active(session, sid)
+
+    def unauthorized(code: str, message: str) -> Response:
+        return error_response(401, code, message)
+
+    @jwt.unauthorized_loader
+    def _missing(reason: str) -> Response:
+        return unauthorized("UNAUTHORIZED", f"Authentication required: {reason}")
+
+    @jwt.invalid_token_loader
+    def _invalid(reason: str) -> Response:
+        return unauthorized("INVALID_TOKEN", f"Invalid token: {reason}")
+
+    @jwt.expired_token_loader
+    def _expired(_h: dict[str, Any], _p: dict[str, Any]) -> Response:
+        return unauthorized("TOKEN_EXPIRED", "Token has expired")
+
+    @jwt.revoked_token_loader
+    def _revoked_cb(_h: dict[str, Any], _p: dict[str, Any]) -> Response:
+        return unauthorized("TOKEN_REVOKED", "Token has been revoked")
+
+    @jwt.needs_fresh_token_loader
+    def _fresh(_h: dict[str, Any], _p: dict[str, Any]) -> Response:
+        return unauthorized("FRESH_TOKEN_REQUIRED", "A fresh token is required")
+
+    @jwt.user_lookup_error_loader
+    def _lookup(_h: dict[str, Any], _p: dict[str, Any]) -> Response:
+        return unauthorized("UNAUTHORIZED", "User not found")
+
+    @jwt.token_verification_failed_loader
+    def _claims(_h: dict[str, Any], _p: dict[str, Any]) -> Response:
+        return unauthorized("INVALID_TOKEN", "Token claims verification failed")

@@ -1,0 +1,5 @@
+"""HTTP resources, one module per area; MODULES sets the registration (and tag) order."""
+
+from . import activities, analytics, auth, contacts, deals, organizations, tasks
+
+MODULES = (auth, organizations, contacts, deals, tasks, activities, analytics)

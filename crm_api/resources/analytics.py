@@ -1,0 +1,88 @@
+"""Deal analytics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask.views import MethodView
+from marshmallow import fields, validate
+
+from crm_domain.services import analytics as service
+
+from ..extensions import Blueprint, current_actor, transaction
+
+blp = Blueprint(
+    "analytics", __name__, url_prefix="/analytics", description="Deal analytics"
+)
+
+
+class SummaryArgs(ma.Schema):
+    days = fields.Integer(
+        load_default=30,
+        validate=validate.Range(min=1, max=365),
+        metadata={"description": "window for new deals, 1..365"},
+    )
+
+
+class StatusTotals(ma.Schema):
+    count = fields.Integer()
+    total_amount = fields.String(metadata={"example": "1000.00"})
+
+
+def _by_status() -> fields.Dict:
+    return fields.Dict(keys=fields.String(), values=fields.Nested(StatusTotals))
+
+
+class SummarySchema(ma.Schema):
+    by_status = _by_status()
+    total_deals = fields.Integer()
+    avg_won_amount = fields.String(allow_none=True)
+    new_deals_last_n_days = fields.Integer()
+    days = fields.Integer()
+    by_currency = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.Nested(StatusTotals)),
+        metadata={"description": "the by_status figures for each currency"},
+    )
+
+
+class FunnelStage(ma.Schema):
+    stage = fields.String()
+    order = fields.Integer()
+    count = fields.Integer(metadata={"description": "deals in this stage now"})
+    reached = fields.Integer(metadata={"description": "deals in this stage or a later one"})
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
+    conversion_from_previous = fields.Float(allow_none=True)
+
+
+class Conversion(ma.Schema):
+    from_stage = fields.String()
+    to_stage = fields.String()
+    rate_percent = fields.Float()
+
+
+class FunnelSchema(ma.Schema):
+    stages = fields.List(fields.Nested(FunnelStage))
+    conversions = fields.List(fields.Nested(Conversion))
+
+
+@blp.route("/deals/summary")
+class Summary(MethodView):
+    @blp.tenant_required
+    @blp.arguments(SummaryArgs, location="query")
+    @blp.response(200, SummarySchema)
+    def get(self, args: dict[str, Any]) -> Any:
+        """Deal counts and amounts by status, average won amount, new deals in N days"""
+        with transaction() as session:
+            return service.summary(session, current_actor().organization_id, days=args["days"])
+
+
+@blp.route("/deals/funnel")
+class Funnel(MethodView):
+    @blp.tenant_required
+    @blp.response(200, FunnelSchema)
+    def get(self) -> Any:
+        """Deals per stage (by status), deals that reached each stage, stage conversion"""
+        with transaction() as session:
+            return service.funnel(session, current_actor().organization_id)

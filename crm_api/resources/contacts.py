@@ -1,0 +1,103 @@
+"""Contacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from marshmallow import fields, validate
+
+from crm_domain.services import contacts as service
+
+from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of
+
+blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="Contacts")
+
+
+class ContactSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    organization_id = fields.Integer(dump_only=True)
+    owner_id = fields.Integer(dump_only=True)
+    name = fields.String(dump_only=True)
+    email = fields.String(dump_only=True, allow_none=True)
+    phone = fields.String(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+
+
+class ContactCreateSchema(Schema):
+    name = name_field(required=True)
+    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
+    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
+    owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
+
+
+class ContactUpdateSchema(Schema):
+    name = name_field()
+    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
+    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
+    owner_id = id_field()
+
+
+class ContactListArgs(PageArgs):
+    search = Trimmed(validate=validate.Length(max=255), metadata={"description": "in name or email"})
+    owner_id = id_field(metadata={"description": "manager and above only"})
+
+
+schema = ContactSchema()
+
+
+@blp.route("")
+class Contacts(MethodView):
+    @blp.tenant_required
+    @blp.arguments(ContactListArgs, location="query")
+    @blp.response(200, page_of(ContactSchema))
+    def get(self, args: dict[str, Any]) -> Any:
+        """List contacts (newest first), optionally searched by name/email"""
+        page = PageArgs.page_request(args)
+        with transaction() as session:
+            return service.list_contacts(session, current_actor(), page, **args)
+
+    @blp.tenant_required
+    @blp.arguments(ContactCreateSchema)
+    @blp.response(201, ContactSchema)
+    @blp.alt_response(404, description="owner_id is not a member of the organization")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Create a contact (owned by the caller unless owner_id is given)"""
+        with transaction() as session:
+            return service.create_contact(session, current_actor(), **data)
+
+
+@blp.route("/<int:contact_id>")
+class ContactById(MethodView):
+    @blp.tenant_required
+    @blp.response(200, ContactSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.alt_response(404, description="Not found in this organization")
+    def get(self, contact_id: int) -> Any:
+        """Get a contact (with an ETag for If-Match)"""
+        with transaction() as session:
+            return with_etag(service.get_contact(session, current_actor(), contact_id), schema)
+
+    @blp.tenant_required
+    @blp.arguments(ContactUpdateSchema)
+    @blp.response(200, ContactSchema)
+    @blp.alt_response(404, description="Not found in this organization")
+    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    def patch(self, data: dict[str, Any], contact_id: int) -> Any:
+        """Update a contact; members may update only their own"""
+        with transaction() as session:
+            contact = service.update_contact(
+                session, current_actor(), contact_id, data, if_match_precondition(schema)
+            )
+            return with_etag(contact, schema)
+
+    @blp.tenant_required
+    @blp.response(204)
+    @blp.alt_response(404, description="Not found in this organization")
+    @blp.alt_response(409, description="The contact has deals")
+    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    def delete(self, contact_id: int) -> None:
+        """Delete a contact that has no deals; members may delete only their own"""
+        with transaction() as session:
+            service.delete_contact(session, current_actor(), contact_id, if_match_precondition(schema))

@@ -1,0 +1,145 @@
+"""Deals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
+
+from crm_domain.enums import DealStage, DealStatus
+from crm_domain.services import deals as service
+
+from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from ..schemas import PageArgs, Schema, amount_field, id_field, name_field, page_of
+
+blp = Blueprint("deals", __name__, url_prefix="/deals", description="Deals")
+
+currency_field = fields.String(
+    validate=validate.Regexp(r"^[A-Z]{3}$", error="Must be a 3-letter ISO 4217 code."),
+    metadata={"example": "EUR"},
+)
+
+
+class DealSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    organization_id = fields.Integer(dump_only=True)
+    contact_id = fields.Integer(dump_only=True)
+    owner_id = fields.Integer(dump_only=True)
+    title = fields.String(dump_only=True)
+    amount = amount_field(dump_only=True)
+    currency = fields.String(dump_only=True)
+    status = fields.Enum(DealStatus, by_value=True, dump_only=True)
+    stage = fields.Enum(DealStage, by_value=True, dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+
+
+class _UpperCurrency(Schema):
+    @pre_load
+    def upper_currency(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("currency"), str):
+            return {**data, "currency": data["currency"].strip().upper()}
+        return data
+
+
+class DealCreateSchema(_UpperCurrency):
+    contact_id = id_field(required=True)
+    title = name_field(required=True)
+    amount = amount_field(load_default=None)
+    currency = currency_field
+    owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
+
+
+class DealUpdateSchema(_UpperCurrency):
+    title = name_field()
+    amount = amount_field()
+    currency = currency_field
+    status = fields.Enum(DealStatus, by_value=True)
+    stage = fields.Enum(DealStage, by_value=True)
+    owner_id = id_field()
+    contact_id = id_field()
+
+
+class DealListArgs(PageArgs):
+    status = fields.List(
+        fields.Enum(DealStatus, by_value=True),
+        metadata={"description": "repeatable: status=new&status=in_progress"},
+    )
+    stage = fields.Enum(DealStage, by_value=True)
+    min_amount = amount_field()
+    max_amount = amount_field()
+    owner_id = id_field(metadata={"description": "manager and above only"})
+    order_by = fields.String(
+        load_default="created_at", validate=validate.OneOf(sorted(service.ORDERABLE))
+    )
+    order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))
+
+    @validates_schema
+    def amounts_in_order(self, data: dict[str, Any], **_: Any) -> None:
+        low, high = data.get("min_amount"), data.get("max_amount")
+        if low is not None and high is not None and low > high:
+            raise ValidationError("min_amount must not exceed max_amount", "min_amount")
+
+
+schema = DealSchema()
+
+
+@blp.route("")
+class Deals(MethodView):
+    @blp.tenant_required
+    @blp.arguments(DealListArgs, location="query")
+    @blp.response(200, page_of(DealSchema))
+    def get(self, args: dict[str, Any]) -> Any:
+        """List deals with filters and sorting (newest first by default)"""
+        page = PageArgs.page_request(args)
+        args["statuses"] = args.pop("status", ())
+        with transaction() as session:
+            return service.list_deals(session, current_actor(), page, **args)
+
+    @blp.tenant_required
+    @blp.arguments(DealCreateSchema)
+    @blp.response(201, DealSchema)
+    @blp.alt_response(404, description="Contact (or owner) not found in this organization")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Create a deal (status new, stage qualification)"""
+        data = {k: v for k, v in data.items() if v is not None}
+        with transaction() as session:
+            return service.create_deal(session, current_actor(), **data)
+
+
+@blp.route("/<int:deal_id>")
+class DealById(MethodView):
+    @blp.tenant_required
+    @blp.response(200, DealSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.alt_response(404, description="Not found in this organization")
+    def get(self, deal_id: int) -> Any:
+        """Get a deal (with an ETag for If-Match)"""
+        with transaction() as session:
+            return with_etag(service.get_deal(session, current_actor(), deal_id), schema)
+
+    @blp.tenant_required
+    @blp.arguments(DealUpdateSchema)
+    @blp.response(200, DealSchema)
+    @blp.alt_response(404, description="Not found in this organization")
+    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    def patch(self, data: dict[str, Any], deal_id: int) -> Any:
+        """Partially update a deal.
+
+        Won needs an amount > 0 (400). Rolling the stage back needs owner/admin (403).
+        Members may change only their own deals. Status and stage changes are written to
+        the deal's timeline."""
+        with transaction() as session:
+            deal = service.update_deal(
+                session, current_actor(), deal_id, data, if_match_precondition(schema)
+            )
+            return with_etag(deal, schema)
+
+    @blp.tenant_required
+    @blp.response(204)
+    @blp.alt_response(404, description="Not found in this organization")
+    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    def delete(self, deal_id: int) -> None:
+        """Delete a deal with its tasks and timeline"""
+        with transaction() as session:
+            service.delete_deal(session, current_actor(), deal_id, if_match_precondition(schema))

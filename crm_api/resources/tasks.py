@@ -1,0 +1,114 @@
+"""Tasks on deals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from crm_domain.services import tasks as service
+
+from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of
+
+blp = Blueprint("tasks", __name__, url_prefix="/tasks", description="Tasks on deals")
+
+description_field = Trimmed(allow_none=True, validate=validate.Length(max=10_000))
+
+
+class TaskSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    organization_id = fields.Integer(dump_only=True)
+    deal_id = fields.Integer(dump_only=True)
+    title = fields.String(dump_only=True)
+    description = fields.String(dump_only=True, allow_none=True)
+    due_date = fields.Date(dump_only=True)
+    is_done = fields.Boolean(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+
+
+class TaskCreateSchema(Schema):
+    deal_id = id_field(required=True)
+    title = name_field(required=True)
+    description = description_field
+    due_date = fields.Date(required=True, metadata={"description": "today (UTC) or later"})
+
+
+class TaskUpdateSchema(Schema):
+    title = name_field()
+    description = description_field
+    due_date = fields.Date(metadata={"description": "today (UTC) or later"})
+    is_done = fields.Boolean()
+
+
+class TaskListArgs(PageArgs):
+    deal_id = id_field()
+    only_open = fields.Boolean(load_default=False)
+    due_before = fields.Date(metadata={"description": "inclusive"})
+    due_after = fields.Date(metadata={"description": "inclusive"})
+
+    @validates_schema
+    def window_in_order(self, data: dict[str, Any], **_: Any) -> None:
+        after, before = data.get("due_after"), data.get("due_before")
+        if after is not None and before is not None and after > before:
+            raise ValidationError("due_after must not be later than due_before", "due_after")
+
+
+schema = TaskSchema()
+
+
+@blp.route("")
+class Tasks(MethodView):
+    @blp.tenant_required
+    @blp.arguments(TaskListArgs, location="query")
+    @blp.response(200, page_of(TaskSchema))
+    @blp.alt_response(404, description="deal_id not found in this organization")
+    def get(self, args: dict[str, Any]) -> Any:
+        """List tasks of the organization's deals, soonest due first"""
+        page = PageArgs.page_request(args)
+        with transaction() as session:
+            return service.list_tasks(session, current_actor(), page, **args)
+
+    @blp.tenant_required
+    @blp.arguments(TaskCreateSchema)
+    @blp.response(201, TaskSchema)
+    @blp.alt_response(404, description="Deal not found in this organization")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Create a task on a deal (members: only on their own deals); due_date >= today UTC"""
+        with transaction() as session:
+            return service.create_task(session, current_actor(), **data)
+
+
+@blp.route("/<int:task_id>")
+class TaskById(MethodView):
+    @blp.tenant_required
+    @blp.response(200, TaskSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.alt_response(404, description="Not found in this organization")
+    def get(self, task_id: int) -> Any:
+        """Get a task (with an ETag for If-Match)"""
+        with transaction() as session:
+            return with_etag(service.get_task(session, current_actor(), task_id), schema)
+
+    @blp.tenant_required
+    @blp.arguments(TaskUpdateSchema)
+    @blp.response(200, TaskSchema)
+    @blp.alt_response(404, description="Not found in this organization")
+    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    def patch(self, data: dict[str, Any], task_id: int) -> Any:
+        """Update a task (e.g. mark it done); members: only tasks on their own deals"""
+        with transaction() as session:
+            task = service.update_task(
+                session, current_actor(), task_id, data, if_match_precondition(schema)
+            )
+            return with_etag(task, schema)
+
+    @blp.tenant_required
+    @blp.response(204)
+    @blp.alt_response(404, description="Not found in this organization")
+    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    def delete(self, task_id: int) -> None:
+        """Delete a task; members: only tasks on their own deals"""
+        with transaction() as session:
+            service.delete_task(session, current_actor(), task_id, if_match_precondition(schema))

@@ -1,0 +1,81 @@
+"""Shared marshmallow schemas and fields."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from crm_domain.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageRequest
+
+MAX_AMOUNT = Decimal("9999999999.99")  # NUMERIC(12, 2)
+MAX_ID = 2**31 - 1
+
+
+class Schema(ma.Schema):
+    """Base schema: unknown body fields are an error (clients learn of typos)."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class Trimmed(fields.String):
+    """A string with surrounding white space removed; blank counts as missing when required."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        return result.strip()
+
+
+def name_field(max_len: int = 255, **kwargs: Any) -> Trimmed:
+    return Trimmed(validate=validate.Length(min=1, max=max_len), **kwargs)
+
+
+def id_field(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
+
+
+def amount_field(**kwargs: Any) -> fields.Decimal:
+    return fields.Decimal(
+        places=2,
+        as_string=True,
+        validate=validate.Range(min=Decimal(0), max=MAX_AMOUNT),
+        metadata={"example": "10000.00"},
+        **kwargs,
+    )
+
+
+class PageArgs(ma.Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    page_size = fields.Integer(
+        load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE)
+    )
+
+    @staticmethod
+    def page_request(args: dict[str, Any]) -> PageRequest:
+        return PageRequest(page=args.pop("page"), page_size=args.pop("page_size"))
+
+
+_PAGE_SCHEMAS: dict[str, type[ma.Schema]] = {}
+
+
+def page_of(item: type[ma.Schema]) -> type[ma.Schema]:
+    """The pagination envelope {items, total, page, page_size, pages} around `item`."""
+    name = item.__name__.removesuffix("Schema") + "PageSchema"
+    if name not in _PAGE_SCHEMAS:
+        _PAGE_SCHEMAS[name] = type(
+            name,
+            (ma.Schema,),
+            {
+                "items": fields.List(fields.Nested(item), required=True),
+                "total": fields.Integer(required=True),
+                "page": fields.Integer(required=True),
+                "page_size": fields.Integer(required=True),
+                "pages": fields.Integer(required=True),
+            },
+        )
+    return _PAGE_SCHEMAS[name]
+
+

@@ -1,0 +1,1 @@
+"""CRM domain: models, business rules and services. Knows nothing of Flask or Celery."""

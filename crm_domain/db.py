@@ -1,0 +1,69 @@
+"""Engine, session factory and declarative base."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Database:
+    """One engine and session factory per process (recreate after fork with `dispose`)."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._factory: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = create_engine(
+                        self.url,
+                        pool_size=self.pool_size,
+                        max_overflow=self.pool_size,
+                        pool_pre_ping=True,
+                        pool_timeout=10,
+                        connect_args={"connect_timeout": 5},
+                    )
+                    self._factory = sessionmaker(self._engine, expire_on_commit=False)
+        return self._engine
+
+    def new_session(self) -> Session:
+        _ = self.engine
+        assert self._factory is not None
+        return self._factory()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        session = self.new_session()
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        """Drop pooled connections (call in a child process after fork)."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)

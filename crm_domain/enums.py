@@ -1,0 +1,43 @@
+"""Enumerations shared by the domain, the API and the workers."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MANAGER = "manager"
+    MEMBER = "member"
+
+
+class DealStatus(enum.StrEnum):
+    NEW = "new"
+    IN_PROGRESS = "in_progress"
+    WON = "won"
+    LOST = "lost"
+
+
+class DealStage(enum.StrEnum):
+    QUALIFICATION = "qualification"
+    PROPOSAL = "proposal"
+    NEGOTIATION = "negotiation"
+    CLOSED = "closed"
+
+    @property
+    def order(self) -> int:
+        """1-based position of the stage in the funnel."""
+        return STAGE_ORDER.index(self) + 1
+
+
+STAGE_ORDER: tuple[DealStage, ...] = tuple(DealStage)
+
+
+class ActivityType(enum.StrEnum):
+    COMMENT = "comment"
+    STATUS_CHANGED = "status_changed"
+    STAGE_CHANGED = "stage_changed"
+    TASK_CREATED = "task_created"
+    TASK_REMINDER = "task_reminder"
+    SYSTEM = "system"

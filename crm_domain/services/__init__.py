@@ -1,0 +1,1 @@
+"""Domain services: take a Session and plain values, never commit."""

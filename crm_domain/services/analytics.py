@@ -1,0 +1,113 @@
+"""Deal analytics: summary by status and the stage funnel (SPEC-RESEARCH §5)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..enums import STAGE_ORDER, DealStage, DealStatus
+from ..models import Deal
+
+CENT = Decimal("0.01")
+
+
+def _money(value: Decimal | int | None) -> str:
+    return str(Decimal(value or 0).quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def summary(
+    session: Session, organization_id: int, *, days: int = 30, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """Counts and sums per status (all statuses, zero-filled), the average won amount
+    (null when nothing is won), deals created in the last `days` days (any status), and
+    the same sums split by currency."""
+    now = now or dt.datetime.now(dt.UTC)
+    rows = session.execute(
+        select(Deal.status, Deal.currency, func.count(), func.coalesce(func.sum(Deal.amount), 0))
+        .where(Deal.organization_id == organization_id)
+        .group_by(Deal.status, Deal.currency)
+    ).all()
+    by_status = {s.value: {"count": 0, "total_amount": Decimal(0)} for s in DealStatus}
+    by_currency: dict[str, dict[str, dict[str, Any]]] = {}
+    for status, currency, count, total in rows:
+        by_status[status.value]["count"] += count
+        by_status[status.value]["total_amount"] += total
+        cur = by_currency.setdefault(
+            currency, {s.value: {"count": 0, "total_amount": Decimal(0)} for s in DealStatus}
+        )
+        cur[status.value] = {"count": count, "total_amount": total}
+    avg_won = session.scalar(
+        select(func.avg(Deal.amount)).where(
+            Deal.organization_id == organization_id, Deal.status == DealStatus.WON
+        )
+    )
+    new_deals = session.scalar(
+        select(func.count()).where(
+            Deal.organization_id == organization_id,
+            Deal.created_at >= now - dt.timedelta(days=days),
+        )
+    )
+
+    def fmt(block: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {k: {"count": v["count"], "total_amount": _money(v["total_amount"])} for k, v in block.items()}
+
+    return {
+        "by_status": fmt(by_status),
+        "total_deals": sum(v["count"] for v in by_status.values()),
+        "avg_won_amount": None if avg_won is None else _money(avg_won),
+        "new_deals_last_n_days": new_deals or 0,
+        "days": days,
+        "by_currency": {cur: fmt(block) for cur, block in sorted(by_currency.items())},
+    }
+
+
+def conversion(reached_prev: int, reached_here: int) -> float:
+    """Percent of deals that reached the previous stage and also reached this one."""
+    if reached_prev == 0:
+        return 0.0
+    return round(reached_here * 100.0 / reached_prev, 2)
+
+
+def funnel_from_counts(counts: dict[tuple[DealStage, DealStatus], int]) -> dict[str, Any]:
+    """Build the funnel from snapshot counts per (stage, status).
+
+    `count` is how many deals sit in a stage now; `reached` counts deals in that stage or a
+    later one (a deal in `closed` passed through every stage before it)."""
+    per_stage = {
+        stage: {status.value: counts.get((stage, status), 0) for status in DealStatus}
+        for stage in STAGE_ORDER
+    }
+    totals = [sum(per_stage[s].values()) for s in STAGE_ORDER]
+    reached = [sum(totals[i:]) for i in range(len(STAGE_ORDER))]
+    stages: list[dict[str, Any]] = []
+    conversions: list[dict[str, Any]] = []
+    for i, stage in enumerate(STAGE_ORDER):
+        rate = None if i == 0 else conversion(reached[i - 1], reached[i])
+        stages.append(
+            {
+                "stage": stage.value,
+                "order": stage.order,
+                "count": totals[i],
+                "reached": reached[i],
+                "by_status": per_stage[stage],
+                "conversion_from_previous": rate,
+            }
+        )
+        if i > 0:
+            conversions.append(
+                {"from_stage": STAGE_ORDER[i - 1].value, "to_stage": stage.value, "rate_percent": rate}
+            )
+    return {"stages": stages, "conversions": conversions}
+
+
+def funnel(session: Session, organization_id: int) -> dict[str, Any]:
+    rows = session.execute(
+        select(Deal.stage, Deal.status, func.count())
+        .where(Deal.organization_id == organization_id)
+        .group_by(Deal.stage, Deal.status)
+    ).all()
+    return funnel_from_counts({(stage, status): n for stage, status, n in rows})

@@ -1,0 +1,140 @@
+"""Users, passwords and login sessions (refresh-token families)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import bcrypt
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..enums import Role
+from ..errors import Conflict, Unauthorized, ValidationFailed
+from ..models import AuthSession, Organization, OrganizationMember, User
+
+MIN_PASSWORD_BYTES = 8
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 refuses longer input
+# A real hash to compare against when the email is unknown, so timing does not tell.
+_DUMMY_HASH = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(4))
+
+
+class TokenReused(Unauthorized):
+    """A refresh token older than the family's current one was presented."""
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def check_password_length(password: str) -> None:
+    size = len(password.encode("utf-8"))
+    if not MIN_PASSWORD_BYTES <= size <= MAX_PASSWORD_BYTES:
+        raise ValidationFailed(
+            f"Password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes long",
+            code="VALIDATION_ERROR",
+            details={"errors": {"password": ["Must be 8 to 72 bytes long."]}},
+        )
+
+
+def hash_password(password: str, rounds: int = 12) -> str:
+    check_password_length(password)
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds)).decode("ascii")
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    raw = password.encode("utf-8")
+    if len(raw) > MAX_PASSWORD_BYTES:
+        return False
+    return bcrypt.checkpw(raw, hashed.encode("ascii"))
+
+
+def register(
+    session: Session,
+    *,
+    email: str,
+    password: str,
+    name: str,
+    organization_name: str,
+    rounds: int = 12,
+) -> tuple[User, Organization]:
+    """Create a user, their first organization, and make them its owner."""
+    email = normalize_email(email)
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict("A user with this email already exists", code="EMAIL_ALREADY_EXISTS")
+    user = User(email=email, hashed_password=hash_password(password, rounds), name=name)
+    org = Organization(name=organization_name)
+    session.add_all([user, org])
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:  # a concurrent registration won the race
+        raise Conflict(
+            "A user with this email already exists", code="EMAIL_ALREADY_EXISTS"
+        ) from exc
+    session.add(OrganizationMember(organization_id=org.id, user_id=user.id, role=Role.OWNER))
+    session.flush()
+    return user, org
+
+
+def authenticate(session: Session, *, email: str, password: str) -> User:
+    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None:
+        bcrypt.checkpw(b"timing-equalizer", _DUMMY_HASH)
+        raise Unauthorized("Invalid email or password", code="INVALID_CREDENTIALS")
+    if not verify_password(password, user.hashed_password):
+        raise Unauthorized("Invalid email or password", code="INVALID_CREDENTIALS")
+    return user
+
+
+def get_user(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def start_session(
+    session: Session, *, session_id: str, user_id: int, refresh_jti: str, lifetime: dt.timedelta
+) -> AuthSession:
+    auth = AuthSession(
+        id=session_id,
+        user_id=user_id,
+        current_jti=refresh_jti,
+        expires_at=dt.datetime.now(dt.UTC) + lifetime,
+    )
+    session.add(auth)
+    session.flush()
+    return auth
+
+
+def rotate_session(session: Session, *, session_id: str, presented_jti: str, new_jti: str) -> AuthSession:
+    """Accept a refresh token only if it is the family's current one. A reused (older) token
+    raises TokenReused; the caller then revokes the family with `revoke_session`."""
+    auth = session.scalar(
+        select(AuthSession).where(AuthSession.id == session_id).with_for_update()
+    )
+    if auth is None or auth.revoked_at is not None:
+        raise Unauthorized("Refresh token has been revoked", code="TOKEN_REVOKED")
+    if auth.expires_at <= dt.datetime.now(dt.UTC):
+        raise Unauthorized("Refresh token has expired", code="TOKEN_EXPIRED")
+    if auth.current_jti != presented_jti:
+        # The caller must revoke the family in a transaction of its own (this one rolls back).
+        raise TokenReused(
+            "Refresh token was already used; the session has been revoked",
+            code="TOKEN_REUSED",
+        )
+    auth.current_jti = new_jti
+    return auth
+
+
+def revoke_session(session: Session, session_id: str, reason: str = "logout") -> None:
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=dt.datetime.now(dt.UTC), revoked_reason=reason)
+    )
+
+
+def is_session_active(session: Session, session_id: str) -> bool:
+    revoked = session.execute(
+        select(AuthSession.revoked_at).where(AuthSession.id == session_id)
+    ).first()
+    return revoked is not None and revoked[0] is None

@@ -1,0 +1,103 @@
+"""Contacts of an organization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import Session
+
+from .. import rules
+from ..context import Actor
+from ..errors import Conflict
+from ..models import Contact, Deal
+from ..pagination import Page, PageRequest, paginate
+from . import organizations
+from ._common import Precondition, apply_changes, get_in_org
+
+
+def list_contacts(
+    session: Session,
+    actor: Actor,
+    request: PageRequest,
+    *,
+    search: str | None = None,
+    owner_id: int | None = None,
+) -> Page[Contact]:
+    stmt = select(Contact).where(Contact.organization_id == actor.organization_id)
+    if owner_id is not None:
+        rules.ensure_can_filter_by_owner(actor.role)
+        stmt = stmt.where(Contact.owner_id == owner_id)
+    if search:
+        stmt = stmt.where(
+            or_(
+                Contact.name.icontains(search, autoescape=True),
+                Contact.email.icontains(search, autoescape=True),
+            )
+        )
+    return paginate(session, stmt.order_by(Contact.id.desc()), request)
+
+
+def get_contact(session: Session, actor: Actor, contact_id: int, *, for_update: bool = False) -> Contact:
+    return get_in_org(
+        session, Contact, actor.organization_id, contact_id, name="contact", for_update=for_update
+    )
+
+
+def create_contact(
+    session: Session,
+    actor: Actor,
+    *,
+    name: str,
+    email: str | None = None,
+    phone: str | None = None,
+    owner_id: int | None = None,
+) -> Contact:
+    owner = actor.user_id if owner_id is None else owner_id
+    rules.ensure_can_assign_owner(actor.role, new_owner_id=owner, user_id=actor.user_id)
+    if owner != actor.user_id:
+        organizations.ensure_member(session, actor.organization_id, owner)
+    contact = Contact(
+        organization_id=actor.organization_id, owner_id=owner, name=name, email=email, phone=phone
+    )
+    session.add(contact)
+    session.flush()
+    return contact
+
+
+def update_contact(
+    session: Session,
+    actor: Actor,
+    contact_id: int,
+    changes: dict[str, Any],
+    precondition: Precondition | None = None,
+) -> Contact:
+    contact = get_contact(session, actor, contact_id, for_update=True)
+    rules.ensure_can_modify(actor.role, owner_id=contact.owner_id, user_id=actor.user_id, what="contacts")
+    if precondition:
+        precondition(contact)
+    new_owner = changes.get("owner_id")
+    if new_owner is not None and new_owner != contact.owner_id:
+        rules.ensure_can_assign_owner(actor.role, new_owner_id=new_owner, user_id=actor.user_id)
+        organizations.ensure_member(session, actor.organization_id, new_owner)
+    if apply_changes(contact, changes):
+        session.flush()
+        session.refresh(contact)
+    return contact
+
+
+def delete_contact(
+    session: Session, actor: Actor, contact_id: int, precondition: Precondition | None = None
+) -> None:
+    contact = get_contact(session, actor, contact_id, for_update=True)
+    rules.ensure_can_modify(actor.role, owner_id=contact.owner_id, user_id=actor.user_id, what="contacts")
+    if precondition:
+        precondition(contact)
+    if session.scalar(select(exists().where(Deal.contact_id == contact.id))):
+        raise Conflict(
+            "Cannot delete a contact with existing deals",
+            code="CONTACT_HAS_DEALS",
+            details={"contact_id": contact.id},
+        )
+    session.delete(contact)
+    session.flush()

@@ -1,0 +1,154 @@
+"""Deals: creation, listing with filters, updates with the stage/status rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import rules
+from ..context import Actor
+from ..enums import ActivityType, DealStage, DealStatus
+from ..models import Deal
+from ..pagination import Page, PageRequest, paginate
+from . import contacts, organizations, outbox
+from ._common import Precondition, apply_changes, get_in_org
+
+ORDERABLE = {"created_at": Deal.created_at, "amount": Deal.amount, "updated_at": Deal.updated_at}
+
+
+def list_deals(
+    session: Session,
+    actor: Actor,
+    request: PageRequest,
+    *,
+    statuses: Sequence[DealStatus] = (),
+    stage: DealStage | None = None,
+    min_amount: Decimal | None = None,
+    max_amount: Decimal | None = None,
+    owner_id: int | None = None,
+    order_by: str = "created_at",
+    order: str = "desc",
+) -> Page[Deal]:
+    stmt = select(Deal).where(Deal.organization_id == actor.organization_id)
+    if owner_id is not None:
+        rules.ensure_can_filter_by_owner(actor.role)
+        stmt = stmt.where(Deal.owner_id == owner_id)
+    if statuses:
+        stmt = stmt.where(Deal.status.in_(list(statuses)))
+    if stage is not None:
+        stmt = stmt.where(Deal.stage == stage)
+    if min_amount is not None:
+        stmt = stmt.where(Deal.amount >= min_amount)
+    if max_amount is not None:
+        stmt = stmt.where(Deal.amount <= max_amount)
+    column = ORDERABLE[order_by]
+    if order == "asc":
+        stmt = stmt.order_by(column.asc(), Deal.id.asc())
+    else:
+        stmt = stmt.order_by(column.desc(), Deal.id.desc())
+    return paginate(session, stmt, request)
+
+
+def get_deal(session: Session, actor: Actor, deal_id: int, *, for_update: bool = False) -> Deal:
+    return get_in_org(
+        session, Deal, actor.organization_id, deal_id, name="deal", for_update=for_update
+    )
+
+
+def create_deal(
+    session: Session,
+    actor: Actor,
+    *,
+    contact_id: int,
+    title: str,
+    amount: Decimal = Decimal("0"),
+    currency: str = "USD",
+    owner_id: int | None = None,
+) -> Deal:
+    contacts.get_contact(session, actor, contact_id)  # 404 for another org's contact
+    owner = actor.user_id if owner_id is None else owner_id
+    rules.ensure_can_assign_owner(actor.role, new_owner_id=owner, user_id=actor.user_id)
+    if owner != actor.user_id:
+        organizations.ensure_member(session, actor.organization_id, owner)
+    deal = Deal(
+        organization_id=actor.organization_id,
+        contact_id=contact_id,
+        owner_id=owner,
+        title=title,
+        amount=amount,
+        currency=currency,
+        status=DealStatus.NEW,
+        stage=DealStage.QUALIFICATION,
+    )
+    session.add(deal)
+    session.flush()
+    session.refresh(deal)
+    return deal
+
+
+def update_deal(
+    session: Session,
+    actor: Actor,
+    deal_id: int,
+    changes: dict[str, Any],
+    precondition: Precondition | None = None,
+) -> Deal:
+    """Apply a partial update. Check order: 404, 403 (ownership), precondition, 403 (owner
+    assignment, rollback), 400 (won amount). Status/stage changes go to the timeline."""
+    deal = get_deal(session, actor, deal_id, for_update=True)
+    rules.ensure_can_modify(actor.role, owner_id=deal.owner_id, user_id=actor.user_id, what="deals")
+    if precondition:
+        precondition(deal)
+    new_owner = changes.get("owner_id")
+    if new_owner is not None and new_owner != deal.owner_id:
+        rules.ensure_can_assign_owner(actor.role, new_owner_id=new_owner, user_id=actor.user_id)
+        organizations.ensure_member(session, actor.organization_id, new_owner)
+    if "contact_id" in changes and changes["contact_id"] != deal.contact_id:
+        contacts.get_contact(session, actor, changes["contact_id"])
+    if "stage" in changes:
+        rules.ensure_stage_transition(actor.role, deal.stage, changes["stage"])
+    status = changes.get("status", deal.status)
+    amount = changes.get("amount", deal.amount)
+    rules.ensure_won_amount(status, amount)
+
+    changed = apply_changes(deal, changes)
+    if not changed:
+        return deal
+    if "status" in changed:
+        old, new = changed["status"]
+        outbox.record_activity(
+            session,
+            organization_id=deal.organization_id,
+            deal_id=deal.id,
+            author_id=actor.user_id,
+            type=ActivityType.STATUS_CHANGED,
+            payload={"old_status": old.value, "new_status": new.value},
+        )
+    if "stage" in changed:
+        old, new = changed["stage"]
+        outbox.record_activity(
+            session,
+            organization_id=deal.organization_id,
+            deal_id=deal.id,
+            author_id=actor.user_id,
+            type=ActivityType.STAGE_CHANGED,
+            payload={"old_stage": old.value, "new_stage": new.value},
+        )
+    session.flush()
+    session.refresh(deal)
+    return deal
+
+
+def delete_deal(
+    session: Session, actor: Actor, deal_id: int, precondition: Precondition | None = None
+) -> None:
+    deal = get_deal(session, actor, deal_id, for_update=True)
+    rules.ensure_can_modify(actor.role, owner_id=deal.owner_id, user_id=actor.user_id, what="deals")
+    if precondition:
+        precondition(deal)
+    session.delete(deal)
+    session.flush()

@@ -1,0 +1,57 @@
+"""Settings read from the environment (shared by the API, the workers and the tools)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from environs import Env
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://root@127.0.0.1:5432/crm"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+INSECURE_SECRET = "dev-insecure-secret-change-me-0123456789abcdef"
+
+
+def normalize_db_url(url: str) -> str:
+    """Make any postgres URL use the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    secret_key: str = INSECURE_SECRET
+    access_token_minutes: int = 15
+    refresh_token_days: int = 7
+    bcrypt_rounds: int = 12
+    db_pool_size: int = 5
+    flower_basic_auth: str = "admin:admin"
+    environment: str = "development"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = Env()
+        env.read_env(override=False)
+        settings = cls(
+            database_url=normalize_db_url(env.str("DATABASE_URL", DEFAULT_DATABASE_URL)),
+            redis_url=env.str("REDIS_URL", DEFAULT_REDIS_URL),
+            secret_key=env.str("SECRET_KEY", INSECURE_SECRET),
+            access_token_minutes=env.int("ACCESS_TOKEN_MINUTES", 15),
+            refresh_token_days=env.int("REFRESH_TOKEN_DAYS", 7),
+            bcrypt_rounds=env.int("BCRYPT_ROUNDS", 12),
+            db_pool_size=env.int("DB_POOL_SIZE", 5),
+            flower_basic_auth=env.str("FLOWER_BASIC_AUTH", "admin:admin"),
+            environment=env.str("CRM_ENV", "development"),
+        )
+        if settings.secret_key == INSECURE_SECRET:
+            if settings.environment == "production":
+                raise RuntimeError("SECRET_KEY must be set when CRM_ENV=production")
+            log.warning("SECRET_KEY is not set: using an insecure development key")
+        return settings

@@ -1,0 +1,1 @@
+"""Celery side: timeline delivery and other background work. Flask-free."""

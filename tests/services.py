@@ -1,0 +1,69 @@
+"""Where the tests' PostgreSQL and Redis come from.
+
+TEST_DATABASE_URL / TEST_REDIS_URL (a server URL; the suite creates and drops its own
+database on it) win; otherwise an embedded PostgreSQL and Redis are started under .data/test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from crm_domain.settings import normalize_db_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TestServices:
+    database_url: str
+    admin_url: str
+    database_name: str
+    redis_url: str
+    _embedded: list[Any] = field(default_factory=list)
+
+    def drop_database(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        for service in reversed(self._embedded):
+            service.stop()
+
+
+def _psycopg_url(sqlalchemy_url: str) -> str:
+    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def start() -> TestServices:
+    embedded: list[Any] = []
+    server_url = os.environ.get("TEST_DATABASE_URL")
+    if server_url:
+        base = normalize_db_url(server_url)
+    else:
+        from crm_domain.embedded import EmbeddedPostgres
+
+        pg = EmbeddedPostgres(ROOT / ".data" / "test" / "pg")
+        embedded.append(pg)
+        base = pg.url("postgres")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not redis_url:
+        from crm_domain.embedded import EmbeddedRedis
+
+        rd = EmbeddedRedis(ROOT / ".data" / "test" / "redis")
+        embedded.append(rd)
+        redis_url = rd.url(15)
+
+    name = f"crm_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = make_url(base).set(database="postgres")
+    admin_url = _psycopg_url(admin.render_as_string(hide_password=False))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    return TestServices(database_url, admin_url, name, redis_url, embedded)
