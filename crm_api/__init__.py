@@ -57,7 +57,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.extensions["crm_settings"] = settings
     _install_outbox_publisher(app, db)
 
-    init_jwt(app, access_minutes=settings.access_token_minutes, refresh_days=settings.refresh_token_days)
+    init_jwt(
+        app, access_minutes=settings.access_token_minutes, refresh_days=settings.refresh_token_days
+    )
     register_error_handlers(app)
 
     api = Api(app)

@@ -66,8 +66,12 @@ def http_exception_response(error: HTTPException) -> Response:
     if status == 422 or "messages" in data:
         status = 400
         details = {"errors": data.get("messages") or data.get("errors") or {}}
-        return error_response(status, "VALIDATION_ERROR", "Request validation failed", details, headers)
-    code = data.get("code") or DEFAULT_CODES.get(status, HTTPStatus(status).phrase.upper().replace(" ", "_"))
+        return error_response(
+            status, "VALIDATION_ERROR", "Request validation failed", details, headers
+        )
+    code = data.get("code") or DEFAULT_CODES.get(
+        status, HTTPStatus(status).phrase.upper().replace(" ", "_")
+    )
     if status >= 500:
         message = "Internal server error"
     else:
@@ -79,7 +83,9 @@ def http_exception_response(error: HTTPException) -> Response:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain_error(error: DomainError) -> Response:
-        return error_response(STATUS_BY_KIND.get(error.kind, 400), error.code, error.message, error.details)
+        return error_response(
+            STATUS_BY_KIND.get(error.kind, 400), error.code, error.message, error.details
+        )
 
     @app.errorhandler(IntegrityError)
     def _integrity_error(error: IntegrityError) -> Response:

@@ -142,8 +142,10 @@ def resolve_actor(user_id: int, raw_org_id: str | None) -> Actor:
     from flask_smorest import abort
 
     if raw_org_id is None or not raw_org_id.strip():
-        abort(400, code="ORGANIZATION_HEADER_REQUIRED", message=f"The {ORG_HEADER} header is required")
-    value = raw_org_id.strip()
+        abort(
+            400, code="ORGANIZATION_HEADER_REQUIRED", message=f"The {ORG_HEADER} header is required"
+        )
+    value = (raw_org_id or "").strip()
     if not value.isascii() or not value.isdigit() or not 0 < int(value) < 2**31:
         abort(
             400,

@@ -77,5 +77,3 @@ def page_of(item: type[ma.Schema]) -> type[ma.Schema]:
             },
         )
     return _PAGE_SCHEMAS[name]
-
-

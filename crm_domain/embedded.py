@@ -5,6 +5,7 @@ given. Both packages are optional (`pip install .[embedded]`)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ class EmbeddedPostgres:
 
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        self.server: Any = pgserver.get_server(str(data_dir), cleanup_mode=None if keep_running else "stop")
+        self.server: Any = pgserver.get_server(
+            str(data_dir), cleanup_mode=None if keep_running else "stop"
+        )
 
     def url(self, database: str = "postgres") -> str:
         """A psycopg 3 URL over the server's unix socket."""
@@ -60,7 +63,6 @@ class EmbeddedRedis:
     def stop(self) -> None:
         import redis
 
-        try:
+        # The server closes the connection while it shuts down.
+        with contextlib.suppress(redis.ConnectionError):
             self.client.shutdown(save=True)
-        except redis.ConnectionError:
-            pass  # the server closed the connection while shutting down

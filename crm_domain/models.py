@@ -238,9 +238,7 @@ class OutboxEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    event_key: Mapped[uuid.UUID] = mapped_column(
-        nullable=False, unique=True, default=uuid.uuid4
-    )
+    event_key: Mapped[uuid.UUID] = mapped_column(nullable=False, unique=True, default=uuid.uuid4)
     organization_id: Mapped[int] = mapped_column(Integer, nullable=False)
     topic: Mapped[str] = mapped_column(String(64), nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)

@@ -38,7 +38,7 @@ class Page(Generic[T]):
         return math.ceil(self.total / self.page_size) if self.total else 0
 
 
-def paginate(session: Session, stmt: Select[tuple[T]], request: PageRequest) -> Page[T]:
+def paginate(session: Session, stmt: Select[T], request: PageRequest) -> Page[T]:
     """Run `stmt` (already filtered and ordered) for one page, plus the total count."""
     total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
     items: Sequence[T] = []

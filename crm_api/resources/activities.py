@@ -13,9 +13,7 @@ from crm_domain.services import activities as service
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, page_of
 
-blp = Blueprint(
-    "activities", __name__, url_prefix="/deals", description="Deal activity timeline"
-)
+blp = Blueprint("activities", __name__, url_prefix="/deals", description="Deal activity timeline")
 
 
 class ActivitySchema(Schema):

@@ -12,9 +12,7 @@ from crm_domain.services import analytics as service
 
 from ..extensions import Blueprint, current_actor, transaction
 
-blp = Blueprint(
-    "analytics", __name__, url_prefix="/analytics", description="Deal analytics"
-)
+blp = Blueprint("analytics", __name__, url_prefix="/analytics", description="Deal analytics")
 
 
 class SummaryArgs(ma.Schema):

@@ -124,7 +124,9 @@ class Login(MethodView):
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Log in and receive an access/refresh token pair"""
         with transaction() as session:
-            user = auth_service.authenticate(session, email=data["email"], password=data["password"])
+            user = auth_service.authenticate(
+                session, email=data["email"], password=data["password"]
+            )
             return _start_session(session, user.id)
 
 

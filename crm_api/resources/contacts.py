@@ -41,7 +41,9 @@ class ContactUpdateSchema(Schema):
 
 
 class ContactListArgs(PageArgs):
-    search = Trimmed(validate=validate.Length(max=255), metadata={"description": "in name or email"})
+    search = Trimmed(
+        validate=validate.Length(max=255), metadata={"description": "in name or email"}
+    )
     owner_id = id_field(metadata={"description": "manager and above only"})
 
 
@@ -100,4 +102,6 @@ class ContactById(MethodView):
     def delete(self, contact_id: int) -> None:
         """Delete a contact that has no deals; members may delete only their own"""
         with transaction() as session:
-            service.delete_contact(session, current_actor(), contact_id, if_match_precondition(schema))
+            service.delete_contact(
+                session, current_actor(), contact_id, if_match_precondition(schema)
+            )

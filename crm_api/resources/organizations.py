@@ -67,7 +67,9 @@ class MyOrganizations(MethodView):
     def get(self) -> list[dict[str, Any]]:
         """Organizations the current user belongs to, with their role in each"""
         with transaction() as session:
-            return [_org_row(o, r) for o, r in org_service.memberships_of(session, current_user_id())]
+            return [
+                _org_row(o, r) for o, r in org_service.memberships_of(session, current_user_id())
+            ]
 
 
 @blp.route("")
@@ -91,7 +93,9 @@ class Members(MethodView):
         """Members of the organization (any member may list them)"""
         with transaction() as session:
             org_service.require_role(session, organization_id, current_user_id())
-            return [_member_row(m, u) for m, u in org_service.list_members(session, organization_id)]
+            return [
+                _member_row(m, u) for m, u in org_service.list_members(session, organization_id)
+            ]
 
     @blp.login_required
     @blp.arguments(MemberCreateSchema)

@@ -31,7 +31,9 @@ def summary(
         .where(Deal.organization_id == organization_id)
         .group_by(Deal.status, Deal.currency)
     ).all()
-    by_status = {s.value: {"count": 0, "total_amount": Decimal(0)} for s in DealStatus}
+    by_status: dict[str, dict[str, Any]] = {
+        s.value: {"count": 0, "total_amount": Decimal(0)} for s in DealStatus
+    }
     by_currency: dict[str, dict[str, dict[str, Any]]] = {}
     for status, currency, count, total in rows:
         by_status[status.value]["count"] += count
@@ -53,7 +55,10 @@ def summary(
     )
 
     def fmt(block: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {k: {"count": v["count"], "total_amount": _money(v["total_amount"])} for k, v in block.items()}
+        return {
+            k: {"count": v["count"], "total_amount": _money(v["total_amount"])}
+            for k, v in block.items()
+        }
 
     return {
         "by_status": fmt(by_status),
@@ -99,7 +104,11 @@ def funnel_from_counts(counts: dict[tuple[DealStage, DealStatus], int]) -> dict[
         )
         if i > 0:
             conversions.append(
-                {"from_stage": STAGE_ORDER[i - 1].value, "to_stage": stage.value, "rate_percent": rate}
+                {
+                    "from_stage": STAGE_ORDER[i - 1].value,
+                    "to_stage": stage.value,
+                    "rate_percent": rate,
+                }
             )
     return {"stages": stages, "conversions": conversions}
 

@@ -105,12 +105,12 @@ def start_session(
     return auth
 
 
-def rotate_session(session: Session, *, session_id: str, presented_jti: str, new_jti: str) -> AuthSession:
+def rotate_session(
+    session: Session, *, session_id: str, presented_jti: str, new_jti: str
+) -> AuthSession:
     """Accept a refresh token only if it is the family's current one. A reused (older) token
     raises TokenReused; the caller then revokes the family with `revoke_session`."""
-    auth = session.scalar(
-        select(AuthSession).where(AuthSession.id == session_id).with_for_update()
-    )
+    auth = session.scalar(select(AuthSession).where(AuthSession.id == session_id).with_for_update())
     if auth is None or auth.revoked_at is not None:
         raise Unauthorized("Refresh token has been revoked", code="TOKEN_REVOKED")
     if auth.expires_at <= dt.datetime.now(dt.UTC):

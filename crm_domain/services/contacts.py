@@ -38,7 +38,9 @@ def list_contacts(
     return paginate(session, stmt.order_by(Contact.id.desc()), request)
 
 
-def get_contact(session: Session, actor: Actor, contact_id: int, *, for_update: bool = False) -> Contact:
+def get_contact(
+    session: Session, actor: Actor, contact_id: int, *, for_update: bool = False
+) -> Contact:
     return get_in_org(
         session, Contact, actor.organization_id, contact_id, name="contact", for_update=for_update
     )
@@ -73,7 +75,9 @@ def update_contact(
     precondition: Precondition | None = None,
 ) -> Contact:
     contact = get_contact(session, actor, contact_id, for_update=True)
-    rules.ensure_can_modify(actor.role, owner_id=contact.owner_id, user_id=actor.user_id, what="contacts")
+    rules.ensure_can_modify(
+        actor.role, owner_id=contact.owner_id, user_id=actor.user_id, what="contacts"
+    )
     if precondition:
         precondition(contact)
     new_owner = changes.get("owner_id")
@@ -90,7 +94,9 @@ def delete_contact(
     session: Session, actor: Actor, contact_id: int, precondition: Precondition | None = None
 ) -> None:
     contact = get_contact(session, actor, contact_id, for_update=True)
-    rules.ensure_can_modify(actor.role, owner_id=contact.owner_id, user_id=actor.user_id, what="contacts")
+    rules.ensure_can_modify(
+        actor.role, owner_id=contact.owner_id, user_id=actor.user_id, what="contacts"
+    )
     if precondition:
         precondition(contact)
     if session.scalar(select(exists().where(Deal.contact_id == contact.id))):

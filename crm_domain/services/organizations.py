@@ -37,9 +37,7 @@ def role_in(session: Session, organization_id: int, user_id: int) -> Role | None
 def require_role(session: Session, organization_id: int, user_id: int) -> Role:
     role = role_in(session, organization_id, user_id)
     if role is None:
-        raise Forbidden(
-            "You are not a member of this organization", code="NOT_ORGANIZATION_MEMBER"
-        )
+        raise Forbidden("You are not a member of this organization", code="NOT_ORGANIZATION_MEMBER")
     return role
 
 
@@ -97,9 +95,7 @@ def add_member(
     rules.ensure_can_touch_membership(actor_role, target_role=None, new_role=role)
     user = session.scalar(select(User).where(User.email == normalize_email(email)))
     if user is None:
-        raise NotFound(
-            "No user with this email; they must register first", code="USER_NOT_FOUND"
-        )
+        raise NotFound("No user with this email; they must register first", code="USER_NOT_FOUND")
     if role_in(session, organization_id, user.id) is not None:
         raise Conflict("The user is already a member", code="MEMBER_ALREADY_EXISTS")
     member = OrganizationMember(organization_id=organization_id, user_id=user.id, role=role)
@@ -142,9 +138,12 @@ def remove_member(
 
 
 def count_members(session: Session, organization_id: int) -> int:
-    return session.scalar(
-        select(func.count()).where(OrganizationMember.organization_id == organization_id)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).where(OrganizationMember.organization_id == organization_id)
+        )
+        or 0
+    )
 
 
 def ensure_member(session: Session, organization_id: int, user_id: int) -> None:

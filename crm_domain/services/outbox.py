@@ -34,7 +34,9 @@ def set_publisher(publisher: Publisher | None) -> None:
     _publisher = publisher
 
 
-def record(session: Session, organization_id: int, topic: str, payload: dict[str, Any]) -> OutboxEvent:
+def record(
+    session: Session, organization_id: int, topic: str, payload: dict[str, Any]
+) -> OutboxEvent:
     ev = OutboxEvent(organization_id=organization_id, topic=topic, payload=payload)
     session.add(ev)
     session.info.setdefault(_PENDING_KEY, []).append(ev)
@@ -98,7 +100,9 @@ def deliver(session: Session, event_id: int) -> bool:
 def _deliver_activity(session: Session, ev: OutboxEvent) -> None:
     data = ev.payload
     deal_exists = session.scalar(
-        select(Deal.id).where(Deal.id == data["deal_id"], Deal.organization_id == ev.organization_id)
+        select(Deal.id).where(
+            Deal.id == data["deal_id"], Deal.organization_id == ev.organization_id
+        )
     )
     if deal_exists is None:  # the deal was deleted before delivery: nothing to attach to
         ev.last_error = "deal no longer exists"

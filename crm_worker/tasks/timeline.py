@@ -34,7 +34,9 @@ def deliver(event_id: int) -> bool:
 def redispatch(min_age_seconds: int = 10, limit: int = 500) -> int:
     """Re-enqueue events that stayed undelivered (broker was down, a worker died)."""
     with database.transaction() as session:
-        ids = outbox.pending_ids(session, older_than=dt.timedelta(seconds=min_age_seconds), limit=limit)
+        ids = outbox.pending_ids(
+            session, older_than=dt.timedelta(seconds=min_age_seconds), limit=limit
+        )
     if ids:
         log.info("re-dispatching %d undelivered outbox events", len(ids))
         celery_publisher(ids)
