@@ -62,7 +62,9 @@ def http_exception_response(error: HTTPException) -> Response:
     are request validation errors and always answer 400 (never 422)."""
     status = error.code or 500
     data: dict[str, Any] = getattr(error, "data", None) or {}
-    headers = dict(data.get("headers") or {})
+    # werkzeug's own headers (e.g. Allow on a 405, which RFC 9110 requires); the body is ours
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    headers.update(data.get("headers") or {})
     if status == 422 or "messages" in data:
         status = 400
         details = {"errors": data.get("messages") or data.get("errors") or {}}

@@ -40,6 +40,40 @@ class Parser(FlaskParser):
 
     DEFAULT_VALIDATION_STATUS = 400
 
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError as exc:  # nested deeper than the JSON decoder follows
+            raise json.JSONDecodeError("JSON nested too deeply", "<body>", 0) from exc
+
+    def _load_location_data(self, *, schema: ma.Schema, req: Any, location: str) -> Any:
+        data = super()._load_location_data(schema=schema, req=req, location=location)
+        field = _field_with_nul(req.args if location == "query" else data)
+        if field is not None:  # PostgreSQL cannot store NUL in text or JSONB
+            raise ma.ValidationError({field: ["Must not contain NUL characters."]})
+        return data
+
+
+def _field_with_nul(data: Any) -> str | None:
+    """The top-level field whose key or value holds a NUL character ("_schema" if outside
+    any field), or None. Iterative: the JSON may be nested as deep as the decoder allows."""
+    if hasattr(data, "items"):
+        pairs = list(data.items(multi=True) if hasattr(data, "getlist") else data.items())
+    else:
+        pairs = [("_schema", data)]
+    for field, value in pairs:
+        stack = [field, value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str) and "\x00" in item:
+                return field if isinstance(field, str) and "\x00" not in field else "_schema"
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None
+
 
 class ErrorBody(ma.Schema):
     code = ma.fields.String(required=True, metadata={"example": "VALIDATION_ERROR"})
@@ -111,6 +145,12 @@ class Blueprint(flask_smorest.Blueprint):
 
         self._mark(wrapper, "tenant")
         return cast(F, wrapper)
+
+    def alt_response(self, status_code: Any, response: Any = None, **options: Any) -> Any:
+        """Alternative (error) responses use the unified error body unless told otherwise."""
+        if response is None and options.get("schema") is None:
+            options["schema"] = ErrorSchema
+        return super().alt_response(status_code, response, **options)
 
     def public(self, func: F) -> F:
         """Document an operation as needing no token."""

@@ -37,12 +37,18 @@ def id_field(**kwargs: Any) -> fields.Integer:
     return fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
 
 
+def query_id_field(**kwargs: Any) -> fields.Integer:
+    """An id in the query string: there every value is a string, so `strict` would reject all."""
+    return fields.Integer(validate=validate.Range(min=1, max=MAX_ID), **kwargs)
+
+
 def amount_field(**kwargs: Any) -> fields.Decimal:
     return fields.Decimal(
         places=2,
         as_string=True,
         validate=validate.Range(min=Decimal(0), max=MAX_AMOUNT),
-        metadata={"example": "10000.00"},
+        # numbers in OpenAPI: the Range's Decimals would be rendered as strings (invalid spec)
+        metadata={"example": "10000.00", "minimum": 0, "maximum": float(MAX_AMOUNT)},
         **kwargs,
     )
 

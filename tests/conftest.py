@@ -17,6 +17,8 @@ _services = services.start()
 # The settings are read from the environment by the app and by the Celery app.
 os.environ["DATABASE_URL"] = _services.database_url
 os.environ["REDIS_URL"] = _services.redis_url
+# Test runs share Redis but each has its own database (ids restart at 1): namespace the keys.
+os.environ["REDIS_KEY_PREFIX"] = _services.database_name
 os.environ.setdefault("BCRYPT_ROUNDS", "4")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs256")
 

@@ -175,7 +175,9 @@ def test_contacts_pagination_walk(
     expected_pages = math.ceil(N_CONTACTS / page_size)
     seen: list[int] = []
     for page in range(1, expected_pages + 1):
-        r = api.get("/contacts", user=user, org=user.org_id, query={"page": page, "page_size": page_size})
+        r = api.get(
+            "/contacts", user=user, org=user.org_id, query={"page": page, "page_size": page_size}
+        )
         assert r.status_code == 200, r.get_json()
         body = r.get_json()
         assert set(body) == {"items", "total", "page", "page_size", "pages"}

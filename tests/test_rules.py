@@ -242,8 +242,7 @@ def test_touch_membership_non_owner_roles(
     actor: Role, target_role: Role | None, new_role: Role | None
 ) -> None:
     assert (
-        rules.ensure_can_touch_membership(actor, target_role=target_role, new_role=new_role)
-        is None
+        rules.ensure_can_touch_membership(actor, target_role=target_role, new_role=new_role) is None
     )
 
 

@@ -10,7 +10,7 @@ from marshmallow import fields, validate
 from crm_domain.services import contacts as service
 
 from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
-from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of
+from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of, query_id_field
 
 blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="Contacts")
 
@@ -44,7 +44,7 @@ class ContactListArgs(PageArgs):
     search = Trimmed(
         validate=validate.Length(max=255), metadata={"description": "in name or email"}
     )
-    owner_id = id_field(metadata={"description": "manager and above only"})
+    owner_id = query_id_field(metadata={"description": "manager and above only"})
 
 
 schema = ContactSchema()

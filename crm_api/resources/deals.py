@@ -11,7 +11,7 @@ from crm_domain.enums import DealStage, DealStatus
 from crm_domain.services import deals as service
 
 from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
-from ..schemas import PageArgs, Schema, amount_field, id_field, name_field, page_of
+from ..schemas import PageArgs, Schema, amount_field, id_field, name_field, page_of, query_id_field
 
 blp = Blueprint("deals", __name__, url_prefix="/deals", description="Deals")
 
@@ -69,7 +69,7 @@ class DealListArgs(PageArgs):
     stage = fields.Enum(DealStage, by_value=True)
     min_amount = amount_field()
     max_amount = amount_field()
-    owner_id = id_field(metadata={"description": "manager and above only"})
+    owner_id = query_id_field(metadata={"description": "manager and above only"})
     order_by = fields.String(
         load_default="created_at", validate=validate.OneOf(sorted(service.ORDERABLE))
     )

@@ -10,7 +10,7 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from crm_domain.services import tasks as service
 
 from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
-from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of
+from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of, query_id_field
 
 blp = Blueprint("tasks", __name__, url_prefix="/tasks", description="Tasks on deals")
 
@@ -44,7 +44,7 @@ class TaskUpdateSchema(Schema):
 
 
 class TaskListArgs(PageArgs):
-    deal_id = id_field()
+    deal_id = query_id_field()
     only_open = fields.Boolean(load_default=False)
     due_before = fields.Date(metadata={"description": "inclusive"})
     due_after = fields.Date(metadata={"description": "inclusive"})

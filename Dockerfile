@@ -1,0 +1,14 @@
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY crm_domain ./crm_domain
+COPY crm_api ./crm_api
+COPY crm_worker ./crm_worker
+RUN pip install --no-cache-dir .
+COPY migrations ./migrations
+COPY alembic.ini wsgi.py celery_app.py ./
+RUN useradd --create-home crm
+USER crm
+EXPOSE 8000
+CMD ["gunicorn", "wsgi:app", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-"]

@@ -1,0 +1,250 @@
+"""The OpenAPI document, the offline Swagger UI, and the health/readiness endpoints."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from flask import Flask
+from openapi_spec_validator import validate
+
+from .api import PREFIX, ApiClient
+
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+PUBLIC_OPERATIONS = {
+    ("post", f"{PREFIX}/auth/register"),
+    ("post", f"{PREFIX}/auth/login"),
+    ("post", f"{PREFIX}/auth/refresh"),
+}
+# every other /api/v1 operation is tenant-scoped (contacts, deals, tasks, activities, ...)
+NON_TENANT_PREFIXES = (f"{PREFIX}/auth", f"{PREFIX}/organizations")
+ORG_PARAMETER_REF = "#/components/parameters/OrganizationId"
+
+
+@pytest.fixture(scope="module")
+def spec(app: Flask) -> dict[str, Any]:
+    r = app.test_client().get(f"{PREFIX}/openapi.json")
+    assert r.status_code == 200
+    assert r.is_json
+    return r.get_json()
+
+
+def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method, path, op)
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if method in HTTP_METHODS
+    ]
+
+
+def _resolve(spec: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    ref = obj.get("$ref")
+    if ref is None:
+        return obj
+    node: Any = spec
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _parameters(spec: dict[str, Any], path: str, op: dict[str, Any]) -> list[dict[str, Any]]:
+    """Path-level and operation-level parameters, as written (refs unresolved)."""
+    return list(spec["paths"][path].get("parameters", [])) + list(op.get("parameters", []))
+
+
+def is_tenant(path: str) -> bool:
+    return not path.startswith(NON_TENANT_PREFIXES)
+
+
+# --- the document --------------------------------------------------------------------------
+
+
+def test_spec_is_valid_openapi(spec: dict[str, Any]) -> None:
+    assert spec["openapi"].startswith("3.")
+    validate(spec)
+    assert spec["info"]["title"]
+    assert spec["info"]["version"]
+
+
+def test_spec_documents_every_api_route(app: Flask, spec: dict[str, Any]) -> None:
+    """Every /api/v1 endpoint of the app (except the docs themselves) is in the spec."""
+    documented = {(m, p) for m, p, _ in operations(spec)}
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(PREFIX + "/") or rule.rule.startswith(
+            (f"{PREFIX}/docs", f"{PREFIX}/openapi.json")
+        ):
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?(\w+)>", r"{\1}", rule.rule)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            assert (method.lower(), path) in documented, (method, path)
+
+
+def test_bearer_security_scheme_and_global_security(spec: dict[str, Any]) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert spec["security"] == [{"bearerAuth": []}]
+
+
+def test_public_operations_need_no_token(spec: dict[str, Any]) -> None:
+    found = set()
+    for method, path, op in operations(spec):
+        if (method, path) in PUBLIC_OPERATIONS:
+            assert op.get("security") == [], (method, path)
+            found.add((method, path))
+        else:
+            # everything else inherits the global bearer requirement
+            assert op.get("security", spec["security"]) == spec["security"], (method, path)
+    assert found == PUBLIC_OPERATIONS
+
+
+def test_org_header_parameter_component(spec: dict[str, Any]) -> None:
+    param = _resolve(spec, {"$ref": ORG_PARAMETER_REF})
+    assert param["name"] == "X-Organization-Id"
+    assert param["in"] == "header"
+    assert param["required"] is True
+    assert param["schema"]["type"] == "integer"
+
+
+def test_every_tenant_operation_lists_the_org_header(spec: dict[str, Any]) -> None:
+    tenant_ops = [(m, p, op) for m, p, op in operations(spec) if is_tenant(p)]
+    assert len(tenant_ops) >= 19  # the routes of the isolation matrix
+    for method, path, op in tenant_ops:
+        refs = [p.get("$ref") for p in _parameters(spec, path, op)]
+        assert refs.count(ORG_PARAMETER_REF) == 1, (method, path, refs)
+        # and it is not also spelled out inline
+        inline = [
+            p for p in _parameters(spec, path, op) if "$ref" not in p and p.get("in") == "header"
+        ]
+        assert not [p for p in inline if p["name"].lower() == "x-organization-id"], (method, path)
+        responses = op["responses"]
+        assert "403" in responses, (method, path)
+        assert "400" in responses, (method, path)
+
+
+def test_non_tenant_operations_do_not_ask_for_the_org_header(spec: dict[str, Any]) -> None:
+    for method, path, op in operations(spec):
+        if is_tenant(path):
+            continue
+        refs = [p.get("$ref") for p in _parameters(spec, path, op)]
+        assert ORG_PARAMETER_REF not in refs, (method, path)
+
+
+def test_every_non_public_operation_documents_401(spec: dict[str, Any]) -> None:
+    checked = 0
+    for method, path, op in operations(spec):
+        if op.get("security") == []:
+            continue
+        assert "401" in op["responses"], (method, path)
+        checked += 1
+    assert checked >= 25
+
+
+def test_error_responses_use_the_unified_error_schema(spec: dict[str, Any]) -> None:
+    error = spec["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"] or set(error["required"]) == {"error"}
+    body = _resolve(spec, error["properties"]["error"])
+    if "allOf" in body:
+        body = _resolve(spec, body["allOf"][0])
+    assert {"code", "message", "details"} <= set(body["properties"])
+    for method, path, op in operations(spec):
+        for status, response in op["responses"].items():
+            if not (status.isdigit() and int(status) >= 400):
+                continue
+            schema = _resolve(spec, response).get("content", {}).get("application/json", {})
+            assert schema.get("schema") == {"$ref": "#/components/schemas/Error"}, (
+                method,
+                path,
+                status,
+            )
+
+
+def test_operations_have_summaries_and_success_responses(spec: dict[str, Any]) -> None:
+    for method, path, op in operations(spec):
+        assert op.get("summary"), (method, path)
+        assert any(s.startswith("2") for s in op["responses"]), (method, path)
+
+
+# --- Swagger UI, served offline ------------------------------------------------------------
+
+
+class _Assets(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href") and value:
+                self.urls.append(value)
+
+
+def test_docs_page_uses_local_assets(api: ApiClient) -> None:
+    r = api.client.get(f"{PREFIX}/docs")
+    assert r.status_code == 200
+    assert r.mimetype == "text/html"
+    html = r.get_data(as_text=True)
+    assert "SwaggerUIBundle" in html
+    assert f"{PREFIX}/openapi.json" in html
+    assert not re.search(r"https?://", html), "the docs page must not load anything remote"
+    parser = _Assets()
+    parser.feed(html)
+    names = {url.rsplit("/", 1)[-1] for url in parser.urls}
+    assert {"swagger-ui-bundle.js", "swagger-ui.css"} <= names, parser.urls
+    for url in parser.urls:
+        assert url.startswith("/"), url  # same origin
+        asset = api.client.get(url)
+        assert asset.status_code == 200, url
+        body = asset.get_data()
+        assert len(body) > 1000, url
+        if url.endswith(".js"):
+            assert "javascript" in asset.mimetype, (url, asset.mimetype)
+        if url.endswith(".css"):
+            assert asset.mimetype == "text/css", (url, asset.mimetype)
+        asset.close()
+
+
+def test_swagger_bundle_asset(api: ApiClient) -> None:
+    r = api.client.get(f"{PREFIX}/docs/assets/swagger-ui-bundle.js")
+    assert r.status_code == 200
+    assert b"SwaggerUIBundle" in r.get_data()
+    r.close()
+    r = api.client.get(f"{PREFIX}/docs/assets/swagger-ui.css")
+    assert r.status_code == 200
+    assert b".swagger-ui" in r.get_data()
+    r.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../../etc/passwd", "..%2F..%2Fsecret", "missing.js", "%2e%2e/%2e%2e/x"]
+)
+def test_docs_assets_do_not_escape_their_directory(api: ApiClient, name: str) -> None:
+    r = api.client.get(f"{PREFIX}/docs/assets/{name}")
+    assert r.status_code == 404
+    assert r.get_json()["error"]["code"] == "NOT_FOUND"
+
+
+# --- health and readiness -------------------------------------------------------------------
+
+
+def test_health(api: ApiClient) -> None:
+    r = api.get("/health")
+    assert r.status_code == 200
+    assert r.get_json() == {"status": "ok"}
+
+
+def test_health_needs_no_token_and_ignores_bad_ones(api: ApiClient) -> None:
+    r = api.get("/health", token="not-a-jwt", org="abc")
+    assert r.status_code == 200
+    assert r.get_json() == {"status": "ok"}
+
+
+def test_ready_checks_database_and_redis(api: ApiClient) -> None:
+    r = api.get("/ready")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["status"] == "ok"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"] == "ok"
