@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from crm_domain.db import Database
-from crm_domain.services import outbox
+from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import health
@@ -55,6 +56,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     app.extensions["crm_db"] = db
     app.extensions["crm_settings"] = settings
+    # Short timeouts: when Redis is down the API answers from the database instead.
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
+    app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
     _install_outbox_publisher(app, db)
 
     init_jwt(
@@ -89,14 +93,16 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
 
 
 def _install_outbox_publisher(app: Flask, db: Database) -> None:
+    """How committed outbox events reach delivery: "celery" (a worker task, the default),
+    "inline" (delivered in-process right after the commit) or "none" (beat re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
         from crm_worker.dispatch import inline_publisher
 
-        outbox.set_publisher(inline_publisher(db))
+        db.publisher = inline_publisher(db, app.extensions["crm_analytics"])
     elif mode == "celery":
         from crm_worker.dispatch import celery_publisher
 
-        outbox.set_publisher(celery_publisher)
+        db.publisher = celery_publisher
     else:
-        outbox.set_publisher(None)
+        db.publisher = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, MetaData, create_engine
@@ -22,12 +22,19 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Database:
-    """One engine and session factory per process (recreate after fork with `dispose`)."""
+# Receives the ids of outbox events right after the transaction that wrote them commits.
+Publisher = Callable[[Sequence[int]], None]
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+
+class Database:
+    """One engine and session factory per process (recreate after fork with `dispose`).
+
+    `publisher`, when set, is handed the ids of outbox events each session commits."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, publisher: Publisher | None = None) -> None:
         self.url = url
         self.pool_size = pool_size
+        self.publisher = publisher
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._factory: sessionmaker[Session] | None = None
@@ -51,7 +58,9 @@ class Database:
     def new_session(self) -> Session:
         _ = self.engine
         assert self._factory is not None
-        return self._factory()
+        session = self._factory()
+        session.info["outbox_publisher"] = self.publisher
+        return session
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -246,3 +246,54 @@ class OutboxEvent(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Notification(Base):
+    """A message for one user in one organization (e.g. a task of their deal is due)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_user_org", "user_id", "organization_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    # Makes a producer that runs twice write the notification once.
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    created_at: Mapped[dt.datetime] = _now()
+    read_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Report(Base):
+    """A pipeline report: summary + funnel + overdue tasks, built by a worker."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        Index("ix_reports_org_id", "organization_id", "id"),
+        Index(
+            "uq_reports_weekly_period",
+            "organization_id",
+            "period_start",
+            unique=True,
+            postgresql_where=text("kind = 'weekly'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # weekly | on_demand
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    period_start: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    period_end: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from environs import Env
 
@@ -33,7 +33,10 @@ class Settings:
     db_pool_size: int = 5
     flower_basic_auth: str = "admin:admin"
     environment: str = "development"
-    extra: dict[str, str] = field(default_factory=dict)
+    redis_key_prefix: str = "crm"
+    outbox_redispatch_seconds: float = 15.0
+    analytics_refresh_seconds: float = 300.0
+    reminder_interval_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -49,6 +52,10 @@ class Settings:
             db_pool_size=env.int("DB_POOL_SIZE", 5),
             flower_basic_auth=env.str("FLOWER_BASIC_AUTH", "admin:admin"),
             environment=env.str("CRM_ENV", "development"),
+            redis_key_prefix=env.str("REDIS_KEY_PREFIX", "crm"),
+            outbox_redispatch_seconds=env.float("OUTBOX_REDISPATCH_SECONDS", 15.0),
+            analytics_refresh_seconds=env.float("ANALYTICS_REFRESH_SECONDS", 300.0),
+            reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

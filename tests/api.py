@@ -45,7 +45,9 @@ class ApiClient:
         if org is not None:
             all_headers["X-Organization-Id"] = str(org)
         url = path if path in ("/health", "/ready") else PREFIX + path
-        return self.client.open(url, method=method, json=json, query_string=query, headers=all_headers)
+        return self.client.open(
+            url, method=method, json=json, query_string=query, headers=all_headers
+        )
 
     def get(self, path: str, **kw: Any) -> TestResponse:
         return self.call("GET", path, **kw)
@@ -61,11 +63,18 @@ class ApiClient:
 
     # --- builders ---------------------------------------------------------------------------
 
-    def register(self, *, name: str = "Test User", org_name: str = "Acme", email: str | None = None) -> User:
+    def register(
+        self, *, name: str = "Test User", org_name: str = "Acme", email: str | None = None
+    ) -> User:
         email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"
         r = self.post(
             "/auth/register",
-            json={"email": email, "password": PASSWORD, "name": name, "organization_name": org_name},
+            json={
+                "email": email,
+                "password": PASSWORD,
+                "name": name,
+                "organization_name": org_name,
+            },
         )
         assert r.status_code == 201, r.get_json()
         body = r.get_json()
@@ -95,25 +104,45 @@ class ApiClient:
         return team
 
     def contact(self, user: User, org: int | None = None, **fields: Any) -> dict[str, Any]:
-        body = {"name": "John Doe", "email": "john.doe@example.com", "phone": "+123456789", **fields}
+        body = {
+            "name": "John Doe",
+            "email": "john.doe@example.com",
+            "phone": "+123456789",
+            **fields,
+        }
         r = self.post("/contacts", user=user, org=org or user.org_id, json=body)
         assert r.status_code == 201, r.get_json()
         return r.get_json()
 
-    def deal(self, user: User, org: int | None = None, contact_id: int | None = None, **fields: Any) -> dict[str, Any]:
+    def deal(
+        self, user: User, org: int | None = None, contact_id: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
         org = org or user.org_id
         if contact_id is None:
             contact_id = self.contact(user, org)["id"]
-        body = {"contact_id": contact_id, "title": "Website redesign", "amount": "10000.00", "currency": "EUR", **fields}
+        body = {
+            "contact_id": contact_id,
+            "title": "Website redesign",
+            "amount": "10000.00",
+            "currency": "EUR",
+            **fields,
+        }
         r = self.post("/deals", user=user, org=org, json=body)
         assert r.status_code == 201, r.get_json()
         return r.get_json()
 
-    def task(self, user: User, deal_id: int, org: int | None = None, **fields: Any) -> dict[str, Any]:
+    def task(
+        self, user: User, deal_id: int, org: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
         import datetime as dt
 
         tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
-        body = {"deal_id": deal_id, "title": "Call client", "due_date": tomorrow.isoformat(), **fields}
+        body = {
+            "deal_id": deal_id,
+            "title": "Call client",
+            "due_date": tomorrow.isoformat(),
+            **fields,
+        }
         r = self.post("/tasks", user=user, org=org or user.org_id, json=body)
         assert r.status_code == 201, r.get_json()
         return r.get_json()

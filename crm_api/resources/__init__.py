@@ -1,5 +1,25 @@
 """HTTP resources, one module per area; MODULES sets the registration (and tag) order."""
 
-from . import activities, analytics, auth, contacts, deals, organizations, tasks
+from . import (
+    activities,
+    analytics,
+    auth,
+    contacts,
+    deals,
+    notifications,
+    organizations,
+    reports,
+    tasks,
+)
 
-MODULES = (auth, organizations, contacts, deals, tasks, activities, analytics)
+MODULES = (
+    auth,
+    organizations,
+    contacts,
+    deals,
+    tasks,
+    activities,
+    analytics,
+    reports,
+    notifications,
+)

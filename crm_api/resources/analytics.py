@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
+from flask import current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from crm_domain.services import analytics as service
+from crm_domain.services import analytics_cache
 
-from ..extensions import Blueprint, current_actor, transaction
+from ..extensions import Blueprint, current_actor
 
 blp = Blueprint("analytics", __name__, url_prefix="/analytics", description="Deal analytics")
 
@@ -33,6 +34,7 @@ def _by_status() -> fields.Dict:
 
 
 class SummarySchema(ma.Schema):
+    as_of = fields.String(metadata={"description": "when these figures were computed (UTC)"})
     by_status = _by_status()
     total_deals = fields.Integer()
     avg_won_amount = fields.String(allow_none=True)
@@ -61,6 +63,7 @@ class Conversion(ma.Schema):
 
 
 class FunnelSchema(ma.Schema):
+    as_of = fields.String(metadata={"description": "when these figures were computed (UTC)"})
     stages = fields.List(fields.Nested(FunnelStage))
     conversions = fields.List(fields.Nested(Conversion))
 
@@ -71,9 +74,11 @@ class Summary(MethodView):
     @blp.arguments(SummaryArgs, location="query")
     @blp.response(200, SummarySchema)
     def get(self, args: dict[str, Any]) -> Any:
-        """Deal counts and amounts by status, average won amount, new deals in N days"""
-        with transaction() as session:
-            return service.summary(session, current_actor().organization_id, days=args["days"])
+        """Deal counts and amounts by status, average won amount, new deals in N days.
+
+        Served from the per-organization precomputed result (refreshed by workers after deal
+        changes); `as_of` tells when it was computed."""
+        return _cached(analytics_cache.summary_field(args["days"]))
 
 
 @blp.route("/deals/funnel")
@@ -82,5 +87,9 @@ class Funnel(MethodView):
     @blp.response(200, FunnelSchema)
     def get(self) -> Any:
         """Deals per stage (by status), deals that reached each stage, stage conversion"""
-        with transaction() as session:
-            return service.funnel(session, current_actor().organization_id)
+        return _cached(analytics_cache.FUNNEL_FIELD)
+
+
+def _cached(field: str) -> Any:
+    cache = current_app.extensions["crm_analytics"]
+    return cache.get(current_actor().organization_id, field)

@@ -86,6 +86,7 @@ def create_deal(
     )
     session.add(deal)
     session.flush()
+    outbox.record_deal_changed(session, organization_id=deal.organization_id, deal_id=deal.id)
     session.refresh(deal)
     return deal
 
@@ -118,6 +119,7 @@ def update_deal(
     changed = apply_changes(deal, changes)
     if not changed:
         return deal
+    outbox.record_deal_changed(session, organization_id=deal.organization_id, deal_id=deal.id)
     if "status" in changed:
         old, new = changed["status"]
         outbox.record_activity(
@@ -152,3 +154,4 @@ def delete_deal(
         precondition(deal)
     session.delete(deal)
     session.flush()
+    outbox.record_deal_changed(session, organization_id=actor.organization_id, deal_id=deal_id)

@@ -1,18 +1,18 @@
 """Transactional outbox: events written with the change, delivered by workers.
 
 `record()` adds an event to the caller's transaction. After that transaction commits, the
-registered publisher (the API installs one that enqueues a Celery task) is told the new ids;
-if publishing fails the event stays pending and the periodic re-dispatch picks it up.
+session's publisher (see `Database.publisher`; the API's enqueues a Celery task) is told the
+new ids; if publishing fails the event stays pending and the periodic re-dispatch picks it up.
 `deliver()` is idempotent: the consumer inserts with the event's unique key."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -21,17 +21,13 @@ from ..models import Activity, Deal, OutboxEvent
 
 log = logging.getLogger(__name__)
 
-TIMELINE_TOPIC = "timeline.activity"
+TIMELINE_TOPIC = "timeline.activity"  # {deal_id, author_id, type, payload} -> an activity
+DEAL_CHANGED_TOPIC = "deal.changed"  # {deal_id} -> refresh the organization's analytics
+REPORT_TOPIC = "report.requested"  # {report_id} -> build the report
 _PENDING_KEY = "crm_outbox_new"
 
-Publisher = Callable[[Sequence[int]], None]
-_publisher: Publisher | None = None
-
-
-def set_publisher(publisher: Publisher | None) -> None:
-    """Install the callable that hands committed event ids to the delivery workers."""
-    global _publisher
-    _publisher = publisher
+# A handler applies one event inside the delivering transaction.
+Handler = Callable[[Session, OutboxEvent], None]
 
 
 def record(
@@ -63,11 +59,12 @@ def record_activity(
 @event.listens_for(Session, "after_commit")
 def _publish_after_commit(session: Session) -> None:
     events: list[OutboxEvent] = session.info.pop(_PENDING_KEY, [])
-    if not events or _publisher is None:
+    publisher = session.info.get("outbox_publisher")
+    if not events or publisher is None:
         return
     ids = [e.id for e in events if e.id is not None]
     try:
-        _publisher(ids)
+        publisher(ids)
     except Exception:  # the broker may be down: the periodic re-dispatch delivers later
         log.warning("could not publish outbox events %s; left for re-dispatch", ids, exc_info=True)
 
@@ -77,27 +74,48 @@ def _forget_after_rollback(session: Session, previous_transaction: Any) -> None:
     session.info.pop(_PENDING_KEY, None)
 
 
-def deliver(session: Session, event_id: int) -> bool:
-    """Deliver one event inside the caller's transaction. Returns True if it was delivered now,
-    False if it was already delivered, is being delivered by someone else, or does not exist."""
+def record_deal_changed(session: Session, *, organization_id: int, deal_id: int) -> OutboxEvent:
+    return record(session, organization_id, DEAL_CHANGED_TOPIC, {"deal_id": deal_id})
+
+
+def deliver(
+    session: Session, event_id: int, handlers: Mapping[str, Handler] | None = None
+) -> OutboxEvent | None:
+    """Deliver one event inside the caller's transaction and mark it delivered.
+
+    Returns the event if it was delivered now; None if it was already delivered, is being
+    delivered by someone else, or does not exist. `handlers` add to (or override) the
+    database-only handlers of this package, by topic."""
     ev = session.scalar(
         select(OutboxEvent)
         .where(OutboxEvent.id == event_id, OutboxEvent.delivered_at.is_(None))
         .with_for_update(skip_locked=True)
     )
     if ev is None:
-        return False
-    if ev.topic == TIMELINE_TOPIC:
-        _deliver_activity(session, ev)
-    else:
+        return None
+    handler = {**_database_handlers(), **(handlers or {})}.get(ev.topic)
+    if handler is None:
         log.error("outbox event %s has unknown topic %r; marking delivered", ev.id, ev.topic)
         ev.last_error = f"unknown topic {ev.topic}"
+    else:
+        handler(session, ev)
     ev.attempts += 1
     ev.delivered_at = dt.datetime.now(dt.UTC)
-    return True
+    return ev
 
 
-def _deliver_activity(session: Session, ev: OutboxEvent) -> None:
+def _database_handlers() -> dict[str, Handler]:
+    from . import reports
+
+    return {
+        TIMELINE_TOPIC: apply_activity,
+        DEAL_CHANGED_TOPIC: lambda _session, _ev: None,  # nothing to write; see crm_worker
+        REPORT_TOPIC: lambda session, ev: reports.build(session, ev.payload["report_id"]),
+    }
+
+
+def apply_activity(session: Session, ev: OutboxEvent) -> None:
+    """Write the timeline entry; the event key makes a second delivery write nothing."""
     data = ev.payload
     deal_exists = session.scalar(
         select(Deal.id).where(
@@ -119,14 +137,6 @@ def _deliver_activity(session: Session, ev: OutboxEvent) -> None:
             created_at=ev.created_at,
         )
         .on_conflict_do_nothing(index_elements=[Activity.event_key])
-    )
-
-
-def note_failure(session: Session, event_id: int, error: str) -> None:
-    session.execute(
-        update(OutboxEvent)
-        .where(OutboxEvent.id == event_id)
-        .values(attempts=OutboxEvent.attempts + 1, last_error=error[:2000])
     )
 
 

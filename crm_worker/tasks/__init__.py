@@ -1,5 +1,5 @@
-"""Celery tasks (registered by name on crm_worker.app.celery_app)."""
+"""Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import timeline
+from . import analytics, outbox, reminders, reports
 
-__all__ = ["timeline"]
+__all__ = ["analytics", "outbox", "reminders", "reports"]

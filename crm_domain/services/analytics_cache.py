@@ -1,0 +1,114 @@
+"""Precomputed analytics per organization in Redis.
+
+One hash per organization, `<prefix>:analytics:org:<id>`, holds a generation counter `gen`
+and JSON results (`summary:<days>`, `funnel`), each stamped with `as_of`. A refresh bumps the
+generation first, computes from the database, then stores only if no newer refresh started
+meanwhile, so a slow computation never overwrites a fresher one. Readers compute and store on
+a miss (under the same generation check) and fall back to the database if Redis is down."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+import redis
+
+from ..db import Database
+from . import analytics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DAYS = 30
+KEY_TTL_SECONDS = 7 * 24 * 3600
+DEBOUNCE_MS = 2000
+FUNNEL_FIELD = "funnel"
+
+# Store fields only if the generation is still ARGV[1]; ARGV[2] = 1 drops other fields first.
+_STORE_IF_CURRENT = """
+local gen = redis.call('HGET', KEYS[1], 'gen') or '0'
+if gen ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'gen', gen)
+end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def summary_field(days: int) -> str:
+    return f"summary:{days}"
+
+
+class AnalyticsCache:
+    """`prefix` namespaces the keys (one per deployment/database sharing a Redis)."""
+
+    def __init__(self, client: redis.Redis | None, db: Database, prefix: str = "crm") -> None:
+        self.client = client
+        self.db = db
+        self.prefix = prefix
+
+    def org_key(self, organization_id: int) -> str:
+        return f"{self.prefix}:analytics:org:{organization_id}"
+
+    def schedule_key(self, organization_id: int) -> str:
+        return f"{self.prefix}:analytics:org:{organization_id}:scheduled"
+
+    def compute(self, organization_id: int, field: str) -> dict[str, Any]:
+        as_of = dt.datetime.now(dt.UTC)
+        with self.db.transaction() as session:
+            if field == FUNNEL_FIELD:
+                result = analytics.funnel(session, organization_id)
+            else:
+                days = int(field.split(":", 1)[1])
+                result = analytics.summary(session, organization_id, days=days, now=as_of)
+        return {**result, "as_of": as_of.isoformat()}
+
+    def _redis(self) -> redis.Redis:
+        if self.client is None:
+            raise redis.ConnectionError("no Redis configured")
+        return self.client
+
+    def _store(
+        self, organization_id: int, gen: str, fields: dict[str, Any], *, replace: bool
+    ) -> bool:
+        args: list[Any] = [gen, "1" if replace else "0", KEY_TTL_SECONDS]
+        for name, value in fields.items():
+            args += [name, json.dumps(value)]
+        key = self.org_key(organization_id)
+        return bool(self._redis().eval(_STORE_IF_CURRENT, 1, key, *args))
+
+    def refresh(self, organization_id: int) -> bool:
+        """Recompute the default results and drop the other cached variants."""
+        gen = str(self._redis().hincrby(self.org_key(organization_id), "gen", 1))
+        fields = {
+            name: self.compute(organization_id, name)
+            for name in (summary_field(DEFAULT_DAYS), FUNNEL_FIELD)
+        }
+        return self._store(organization_id, gen, fields, replace=True)
+
+    def get(self, organization_id: int, field: str) -> dict[str, Any]:
+        """The cached result, or a fresh one (stored for the next reader)."""
+        if self.client is not None:
+            try:
+                cached, gen = self.client.hmget(self.org_key(organization_id), [field, "gen"])
+                if cached is not None:
+                    return dict(json.loads(cached))
+                result = self.compute(organization_id, field)
+                self._store(organization_id, (gen or b"0").decode(), {field: result}, replace=False)
+                return result
+            except redis.RedisError:
+                log.warning("analytics cache unavailable; answering from the database")
+        return self.compute(organization_id, field)
+
+    def claim_refresh(self, organization_id: int) -> bool:
+        """Debounce: True for the first caller in DEBOUNCE_MS, who then schedules the refresh."""
+        key = self.schedule_key(organization_id)
+        return bool(self._redis().set(key, "1", nx=True, px=DEBOUNCE_MS))
+
+    def release_refresh(self, organization_id: int) -> None:
+        """Called when a refresh starts: later changes schedule another one."""
+        self._redis().delete(self.schedule_key(organization_id))
