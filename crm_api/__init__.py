@@ -101,8 +101,8 @@ def _install_outbox_publisher(app: Flask, db: Database) -> None:
 
         db.publisher = inline_publisher(db, app.extensions["crm_analytics"])
     elif mode == "celery":
-        from crm_worker.dispatch import celery_publisher
+        from crm_worker.dispatch import BackgroundPublisher
 
-        db.publisher = celery_publisher
+        db.publisher = BackgroundPublisher()
     else:
         db.publisher = None

@@ -46,6 +46,7 @@ celery_app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,  # keep trying while the broker is away
     broker_transport_options={
         "visibility_timeout": 3600,
         "socket_connect_timeout": 2,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 import redis
@@ -38,6 +42,62 @@ def celery_publisher(ids: Sequence[int]) -> None:
 
     for event_id in ids:
         celery_app.send_task(DELIVER_TASK, args=[event_id], retry=False)
+
+
+class BackgroundPublisher:
+    """Publishes committed event ids from a daemon thread, so a slow or unreachable broker
+    never delays an API response (kombu can spend seconds failing to connect).
+
+    Whatever it cannot publish stays pending in the outbox and the beat re-dispatch sends it.
+    After a failure it drops batches for `cooldown` seconds instead of waiting on the broker
+    again for each one."""
+
+    def __init__(
+        self,
+        publish: Publisher = celery_publisher,
+        *,
+        maxsize: int = 10_000,
+        cooldown: float = 5.0,
+    ) -> None:
+        self._publish = publish
+        self._maxsize = maxsize
+        self._cooldown = cooldown
+        self._queue: queue.Queue[list[int]] = queue.Queue(maxsize)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._down_until = 0.0
+
+    def __call__(self, ids: Sequence[int]) -> None:
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(list(ids))
+        except queue.Full:
+            log.warning("publish queue full; events %s left for re-dispatch", list(ids))
+
+    def _ensure_thread(self) -> None:
+        # A forked child (gunicorn --preload, Celery prefork) inherits no running thread.
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                self._queue = queue.Queue(self._maxsize)
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="outbox-publisher", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            ids = self._queue.get()
+            if time.monotonic() < self._down_until:
+                continue  # the broker just failed; the re-dispatch will send these
+            try:
+                self._publish(ids)
+            except Exception:
+                self._down_until = time.monotonic() + self._cooldown
+                log.warning("could not publish outbox events %s; left for re-dispatch", ids)
 
 
 def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:

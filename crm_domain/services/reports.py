@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -79,7 +79,9 @@ def schedule_weekly(session: Session, *, today: dt.date | None = None) -> int:
             )
             .on_conflict_do_nothing(
                 index_elements=[Report.organization_id, Report.period_start],
-                index_where=Report.kind == WEEKLY,
+                # a literal predicate: PostgreSQL cannot match a bound parameter to the
+                # partial unique index `WHERE kind = 'weekly'`
+                index_where=text(f"kind = '{WEEKLY}'"),
             )
             .returning(Report.id)
         )

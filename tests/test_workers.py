@@ -1,0 +1,212 @@
+"""Worker behaviour on a real stack: gunicorn + Celery worker + beat on a private Redis.
+
+The timeline must lose nothing and double nothing when the worker is killed mid-stream or
+Redis goes away during writes; the API keeps accepting writes while Redis is down."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from crm_domain.db import Database
+from crm_domain.models import Activity, OutboxEvent
+
+from .stack import Stack, wait_until
+
+pytestmark = pytest.mark.worker
+
+PASSWORD = "StrongPassword123"
+DELIVERY_TIMEOUT = 120  # generous: reconnect back-off after a broker outage can take a while
+
+
+@pytest.fixture(scope="module")
+def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
+    s = Stack(
+        test_services.database_url,
+        tmp_path_factory.mktemp("stack"),
+        key_prefix=f"{test_services.database_name}-stack",
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def tenant(stack: Stack) -> dict[str, Any]:
+    """A fresh organization with one contact and one deal, created through the running API."""
+    status, body = stack.http(
+        "POST",
+        "/auth/register",
+        {
+            "email": f"w-{uuid.uuid4().hex[:10]}@example.com",
+            "password": PASSWORD,
+            "name": "Worker Test",
+            "organization_name": "Workers Inc",
+        },
+    )
+    assert status == 201, body
+    token, org = body["access_token"], body["organization"]["id"]
+    status, contact = stack.http("POST", "/contacts", {"name": "C"}, token, org)
+    assert status == 201, contact
+    status, deal = stack.http(
+        "POST", "/deals", {"contact_id": contact["id"], "title": "D", "amount": "10.00"}, token, org
+    )
+    assert status == 201, deal
+    return {"token": token, "org": org, "deal": deal["id"]}
+
+
+def undelivered(db: Database, org: int) -> int:
+    with db.transaction() as s:
+        return (
+            s.scalar(
+                select(func.count()).where(
+                    OutboxEvent.organization_id == org, OutboxEvent.delivered_at.is_(None)
+                )
+            )
+            or 0
+        )
+
+
+def activity_counts(db: Database, deal_id: int) -> dict[str, int]:
+    with db.transaction() as s:
+        rows = s.execute(
+            select(Activity.type, func.count())
+            .where(Activity.deal_id == deal_id)
+            .group_by(Activity.type)
+        ).all()
+    return {t.value: n for t, n in rows}
+
+
+def timeline_matches_outbox(db: Database, org: int) -> None:
+    """Every timeline event of the org was delivered into exactly one activity."""
+    with db.transaction() as s:
+        keys = s.scalars(
+            select(OutboxEvent.event_key).where(
+                OutboxEvent.organization_id == org, OutboxEvent.topic == "timeline.activity"
+            )
+        ).all()
+        delivered = s.scalars(select(Activity.event_key).where(Activity.event_key.in_(keys))).all()
+    assert sorted(map(str, delivered)) == sorted(map(str, keys))
+
+
+def patch_status(stack: Stack, tenant: dict[str, Any], status: str) -> None:
+    code, body = stack.http(
+        "PATCH", f"/deals/{tenant['deal']}", {"status": status}, tenant["token"], tenant["org"]
+    )
+    assert code == 200, body
+
+
+def test_timeline_entry_arrives_through_the_worker(stack: Stack, db: Database, tenant) -> None:
+    patch_status(stack, tenant, "in_progress")
+
+    def entries() -> list[dict[str, Any]]:
+        code, body = stack.http(
+            "GET", f"/deals/{tenant['deal']}/activities", None, tenant["token"], tenant["org"]
+        )
+        assert code == 200, body
+        return [a for a in body["items"] if a["type"] == "status_changed"]
+
+    found = wait_until(entries, 30)
+    assert [a["payload"] for a in found] == [{"old_status": "new", "new_status": "in_progress"}]
+    wait_until(lambda: undelivered(db, tenant["org"]) == 0, 30)
+    assert activity_counts(db, tenant["deal"]) == {"status_changed": 1}
+
+
+def test_analytics_are_precomputed_after_a_write(stack: Stack, tenant) -> None:
+    token, org = tenant["token"], tenant["org"]
+    code, before = stack.http("GET", "/analytics/deals/summary", None, token, org)
+    assert code == 200 and before["by_status"]["won"]["count"] == 0
+    patch_status(stack, tenant, "won")
+
+    def refreshed() -> dict[str, Any] | None:
+        _, body = stack.http("GET", "/analytics/deals/summary", None, token, org)
+        return body if body["by_status"]["won"]["count"] == 1 else None
+
+    after = wait_until(refreshed, 30)
+    assert after["by_status"]["won"]["total_amount"] == "10.00"
+    assert dt.datetime.fromisoformat(after["as_of"]) > dt.datetime.fromisoformat(before["as_of"])
+    _, funnel = stack.http("GET", "/analytics/deals/funnel", None, token, org)
+    assert funnel["stages"][0]["by_status"]["won"] == 1
+
+
+def test_on_demand_report_is_built_by_the_worker(stack: Stack, tenant) -> None:
+    token, org = tenant["token"], tenant["org"]
+    code, report = stack.http("POST", "/reports", None, token, org)
+    assert code == 202 and report["status"] == "pending", report
+
+    def ready() -> dict[str, Any] | None:
+        _, body = stack.http("GET", f"/reports/{report['id']}", None, token, org)
+        return body if body["status"] == "ready" else None
+
+    built = wait_until(ready, 30)
+    assert built["data"]["summary"]["total_deals"] == 1
+    assert next(s["stage"] for s in built["data"]["funnel"]["stages"]) == "qualification"
+
+
+def test_worker_killed_mid_stream_loses_and_doubles_nothing(
+    stack: Stack, db: Database, tenant
+) -> None:
+    statuses = itertools.cycle(["in_progress", "new"])
+    writes = 45
+    try:
+        for i in range(writes):
+            if i == 15:
+                stack.worker.kill()  # SIGKILL: tasks in flight are neither finished nor acked
+            if i == 30:
+                stack.worker.start()
+            patch_status(stack, tenant, next(statuses))
+        wait_until(lambda: undelivered(db, tenant["org"]) == 0, DELIVERY_TIMEOUT, 0.5)
+    except TimeoutError:
+        pytest.fail(f"events left undelivered\n{stack.logs()}")
+    finally:
+        if stack.worker.proc is None or stack.worker.proc.poll() is not None:
+            stack.worker.start()
+    assert activity_counts(db, tenant["deal"]) == {"status_changed": writes}
+    timeline_matches_outbox(db, tenant["org"])
+
+
+def test_redis_down_during_writes(stack: Stack, db: Database, tenant) -> None:
+    token, org, deal = tenant["token"], tenant["org"], tenant["deal"]
+    stack.redis.kill()
+    try:
+        statuses = itertools.cycle(["in_progress", "new"])
+        writes = 20
+        for _ in range(writes):
+            patch_status(stack, tenant, next(statuses))
+        tomorrow = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
+        code, task = stack.http(
+            "POST", "/tasks", {"deal_id": deal, "title": "Call", "due_date": tomorrow}, token, org
+        )
+        assert code == 201, task
+        code, comment = stack.http(
+            "POST",
+            f"/deals/{deal}/activities",
+            {"type": "comment", "payload": {"text": "hi"}},
+            token,
+            org,
+        )
+        assert code == 201, comment
+
+        code, ready = stack.http("GET", "/ready")
+        assert code == 503 and ready["checks"]["redis"] != "ok"
+        assert ready["checks"]["database"] == "ok"
+        # Analytics still answer, from the database.
+        code, summary = stack.http("GET", "/analytics/deals/summary", None, token, org)
+        assert code == 200 and summary["total_deals"] == 1
+    finally:
+        stack.redis.start()
+    try:
+        wait_until(lambda: undelivered(db, org) == 0, DELIVERY_TIMEOUT, 0.5)
+    except TimeoutError:
+        pytest.fail(f"events left undelivered after Redis came back\n{stack.logs()}")
+    assert activity_counts(db, deal) == {"status_changed": writes, "task_created": 1, "comment": 1}
+    timeline_matches_outbox(db, org)
+    assert stack.http("GET", "/ready")[0] == 200
