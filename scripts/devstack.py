@@ -92,6 +92,7 @@ def main() -> int:
             "-A",
             "celery_app",
             "flower",
+            "--conf=crm_worker/flowerconfig.py",
             f"--port={flower_port}",
             "--address=127.0.0.1",
         ],
@@ -111,14 +112,22 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     exit_code = 0
+    restarts: dict[str, list[float]] = {name: [] for name in commands}
     try:
         while not stopping:
             for name, proc in procs.items():
-                if proc.poll() is not None:
-                    log(f"{name} exited with {proc.returncode}; stopping")
+                if proc.poll() is None:
+                    continue
+                # Restart what exits on its own, like a process manager; give up on a loop.
+                recent = [t for t in restarts[name] if time.time() - t < 60] + [time.time()]
+                restarts[name] = recent
+                if len(recent) > 5:
+                    log(f"{name} keeps exiting ({proc.returncode}); stopping")
                     exit_code = proc.returncode or 1
                     stopping = True
                     break
+                log(f"{name} exited with {proc.returncode}; restarting")
+                procs[name] = subprocess.Popen(commands[name], cwd=ROOT)
             time.sleep(0.5)
     finally:
         log("stopping")

@@ -5,8 +5,11 @@ Redis goes away during writes; the API keeps accepting writes while Redis is dow
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import itertools
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,10 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from crm_api import create_app
 from crm_domain.db import Database
+from crm_domain.embedded import free_port
 from crm_domain.models import Activity, OutboxEvent
 
-from .stack import Stack, wait_until
+from .stack import BIN, Service, Stack, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -210,3 +215,82 @@ def test_redis_down_during_writes(stack: Stack, db: Database, tenant) -> None:
     assert activity_counts(db, deal) == {"status_changed": writes, "task_created": 1, "comment": 1}
     timeline_matches_outbox(db, org)
     assert stack.http("GET", "/ready")[0] == 200
+
+
+def test_flower_requires_basic_auth(stack: Stack) -> None:
+    port = free_port()
+    flower = Service(
+        "flower",
+        [
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "flower",
+            "--conf=crm_worker/flowerconfig.py",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        {**stack.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass"},
+        stack.workdir,
+    )
+    flower.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def status(auth: str | None) -> int:
+        headers = (
+            {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+        )
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(base + "/workers", headers=headers), timeout=5
+            ) as r:
+                return r.status
+        except urllib.error.HTTPError as error:
+            return error.code
+        except (urllib.error.URLError, ConnectionError):
+            return 0
+
+    try:
+        wait_until(lambda: status(None) != 0, 30, 0.2)
+        assert status(None) == 401
+        assert status("ops:wrong") == 401
+        assert status("ops:s3cret-pass") == 200
+    finally:
+        flower.stop()
+
+
+def test_in_process_worker_delivers_and_reminds(app, db: Database) -> None:
+    """celery.contrib.testing's worker (in a thread) on the test Redis, fed by an API that
+    publishes through Celery instead of delivering inline."""
+    from celery.contrib.testing.worker import start_worker
+
+    from crm_worker.app import celery_app
+
+    from .api import ApiClient
+
+    celery_api = create_app(OUTBOX_DISPATCH="celery", TESTING=True)
+    api = ApiClient(celery_api.test_client())
+    owner = api.register()
+    deal = api.deal(owner)
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    task = api.task(owner, deal["id"], due_date=today)
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        r = api.patch(
+            f"/deals/{deal['id']}", user=owner, org=owner.org_id, json={"stage": "proposal"}
+        )
+        assert r.status_code == 200
+
+        def delivered() -> bool:
+            counts = activity_counts(db, deal["id"])
+            return counts.get("stage_changed") == 1 and counts.get("task_created") == 1
+
+        wait_until(delivered, 30)
+        celery_app.send_task("crm.reminders.send_due")
+
+        def reminded() -> list[dict[str, Any]]:
+            r = api.get("/notifications", user=owner, org=owner.org_id)
+            return [n for n in r.get_json()["items"] if n["payload"]["task_id"] == task["id"]]
+
+        notes = wait_until(reminded, 30)
+    assert [n["type"] for n in notes] == ["task_due"]
+    assert activity_counts(db, deal["id"]).get("task_reminder") == 1
