@@ -23,8 +23,9 @@ from werkzeug.exceptions import HTTPException
 
 from crm_domain.context import Actor
 from crm_domain.db import Database
-from crm_domain.errors import PreconditionFailed
-from crm_domain.services import organizations
+from crm_domain.enums import Role
+from crm_domain.errors import Forbidden, PreconditionFailed, Unauthorized, ValidationFailed
+from crm_domain.services import auth as auth_service
 
 from .errors import error_response, http_exception_response
 
@@ -129,6 +130,7 @@ class Blueprint(flask_smorest.Blueprint):
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             verify_jwt_in_request()
+            check_access(None)
             return func(*args, **kwargs)
 
         self._mark(wrapper, "login")
@@ -140,7 +142,7 @@ class Blueprint(flask_smorest.Blueprint):
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             verify_jwt_in_request()
-            g.actor = resolve_actor(current_user_id(), request.headers.get(ORG_HEADER))
+            g.actor = resolve_actor(request.headers.get(ORG_HEADER))
             return func(*args, **kwargs)
 
         self._mark(wrapper, "tenant")
@@ -177,25 +179,42 @@ def current_actor() -> Actor:
     return cast(Actor, g.actor)
 
 
-def resolve_actor(user_id: int, raw_org_id: str | None) -> Actor:
-    """400 for a missing or malformed header, 403 when the user is not a member."""
-    from flask_smorest import abort
-
-    if raw_org_id is None or not raw_org_id.strip():
-        abort(
-            400, code="ORGANIZATION_HEADER_REQUIRED", message=f"The {ORG_HEADER} header is required"
+def check_access(organization_id: int | None) -> Role | None:
+    """One query after the token's signature checked out: 401 if its login session was
+    revoked; otherwise the user's role in `organization_id` (None if not a member)."""
+    claims = get_jwt()
+    with database().autocommit() as conn:
+        active, role = auth_service.check_access(
+            conn,
+            session_id=str(claims.get("sid", "")),
+            user_id=int(claims["sub"]),
+            organization_id=organization_id,
         )
+    if not active:
+        raise Unauthorized("Token has been revoked", code="TOKEN_REVOKED")
+    return role
+
+
+def resolve_actor(raw_org_id: str | None) -> Actor:
+    """401 for a revoked session, then 400 for a missing or malformed header, then 403 when
+    the user is not a member of the organization."""
     value = (raw_org_id or "").strip()
+    if not value:
+        check_access(None)
+        raise ValidationFailed(
+            f"The {ORG_HEADER} header is required", code="ORGANIZATION_HEADER_REQUIRED"
+        )
     if not value.isascii() or not value.isdigit() or not 0 < int(value) < 2**31:
-        abort(
-            400,
+        check_access(None)
+        raise ValidationFailed(
+            f"The {ORG_HEADER} header must be a positive integer",
             code="ORGANIZATION_HEADER_INVALID",
-            message=f"The {ORG_HEADER} header must be a positive integer",
         )
     org_id = int(value)
-    with transaction() as session:
-        role = organizations.require_role(session, org_id, user_id)
-    return Actor(user_id=user_id, organization_id=org_id, role=role)
+    role = check_access(org_id)
+    if role is None:
+        raise Forbidden("You are not a member of this organization", code="NOT_ORGANIZATION_MEMBER")
+    return Actor(user_id=current_user_id(), organization_id=org_id, role=role)
 
 
 # --- ETag / If-Match -------------------------------------------------------------------------

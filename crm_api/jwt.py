@@ -9,8 +9,6 @@ from typing import Any
 from flask import Flask, Response
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 
-from crm_domain.services import auth as auth_service
-
 from .errors import error_response
 
 jwt = JWTManager()
@@ -36,15 +34,8 @@ def init_jwt(app: Flask, *, access_minutes: int, refresh_days: int) -> None:
     app.config.setdefault("JWT_TOKEN_LOCATION", ["headers"])
     jwt.init_app(app)
 
-    @jwt.token_in_blocklist_loader
-    def _revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-        from .extensions import transaction
-
-        sid = payload.get("sid")
-        if not sid:
-            return True
-        with transaction() as session:
-            return not auth_service.is_session_active(session, sid)
+    # Revocation (the token's login session) is checked by the views' decorators, in the same
+    # query as the tenant membership: see crm_api.extensions.check_access.
 
     def unauthorized(code: str, message: str) -> Response:
         return error_response(401, code, message)

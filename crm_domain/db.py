@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy import Connection, Engine, MetaData, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -48,7 +48,10 @@ class Database:
                         self.url,
                         pool_size=self.pool_size,
                         max_overflow=self.pool_size,
-                        pool_pre_ping=True,
+                        # No pre-ping (a round trip per checkout): a connection the server
+                        # dropped fails one request with 503 and the pool is invalidated.
+                        pool_pre_ping=False,
+                        pool_recycle=1800,
                         pool_timeout=10,
                         connect_args={"connect_timeout": 5},
                     )
@@ -71,6 +74,12 @@ class Database:
                 yield session
         finally:
             session.close()
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection without a transaction: one round trip per read, for tiny lookups."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
 
     def dispose(self) -> None:
         """Drop pooled connections (call in a child process after fork)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import current_app
+from flask import Response, current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
 
@@ -90,6 +90,8 @@ class Funnel(MethodView):
         return _cached(analytics_cache.FUNNEL_FIELD)
 
 
-def _cached(field: str) -> Any:
+def _cached(field: str) -> Response:
+    """The precomputed JSON document, sent as stored (the schemas above document it)."""
     cache = current_app.extensions["crm_analytics"]
-    return cache.get(current_actor().organization_id, field)
+    body = cache.get_json(current_actor().organization_id, field)
+    return Response(body, status=200, mimetype="application/json")

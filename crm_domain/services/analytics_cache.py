@@ -92,17 +92,21 @@ class AnalyticsCache:
 
     def get(self, organization_id: int, field: str) -> dict[str, Any]:
         """The cached result, or a fresh one (stored for the next reader)."""
+        return dict(json.loads(self.get_json(organization_id, field)))
+
+    def get_json(self, organization_id: int, field: str) -> bytes:
+        """Like `get`, as the stored JSON document (served as is: no re-encoding)."""
         if self.client is not None:
             try:
                 cached, gen = self.client.hmget(self.org_key(organization_id), [field, "gen"])
                 if cached is not None:
-                    return dict(json.loads(cached))
+                    return bytes(cached)
                 result = self.compute(organization_id, field)
                 self._store(organization_id, (gen or b"0").decode(), {field: result}, replace=False)
-                return result
+                return json.dumps(result).encode()
             except redis.RedisError:
                 log.warning("analytics cache unavailable; answering from the database")
-        return self.compute(organization_id, field)
+        return json.dumps(self.compute(organization_id, field)).encode()
 
     def claim_refresh(self, organization_id: int) -> bool:
         """Debounce: True for the first caller in DEBOUNCE_MS, who then schedules the refresh."""

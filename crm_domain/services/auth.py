@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import bcrypt
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -133,8 +133,22 @@ def revoke_session(session: Session, session_id: str, reason: str = "logout") ->
     )
 
 
-def is_session_active(session: Session, session_id: str) -> bool:
-    revoked = session.execute(
-        select(AuthSession.revoked_at).where(AuthSession.id == session_id)
-    ).first()
-    return revoked is not None and revoked[0] is None
+def check_access(
+    conn: Connection, *, session_id: str, user_id: int, organization_id: int | None
+) -> tuple[bool, Role | None]:
+    """In one query: is the login session alive, and the user's role in the organization."""
+    active = (
+        select(AuthSession.revoked_at.is_(None))
+        .where(AuthSession.id == session_id, AuthSession.user_id == user_id)
+        .scalar_subquery()
+    )
+    role = (
+        select(OrganizationMember.role)
+        .where(
+            OrganizationMember.organization_id == (organization_id or 0),
+            OrganizationMember.user_id == user_id,
+        )
+        .scalar_subquery()
+    )
+    row = conn.execute(select(active, role)).one()
+    return bool(row[0]), (Role(row[1]) if row[1] is not None else None)
