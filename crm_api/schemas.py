@@ -58,10 +58,19 @@ class PageArgs(ma.Schema):
     page_size = fields.Integer(
         load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE)
     )
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=512),
+        metadata={
+            "description": "next_cursor of the previous page: keyset pagination (no total, "
+            "same speed on every page; `page` is then ignored)"
+        },
+    )
 
     @staticmethod
     def page_request(args: dict[str, Any]) -> PageRequest:
-        return PageRequest(page=args.pop("page"), page_size=args.pop("page_size"))
+        return PageRequest(
+            page=args.pop("page"), page_size=args.pop("page_size"), cursor=args.pop("cursor", None)
+        )
 
 
 _PAGE_SCHEMAS: dict[str, type[ma.Schema]] = {}
@@ -76,10 +85,21 @@ def page_of(item: type[ma.Schema]) -> type[ma.Schema]:
             (ma.Schema,),
             {
                 "items": fields.List(fields.Nested(item), required=True),
-                "total": fields.Integer(required=True),
-                "page": fields.Integer(required=True),
+                "total": fields.Integer(
+                    required=True, allow_none=True, metadata={"description": "null with a cursor"}
+                ),
+                "page": fields.Integer(
+                    required=True, allow_none=True, metadata={"description": "null with a cursor"}
+                ),
                 "page_size": fields.Integer(required=True),
-                "pages": fields.Integer(required=True),
+                "pages": fields.Integer(
+                    required=True, allow_none=True, metadata={"description": "null with a cursor"}
+                ),
+                "next_cursor": fields.String(
+                    required=True,
+                    allow_none=True,
+                    metadata={"description": "pass as `cursor` for the next page; null at the end"},
+                ),
             },
         )
     return _PAGE_SCHEMAS[name]

@@ -22,6 +22,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def include_in_migrations(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic comparison filter: trigram indexes exist only where the server has pg_trgm
+    (migration 0003), so they are not part of the models."""
+    return not (type_ == "index" and reflected and (name or "").endswith("_trgm"))
+
+
 # Receives the ids of outbox events right after the transaction that wrote them commits.
 Publisher = Callable[[Sequence[int]], None]
 

@@ -110,7 +110,9 @@ class Contact(Base):
     __table_args__ = (
         UniqueConstraint("id", "organization_id"),
         Index("ix_contacts_org_id", "organization_id", "id"),
-        Index("ix_contacts_org_owner", "organization_id", "owner_id"),
+        Index("ix_contacts_org_owner_id", "organization_id", "owner_id", "id"),
+        # Trigram indexes for `search` (name/email ILIKE) are created by migration 0003 where
+        # the server has pg_trgm.
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -139,8 +141,14 @@ class Deal(Base):
         ),
         CheckConstraint("amount >= 0", name="amount_non_negative"),
         CheckConstraint("status <> 'won' OR amount > 0", name="won_amount_positive"),
-        Index("ix_deals_org_created", "organization_id", "created_at"),
-        Index("ix_deals_org_status", "organization_id", "status"),
+        # One index per sort, (organization, sort column, id): keyset pages and ORDER BY ...
+        # LIMIT read only what they return; filtered variants for the common filters.
+        Index("ix_deals_org_created_id", "organization_id", "created_at", "id"),
+        Index("ix_deals_org_amount_id", "organization_id", "amount", "id"),
+        Index("ix_deals_org_updated_id", "organization_id", "updated_at", "id"),
+        Index("ix_deals_org_status_created_id", "organization_id", "status", "created_at", "id"),
+        Index("ix_deals_org_stage_created_id", "organization_id", "stage", "created_at", "id"),
+        Index("ix_deals_org_owner_created_id", "organization_id", "owner_id", "created_at", "id"),
         Index("ix_deals_contact", "contact_id"),
     )
 
@@ -177,7 +185,14 @@ class Task(Base):
             name="fk_tasks_deal_same_org",
         ),
         Index("ix_tasks_org_due", "organization_id", "due_date", "id"),
-        Index("ix_tasks_deal", "deal_id"),
+        Index(
+            "ix_tasks_org_open_due",
+            "organization_id",
+            "due_date",
+            "id",
+            postgresql_where=text("NOT is_done"),
+        ),
+        Index("ix_tasks_deal_due", "deal_id", "due_date", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

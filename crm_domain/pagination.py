@@ -1,14 +1,26 @@
-"""Page requests and pages of results."""
+"""Page requests and pages of results: page numbers, or keyset cursors.
+
+Page mode (`page`, `page_size`) counts the matches and reads one page; deep pages read ids
+first (index-only) and then the rows. Cursor mode (`cursor` from a previous `next_cursor`)
+seeks straight to the position after the last row seen: no count, no offset, the same cost on
+page 1 and page 5,000. Every page carries `next_cursor` while more rows follow."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from decimal import Decimal, InvalidOperation
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, func, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from .errors import ValidationFailed
 
 T = TypeVar("T")
 
@@ -20,6 +32,7 @@ MAX_PAGE_SIZE = 100
 class PageRequest:
     page: int = 1
     page_size: int = DEFAULT_PAGE_SIZE
+    cursor: str | None = None
 
     @property
     def offset(self) -> int:
@@ -29,19 +42,136 @@ class PageRequest:
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: Sequence[T]
-    total: int
-    page: int
+    total: int | None
+    page: int | None
     page_size: int
+    next_cursor: str | None = None
 
     @property
-    def pages(self) -> int:
+    def pages(self) -> int | None:
+        if self.total is None:
+            return None
         return math.ceil(self.total / self.page_size) if self.total else 0
 
 
-def paginate(session: Session, stmt: Select[T], request: PageRequest) -> Page[T]:
-    """Run `stmt` (already filtered and ordered) for one page, plus the total count."""
-    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
-    items: Sequence[T] = []
+@dataclass(frozen=True)
+class Ordering:
+    """The sort of a list: one column (then the primary key as tie-breaker), one direction.
+
+    `name` goes into cursors, so a cursor is refused under another sort."""
+
+    name: str
+    column: InstrumentedAttribute[Any]
+    key: InstrumentedAttribute[Any]
+    descending: bool = True
+
+    def clauses(self) -> list[Any]:
+        if self.column is self.key:
+            return [self.key.desc() if self.descending else self.key.asc()]
+        if self.descending:
+            return [self.column.desc(), self.key.desc()]
+        return [self.column.asc(), self.key.asc()]
+
+    def values_of(self, item: Any) -> list[Any]:
+        if self.column is self.key:
+            return [getattr(item, self.key.key)]
+        return [getattr(item, self.column.key), getattr(item, self.key.key)]
+
+    def after(self, values: list[Any]) -> Any:
+        """The keyset condition: rows strictly after `values` in this order."""
+        columns = [self.key] if self.column is self.key else [self.column, self.key]
+        left = columns[0] if len(columns) == 1 else tuple_(*columns)
+        right = values[0] if len(values) == 1 else tuple_(*values)
+        return left < right if self.descending else left > right
+
+    def _types(self) -> list[type]:
+        columns = [self.key] if self.column is self.key else [self.column, self.key]
+        return [c.type.python_type for c in columns]
+
+    def encode(self, item: Any) -> str:
+        values = [_to_json(v) for v in self.values_of(item)]
+        raw = json.dumps({"o": self.signature, "k": values}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def decode(self, cursor: str) -> list[Any]:
+        try:
+            padded = cursor + "=" * (-len(cursor) % 4)
+            data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            if not isinstance(data, dict) or not isinstance(data.get("k"), list):
+                raise ValueError("not a cursor")
+            if data.get("o") != self.signature:
+                raise ValidationFailed(
+                    "The cursor belongs to another sort order; start again without it",
+                    code="INVALID_CURSOR",
+                )
+            types = self._types()
+            if len(data["k"]) != len(types):
+                raise ValueError("wrong number of values")
+            return [_from_json(v, t) for v, t in zip(data["k"], types, strict=True)]
+        except ValidationFailed:
+            raise
+        except (ValueError, TypeError, binascii.Error, InvalidOperation, UnicodeDecodeError) as exc:
+            raise ValidationFailed("Invalid cursor", code="INVALID_CURSOR") from exc
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}:{'desc' if self.descending else 'asc'}"
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _from_json(value: Any, python_type: type) -> Any:
+    if python_type is dt.datetime:
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return parsed
+    if python_type is dt.date:
+        return dt.date.fromisoformat(value)
+    if python_type is Decimal:
+        number = Decimal(value)
+        if not number.is_finite() or abs(number) >= 10**15:
+            raise ValueError("amount out of range")
+        return number
+    if python_type is int:
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 2**63:
+            raise ValueError("not an integer")
+        return value
+    return python_type(value)
+
+
+def paginate(
+    session: Session, stmt: Select[Any], request: PageRequest, ordering: Ordering
+) -> Page[Any]:
+    """Run `stmt` (filtered, not yet ordered) for one page in `ordering`."""
+    stmt = stmt.order_by(*ordering.clauses())
+    size = request.page_size
+    if request.cursor is not None:
+        after = ordering.decode(request.cursor)
+        rows = list(session.scalars(stmt.where(ordering.after(after)).limit(size + 1)))
+        seen = rows[:size]
+        next_cursor = ordering.encode(seen[-1]) if len(rows) > size and seen else None
+        return Page(items=seen, total=None, page=None, page_size=size, next_cursor=next_cursor)
+
+    count_stmt = stmt.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    total = session.scalar(count_stmt) or 0
+    items: list[Any] = []
     if request.offset < total:
-        items = session.scalars(stmt.limit(request.page_size).offset(request.offset)).all()
-    return Page(items=items, total=total, page=request.page, page_size=request.page_size)
+        if request.offset >= 10 * MAX_PAGE_SIZE:
+            # Deep page: skip over index entries only, then read the page's rows.
+            ids = stmt.with_only_columns(ordering.key).limit(size).offset(request.offset)
+            page_stmt = stmt.where(ordering.key.in_(ids.scalar_subquery()))
+            items = list(session.scalars(page_stmt))
+        else:
+            items = list(session.scalars(stmt.limit(size).offset(request.offset)))
+    more = request.offset + len(items) < total
+    next_cursor = ordering.encode(items[-1]) if more and items else None
+    return Page(
+        items=items, total=total, page=request.page, page_size=size, next_cursor=next_cursor
+    )

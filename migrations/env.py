@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from crm_domain import models  # noqa: F401  (registers the tables)
-from crm_domain.db import Base
+from crm_domain.db import Base, include_in_migrations
 from crm_domain.settings import Settings, normalize_db_url
 
 config = context.config
@@ -23,8 +23,20 @@ def _url() -> str:
     return normalize_db_url(explicit) if explicit else Settings.from_env().database_url
 
 
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Trigram indexes exist only where the server has pg_trgm (see 0003): not in the models."""
+    return not (type_ == "index" and reflected and (name or "").endswith("_trgm"))
+
+
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        include_object=include_in_migrations,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -32,7 +44,12 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            compare_type=True,
+            include_object=include_in_migrations,
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -172,7 +172,7 @@ def test_list_newest_first_and_paginated(api: ApiClient) -> None:
 
     r = _timeline(api, user, deal["id"])
     body = r.get_json()
-    assert set(body) == {"items", "total", "page", "page_size", "pages"}
+    assert set(body) == {"items", "total", "page", "page_size", "pages", "next_cursor"}
     assert body["total"] == 6
     items = body["items"]
     assert items[0]["type"] == "status_changed"

@@ -112,7 +112,7 @@ def test_list_envelope_and_isolation(api: ApiClient) -> None:
     r = api.get("/contacts", user=alice, org=alice.org_id)
     assert r.status_code == 200
     body = r.get_json()
-    assert set(body) == {"items", "total", "page", "page_size", "pages"}
+    assert set(body) == {"items", "total", "page", "page_size", "pages", "next_cursor"}
     assert body["total"] == 2
     assert body["page"] == 1
     assert body["page_size"] == 20

@@ -180,7 +180,7 @@ def test_contacts_pagination_walk(
         )
         assert r.status_code == 200, r.get_json()
         body = r.get_json()
-        assert set(body) == {"items", "total", "page", "page_size", "pages"}
+        assert set(body) == {"items", "total", "page", "page_size", "pages", "next_cursor"}
         assert body["total"] == N_CONTACTS
         assert body["page"] == page
         assert body["page_size"] == page_size
@@ -190,6 +190,22 @@ def test_contacts_pagination_walk(
         seen.extend(item["id"] for item in body["items"])
     assert len(seen) == N_CONTACTS
     assert set(seen) == expected_ids
+
+    # The same walk by cursor: same items in the same order, no totals, null at the end.
+    by_cursor: list[int] = []
+    query: dict[str, object] = {"page_size": page_size}
+    while True:
+        r = api.get("/contacts", user=user, org=user.org_id, query=query)
+        assert r.status_code == 200, r.get_json()
+        body = r.get_json()
+        if "cursor" in query:
+            assert (body["total"], body["page"], body["pages"]) == (None, None, None)
+        by_cursor.extend(item["id"] for item in body["items"])
+        if body["next_cursor"] is None:
+            break
+        assert len(body["items"]) == page_size
+        query = {"page_size": page_size, "cursor": body["next_cursor"]}
+    assert by_cursor == seen
 
     r = api.get(
         "/contacts",

@@ -368,7 +368,7 @@ def test_list_ordered_by_due_date(api: ApiClient, tasks_setup: dict) -> None:
     r = _list(api, s["user"])
     assert _ids(r) == [s["t0"]["id"], s["t2"]["id"], s["t5"]["id"], s["t9"]["id"]]
     body = r.get_json()
-    assert set(body) == {"items", "total", "page", "page_size", "pages"}
+    assert set(body) == {"items", "total", "page", "page_size", "pages", "next_cursor"}
     assert body["total"] == 4
     dates = [item["due_date"] for item in body["items"]]
     assert dates == sorted(dates)

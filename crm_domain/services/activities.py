@@ -11,22 +11,21 @@ from ..context import Actor
 from ..enums import ActivityType
 from ..errors import ValidationFailed
 from ..models import Activity
-from ..pagination import Page, PageRequest, paginate
+from ..pagination import Ordering, Page, PageRequest, paginate
 from . import deals
 
 MAX_COMMENT_LENGTH = 10_000
+ORDERING = Ordering("created_at", Activity.created_at, Activity.id, descending=True)
 
 
 def list_activities(
     session: Session, actor: Actor, deal_id: int, request: PageRequest
 ) -> Page[Activity]:
     deals.get_deal(session, actor, deal_id)
-    stmt = (
-        select(Activity)
-        .where(Activity.deal_id == deal_id, Activity.organization_id == actor.organization_id)
-        .order_by(Activity.created_at.desc(), Activity.id.desc())
+    stmt = select(Activity).where(
+        Activity.deal_id == deal_id, Activity.organization_id == actor.organization_id
     )
-    return paginate(session, stmt, request)
+    return paginate(session, stmt, request, ORDERING)
 
 
 def add_comment(

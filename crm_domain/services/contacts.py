@@ -11,9 +11,11 @@ from .. import rules
 from ..context import Actor
 from ..errors import Conflict
 from ..models import Contact, Deal
-from ..pagination import Page, PageRequest, paginate
+from ..pagination import Ordering, Page, PageRequest, paginate
 from . import organizations
 from ._common import Precondition, apply_changes, get_in_org
+
+ORDERING = Ordering("id", Contact.id, Contact.id, descending=True)
 
 
 def list_contacts(
@@ -35,7 +37,7 @@ def list_contacts(
                 Contact.email.icontains(search, autoescape=True),
             )
         )
-    return paginate(session, stmt.order_by(Contact.id.desc()), request)
+    return paginate(session, stmt, request, ORDERING)
 
 
 def get_contact(

@@ -13,7 +13,7 @@ from .. import rules
 from ..context import Actor
 from ..enums import ActivityType, DealStage, DealStatus
 from ..models import Deal
-from ..pagination import Page, PageRequest, paginate
+from ..pagination import Ordering, Page, PageRequest, paginate
 from . import contacts, organizations, outbox
 from ._common import Precondition, apply_changes, get_in_org
 
@@ -45,12 +45,8 @@ def list_deals(
         stmt = stmt.where(Deal.amount >= min_amount)
     if max_amount is not None:
         stmt = stmt.where(Deal.amount <= max_amount)
-    column = ORDERABLE[order_by]
-    if order == "asc":
-        stmt = stmt.order_by(column.asc(), Deal.id.asc())
-    else:
-        stmt = stmt.order_by(column.desc(), Deal.id.desc())
-    return paginate(session, stmt, request)
+    ordering = Ordering(order_by, ORDERABLE[order_by], Deal.id, descending=order != "asc")
+    return paginate(session, stmt, request, ordering)
 
 
 def get_deal(session: Session, actor: Actor, deal_id: int, *, for_update: bool = False) -> Deal:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from ..context import Actor
 from ..errors import NotFound
 from ..models import Notification
-from ..pagination import Page, PageRequest, paginate
+from ..pagination import Ordering, Page, PageRequest, paginate
 
 
 def list_notifications(
@@ -22,7 +22,7 @@ def list_notifications(
     )
     if unread_only:
         stmt = stmt.where(Notification.read_at.is_(None))
-    return paginate(session, stmt.order_by(Notification.id.desc()), request)
+    return paginate(session, stmt, request, Ordering("id", Notification.id, Notification.id))
 
 
 def mark_read(session: Session, actor: Actor, notification_id: int) -> Notification:

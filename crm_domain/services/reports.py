@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ..context import Actor
 from ..models import Deal, Organization, Report, Task
-from ..pagination import Page, PageRequest, paginate
+from ..pagination import Ordering, Page, PageRequest, paginate
 from ..rules import utc_today
 from . import analytics, outbox
 from ._common import get_in_org
@@ -25,12 +25,8 @@ OVERDUE_LIMIT = 100
 
 
 def list_reports(session: Session, actor: Actor, request: PageRequest) -> Page[Report]:
-    stmt = (
-        select(Report)
-        .where(Report.organization_id == actor.organization_id)
-        .order_by(Report.id.desc())
-    )
-    return paginate(session, stmt, request)
+    stmt = select(Report).where(Report.organization_id == actor.organization_id)
+    return paginate(session, stmt, request, Ordering("id", Report.id, Report.id))
 
 
 def get_report(session: Session, actor: Actor, report_id: int) -> Report:

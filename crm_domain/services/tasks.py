@@ -12,9 +12,11 @@ from .. import rules
 from ..context import Actor
 from ..enums import ActivityType
 from ..models import Deal, Task
-from ..pagination import Page, PageRequest, paginate
+from ..pagination import Ordering, Page, PageRequest, paginate
 from . import deals, outbox
 from ._common import Precondition, apply_changes, get_in_org
+
+ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
 
 def list_tasks(
@@ -37,7 +39,7 @@ def list_tasks(
         stmt = stmt.where(Task.due_date <= due_before)
     if due_after is not None:
         stmt = stmt.where(Task.due_date >= due_after)
-    return paginate(session, stmt.order_by(Task.due_date.asc(), Task.id.asc()), request)
+    return paginate(session, stmt, request, ORDERING)
 
 
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
