@@ -7,8 +7,8 @@ COPY crm_api ./crm_api
 COPY crm_worker ./crm_worker
 RUN pip install --no-cache-dir .
 COPY migrations ./migrations
-COPY alembic.ini wsgi.py celery_app.py ./
+COPY alembic.ini wsgi.py celery_app.py gunicorn.conf.py ./
 RUN useradd --create-home crm
 USER crm
 EXPOSE 8000
-CMD ["gunicorn", "wsgi:app", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-"]
+CMD ["gunicorn", "wsgi:app"]
