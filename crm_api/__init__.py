@@ -8,6 +8,7 @@ import redis
 from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
+from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     # Short timeouts: when Redis is down the API answers from the database instead.
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
+    db.count_cache = LargeCountCache(client, settings.redis_key_prefix)
     _install_outbox_publisher(app, db)
 
     init_jwt(

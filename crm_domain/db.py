@@ -37,12 +37,14 @@ Publisher = Callable[[Sequence[int]], None]
 class Database:
     """One engine and session factory per process (recreate after fork with `dispose`).
 
-    `publisher`, when set, is handed the ids of outbox events each session commits."""
+    `publisher`, when set, is handed the ids of outbox events each session commits;
+    `count_cache`, when set, answers list totals (see crm_domain.counting)."""
 
     def __init__(self, url: str, *, pool_size: int = 5, publisher: Publisher | None = None) -> None:
         self.url = url
         self.pool_size = pool_size
         self.publisher = publisher
+        self.count_cache: object | None = None  # crm_domain.counting.LargeCountCache
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._factory: sessionmaker[Session] | None = None
@@ -71,6 +73,7 @@ class Database:
         assert self._factory is not None
         session = self._factory()
         session.info["outbox_publisher"] = self.publisher
+        session.info["count_cache"] = self.count_cache
         return session
 
     @contextmanager

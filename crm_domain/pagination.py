@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, func, tuple_
+from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from .errors import ValidationFailed
@@ -146,6 +146,14 @@ def _from_json(value: Any, python_type: type) -> Any:
     return python_type(value)
 
 
+def _count(session: Session, rows: Select[Any]) -> int:
+    """Exact, or through the session's count cache (see crm_domain.counting) when it has one."""
+    counter = session.info.get("count_cache")
+    if counter is not None:
+        return int(counter.count(session, rows))
+    return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
+
+
 def paginate(
     session: Session, stmt: Select[Any], request: PageRequest, ordering: Ordering
 ) -> Page[Any]:
@@ -159,8 +167,7 @@ def paginate(
         next_cursor = ordering.encode(seen[-1]) if len(rows) > size and seen else None
         return Page(items=seen, total=None, page=None, page_size=size, next_cursor=next_cursor)
 
-    count_stmt = stmt.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
-    total = session.scalar(count_stmt) or 0
+    total = _count(session, stmt.with_only_columns(ordering.key).order_by(None))
     items: list[Any] = []
     if request.offset < total:
         if request.offset >= 10 * MAX_PAGE_SIZE:
