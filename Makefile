@@ -1,9 +1,10 @@
 # Quick start: `make run` (install + API, worker, beat, Flower) and `make test`.
+# `make bench BENCH_ARGS='--duration 30'`: the benchmark harness (bench/README.md).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint migrate
+.PHONY: install run test lint migrate bench
 
 install: $(VENV)/.installed
 
@@ -26,3 +27,6 @@ lint: install
 
 migrate: install
 	$(BIN)/alembic upgrade head
+
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,10 +1,10 @@
 """Totals for list pages without counting a big tenant on every page.
 
 A list's total is counted exactly when it is small (counting at most `exact_below` + 1
-index entries, a few milliseconds). When it is larger, the exact count is kept in Redis for
-`ttl` seconds per organization and filter set, so a client paging through 100,000 deals pays
-for one full count every `ttl` seconds, not one per page; the total can then lag writes by
-up to `ttl` seconds. Without Redis every total is exact."""
+rows, a few milliseconds). When it is larger, the exact count is kept in Redis for `ttl`
+seconds per organization and filter set (looked up first), so a client paging through
+100,000 deals pays for one full count every `ttl` seconds, not one per page; such a total can
+lag writes by up to `ttl` seconds. Without Redis every total is exact."""
 
 from __future__ import annotations
 
@@ -39,22 +39,41 @@ class LargeCountCache:
 
     def count(self, session: Session, rows: Select[Any]) -> int:
         """`rows` selects the matching rows' keys (filtered, unordered)."""
+        key = self._key_or_none(rows)
+        if key is not None:
+            cached = self._get(key)
+            if cached is not None:
+                return cached
         capped = session.scalar(
             select(func.count()).select_from(rows.limit(self.exact_below + 1).subquery())
         )
-        if (capped or 0) <= self.exact_below or self.client is None:
+        if (capped or 0) <= self.exact_below:
             return capped or 0
+        total = session.scalar(select(func.count()).select_from(rows.subquery())) or 0
+        if key is not None:
+            self._set(key, total)
+        return total
+
+    def _key_or_none(self, rows: Select[Any]) -> str | None:
+        if self.client is None:
+            return None
         try:
-            key = self.key(rows)
+            return self.key(rows)
         except Exception:  # a value SQLAlchemy cannot render literally: just count
-            return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
+            return None
+
+    def _get(self, key: str) -> int | None:
+        assert self.client is not None
         try:
             cached = self.client.get(key)
-            if cached is not None:
-                return int(cached)
-            total = session.scalar(select(func.count()).select_from(rows.subquery())) or 0
-            self.client.set(key, total, ex=self.ttl)
-            return total
         except redis.RedisError:
             log.warning("count cache unavailable; counting")
-            return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
+            return None
+        return None if cached is None else int(cached)
+
+    def _set(self, key: str, total: int) -> None:
+        assert self.client is not None
+        try:
+            self.client.set(key, total, ex=self.ttl)
+        except redis.RedisError:
+            log.warning("count cache unavailable; not stored")

@@ -298,8 +298,10 @@ def test_slow_refresh_never_overwrites_a_newer_one(api: ApiClient, app, db) -> N
     class SlowCache(AnalyticsCache):
         overtaken = False
 
-        def compute(self, organization_id: int, field: str) -> dict[str, Any]:
-            result = super().compute(organization_id, field)
+        def compute_many(
+            self, organization_id: int, fields: list[str], base: Any = None
+        ) -> dict[str, Any]:
+            result = super().compute_many(organization_id, fields, base)
             if not self.overtaken:
                 self.overtaken = True
                 # Meanwhile the deal changes and a newer refresh runs to completion.
@@ -326,9 +328,11 @@ def test_reader_miss_does_not_overwrite_a_refresh_that_happened_meanwhile(
     deal = api.deal(user, amount="5.00")
 
     class SlowReader(AnalyticsCache):
-        def compute(self, organization_id: int, field: str) -> dict[str, Any]:
-            result = super().compute(organization_id, field)
-            if field == "summary:14":
+        def compute_many(
+            self, organization_id: int, fields: list[str], base: Any = None
+        ) -> dict[str, Any]:
+            result = super().compute_many(organization_id, fields, base)
+            if fields == ["summary:14"]:
                 with db.transaction() as session:
                     session.execute(
                         update(Deal).where(Deal.id == deal["id"]).values(amount=Decimal("6"))

@@ -19,40 +19,51 @@ def _money(value: Decimal | int | None) -> str:
     return str(Decimal(value or 0).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
-def summary(
-    session: Session, organization_id: int, *, days: int = 30, now: dt.datetime | None = None
-) -> dict[str, Any]:
-    """Counts and sums per status (all statuses, zero-filled), the average won amount
-    (null when nothing is won), deals created in the last `days` days (any status), and
-    the same sums split by currency."""
-    now = now or dt.datetime.now(dt.UTC)
+# One row per (stage, status, currency): deal count and amount sum. Everything else (the
+# summary, the funnel, the won average) is derived from these, so one scan serves both.
+Aggregate = tuple[DealStage, DealStatus, str, int, Decimal]
+
+
+def aggregates(session: Session, organization_id: int) -> list[Aggregate]:
     rows = session.execute(
-        select(Deal.status, Deal.currency, func.count(), func.coalesce(func.sum(Deal.amount), 0))
+        select(
+            Deal.stage,
+            Deal.status,
+            Deal.currency,
+            func.count(),
+            func.coalesce(func.sum(Deal.amount), 0),
+        )
         .where(Deal.organization_id == organization_id)
-        .group_by(Deal.status, Deal.currency)
+        .group_by(Deal.stage, Deal.status, Deal.currency)
     ).all()
+    return [(stage, status, cur, count, total) for stage, status, cur, count, total in rows]
+
+
+def new_deals_since(session: Session, organization_id: int, since: dt.datetime) -> int:
+    return (
+        session.scalar(
+            select(func.count()).where(
+                Deal.organization_id == organization_id, Deal.created_at >= since
+            )
+        )
+        or 0
+    )
+
+
+def summary_from(aggs: list[Aggregate], *, new_deals: int, days: int) -> dict[str, Any]:
     by_status: dict[str, dict[str, Any]] = {
         s.value: {"count": 0, "total_amount": Decimal(0)} for s in DealStatus
     }
     by_currency: dict[str, dict[str, dict[str, Any]]] = {}
-    for status, currency, count, total in rows:
+    for _stage, status, currency, count, total in aggs:
         by_status[status.value]["count"] += count
         by_status[status.value]["total_amount"] += total
         cur = by_currency.setdefault(
             currency, {s.value: {"count": 0, "total_amount": Decimal(0)} for s in DealStatus}
         )
-        cur[status.value] = {"count": count, "total_amount": total}
-    avg_won = session.scalar(
-        select(func.avg(Deal.amount)).where(
-            Deal.organization_id == organization_id, Deal.status == DealStatus.WON
-        )
-    )
-    new_deals = session.scalar(
-        select(func.count()).where(
-            Deal.organization_id == organization_id,
-            Deal.created_at >= now - dt.timedelta(days=days),
-        )
-    )
+        cur[status.value]["count"] += count
+        cur[status.value]["total_amount"] += total
+    won = by_status[DealStatus.WON.value]
 
     def fmt(block: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {
@@ -63,11 +74,29 @@ def summary(
     return {
         "by_status": fmt(by_status),
         "total_deals": sum(v["count"] for v in by_status.values()),
-        "avg_won_amount": None if avg_won is None else _money(avg_won),
-        "new_deals_last_n_days": new_deals or 0,
+        "avg_won_amount": _money(won["total_amount"] / won["count"]) if won["count"] else None,
+        "new_deals_last_n_days": new_deals,
         "days": days,
         "by_currency": {cur: fmt(block) for cur, block in sorted(by_currency.items())},
     }
+
+
+def summary(
+    session: Session, organization_id: int, *, days: int = 30, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """Counts and sums per status (all statuses, zero-filled), the average won amount
+    (null when nothing is won), deals created in the last `days` days (any status), and
+    the same sums split by currency."""
+    now = now or dt.datetime.now(dt.UTC)
+    new_deals = new_deals_since(session, organization_id, now - dt.timedelta(days=days))
+    return summary_from(aggregates(session, organization_id), new_deals=new_deals, days=days)
+
+
+def funnel_from(aggs: list[Aggregate]) -> dict[str, Any]:
+    counts: dict[tuple[DealStage, DealStatus], int] = {}
+    for stage, status, _currency, count, _total in aggs:
+        counts[(stage, status)] = counts.get((stage, status), 0) + count
+    return funnel_from_counts(counts)
 
 
 def conversion(reached_prev: int, reached_here: int) -> float:
@@ -114,9 +143,4 @@ def funnel_from_counts(counts: dict[tuple[DealStage, DealStatus], int]) -> dict[
 
 
 def funnel(session: Session, organization_id: int) -> dict[str, Any]:
-    rows = session.execute(
-        select(Deal.stage, Deal.status, func.count())
-        .where(Deal.organization_id == organization_id)
-        .group_by(Deal.stage, Deal.status)
-    ).all()
-    return funnel_from_counts({(stage, status): n for stage, status, n in rows})
+    return funnel_from(aggregates(session, organization_id))

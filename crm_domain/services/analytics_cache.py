@@ -58,14 +58,38 @@ class AnalyticsCache:
         return f"{self.prefix}:analytics:org:{organization_id}:scheduled"
 
     def compute(self, organization_id: int, field: str) -> dict[str, Any]:
+        return self.compute_many(organization_id, [field])[field]
+
+    def compute_many(
+        self, organization_id: int, fields: list[str], base: dict[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Results from the database: one scan of the organization's deals for all `fields`.
+
+        With `base` (a stored default summary), a summary of another `days` window is derived
+        from it: only the new-deals count differs, so one indexed count replaces the scan."""
         as_of = dt.datetime.now(dt.UTC)
+        results: dict[str, dict[str, Any]] = {}
         with self.db.transaction() as session:
-            if field == FUNNEL_FIELD:
-                result = analytics.funnel(session, organization_id)
-            else:
+            aggs: list[analytics.Aggregate] | None = None
+            for field in fields:
+                if field == FUNNEL_FIELD:
+                    aggs = (
+                        aggs if aggs is not None else analytics.aggregates(session, organization_id)
+                    )
+                    results[field] = {**analytics.funnel_from(aggs), "as_of": as_of.isoformat()}
+                    continue
                 days = int(field.split(":", 1)[1])
-                result = analytics.summary(session, organization_id, days=days, now=as_of)
-        return {**result, "as_of": as_of.isoformat()}
+                if base is not None:
+                    since = dt.datetime.fromisoformat(base["as_of"]) - dt.timedelta(days=days)
+                    new_deals = analytics.new_deals_since(session, organization_id, since)
+                    results[field] = {**base, "new_deals_last_n_days": new_deals, "days": days}
+                    continue
+                aggs = aggs if aggs is not None else analytics.aggregates(session, organization_id)
+                since = as_of - dt.timedelta(days=days)
+                new_deals = analytics.new_deals_since(session, organization_id, since)
+                summary = analytics.summary_from(aggs, new_deals=new_deals, days=days)
+                results[field] = {**summary, "as_of": as_of.isoformat()}
+        return results
 
     def _redis(self) -> redis.Redis:
         if self.client is None:
@@ -84,10 +108,7 @@ class AnalyticsCache:
     def refresh(self, organization_id: int) -> bool:
         """Recompute the default results and drop the other cached variants."""
         gen = str(self._redis().hincrby(self.org_key(organization_id), "gen", 1))
-        fields = {
-            name: self.compute(organization_id, name)
-            for name in (summary_field(DEFAULT_DAYS), FUNNEL_FIELD)
-        }
+        fields = self.compute_many(organization_id, [summary_field(DEFAULT_DAYS), FUNNEL_FIELD])
         return self._store(organization_id, gen, fields, replace=True)
 
     def get(self, organization_id: int, field: str) -> dict[str, Any]:
@@ -98,10 +119,14 @@ class AnalyticsCache:
         """Like `get`, as the stored JSON document (served as is: no re-encoding)."""
         if self.client is not None:
             try:
-                cached, gen = self.client.hmget(self.org_key(organization_id), [field, "gen"])
+                default = summary_field(DEFAULT_DAYS)
+                cached, gen, base = self.client.hmget(
+                    self.org_key(organization_id), [field, "gen", default]
+                )
                 if cached is not None:
                     return bytes(cached)
-                result = self.compute(organization_id, field)
+                derive_from = json.loads(base) if field != FUNNEL_FIELD and base else None
+                result = self.compute_many(organization_id, [field], derive_from)[field]
                 self._store(organization_id, (gen or b"0").decode(), {field: result}, replace=False)
                 return json.dumps(result).encode()
             except redis.RedisError:
