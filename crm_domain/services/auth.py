@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import bcrypt
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -133,22 +133,19 @@ def revoke_session(session: Session, session_id: str, reason: str = "logout") ->
     )
 
 
+# Built once: this runs on every authenticated request, so it skips the ORM statement build.
+_ACCESS_SQL = text(
+    "SELECT"
+    " (SELECT revoked_at IS NULL FROM auth_sessions WHERE id = :sid AND user_id = :uid),"
+    " (SELECT role FROM organization_members WHERE organization_id = :org AND user_id = :uid)"
+)
+
+
 def check_access(
     conn: Connection, *, session_id: str, user_id: int, organization_id: int | None
 ) -> tuple[bool, Role | None]:
     """In one query: is the login session alive, and the user's role in the organization."""
-    active = (
-        select(AuthSession.revoked_at.is_(None))
-        .where(AuthSession.id == session_id, AuthSession.user_id == user_id)
-        .scalar_subquery()
-    )
-    role = (
-        select(OrganizationMember.role)
-        .where(
-            OrganizationMember.organization_id == (organization_id or 0),
-            OrganizationMember.user_id == user_id,
-        )
-        .scalar_subquery()
-    )
-    row = conn.execute(select(active, role)).one()
+    row = conn.execute(
+        _ACCESS_SQL, {"sid": session_id, "uid": user_id, "org": organization_id or 0}
+    ).one()
     return bool(row[0]), (Role(row[1]) if row[1] is not None else None)
