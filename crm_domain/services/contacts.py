@@ -58,9 +58,7 @@ def create_contact(
     owner_id: int | None = None,
 ) -> Contact:
     owner = actor.user_id if owner_id is None else owner_id
-    rules.ensure_can_assign_owner(actor.role, new_owner_id=owner, user_id=actor.user_id)
-    if owner != actor.user_id:
-        organizations.ensure_member(session, actor.organization_id, owner)
+    organizations.ensure_assignable_owner(session, actor, owner)
     contact = Contact(
         organization_id=actor.organization_id, owner_id=owner, name=name, email=email, phone=phone
     )
@@ -84,8 +82,7 @@ def update_contact(
         precondition(contact)
     new_owner = changes.get("owner_id")
     if new_owner is not None and new_owner != contact.owner_id:
-        rules.ensure_can_assign_owner(actor.role, new_owner_id=new_owner, user_id=actor.user_id)
-        organizations.ensure_member(session, actor.organization_id, new_owner)
+        organizations.ensure_assignable_owner(session, actor, new_owner)
     if apply_changes(contact, changes):
         session.flush()
         session.refresh(contact)

@@ -17,6 +17,11 @@ from ..pagination import Ordering, Page, PageRequest, paginate
 from . import contacts, organizations, outbox
 from ._common import Precondition, apply_changes, get_in_org
 
+# Changes that go to the timeline: {"old_<field>": ..., "new_<field>": ...}.
+TIMELINE_FIELDS = (
+    ("status", ActivityType.STATUS_CHANGED),
+    ("stage", ActivityType.STAGE_CHANGED),
+)
 ORDERABLE = {"created_at": Deal.created_at, "amount": Deal.amount, "updated_at": Deal.updated_at}
 
 
@@ -67,9 +72,7 @@ def create_deal(
 ) -> Deal:
     contacts.get_contact(session, actor, contact_id)  # 404 for another org's contact
     owner = actor.user_id if owner_id is None else owner_id
-    rules.ensure_can_assign_owner(actor.role, new_owner_id=owner, user_id=actor.user_id)
-    if owner != actor.user_id:
-        organizations.ensure_member(session, actor.organization_id, owner)
+    organizations.ensure_assignable_owner(session, actor, owner)
     deal = Deal(
         organization_id=actor.organization_id,
         contact_id=contact_id,
@@ -102,8 +105,7 @@ def update_deal(
         precondition(deal)
     new_owner = changes.get("owner_id")
     if new_owner is not None and new_owner != deal.owner_id:
-        rules.ensure_can_assign_owner(actor.role, new_owner_id=new_owner, user_id=actor.user_id)
-        organizations.ensure_member(session, actor.organization_id, new_owner)
+        organizations.ensure_assignable_owner(session, actor, new_owner)
     if "contact_id" in changes and changes["contact_id"] != deal.contact_id:
         contacts.get_contact(session, actor, changes["contact_id"])
     if "stage" in changes:
@@ -116,26 +118,17 @@ def update_deal(
     if not changed:
         return deal
     outbox.record_deal_changed(session, organization_id=deal.organization_id, deal_id=deal.id)
-    if "status" in changed:
-        old, new = changed["status"]
-        outbox.record_activity(
-            session,
-            organization_id=deal.organization_id,
-            deal_id=deal.id,
-            author_id=actor.user_id,
-            type=ActivityType.STATUS_CHANGED,
-            payload={"old_status": old.value, "new_status": new.value},
-        )
-    if "stage" in changed:
-        old, new = changed["stage"]
-        outbox.record_activity(
-            session,
-            organization_id=deal.organization_id,
-            deal_id=deal.id,
-            author_id=actor.user_id,
-            type=ActivityType.STAGE_CHANGED,
-            payload={"old_stage": old.value, "new_stage": new.value},
-        )
+    for field, activity_type in TIMELINE_FIELDS:
+        if field in changed:
+            old, new = changed[field]
+            outbox.record_activity(
+                session,
+                organization_id=deal.organization_id,
+                deal_id=deal.id,
+                author_id=actor.user_id,
+                type=activity_type,
+                payload={f"old_{field}": old.value, f"new_{field}": new.value},
+            )
     session.flush()
     session.refresh(deal)
     return deal

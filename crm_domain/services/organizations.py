@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import rules
+from ..context import Actor
 from ..enums import Role
 from ..errors import Conflict, Forbidden, NotFound
 from ..models import Organization, OrganizationMember, User
@@ -137,13 +138,11 @@ def remove_member(
     session.flush()
 
 
-def count_members(session: Session, organization_id: int) -> int:
-    return (
-        session.scalar(
-            select(func.count()).where(OrganizationMember.organization_id == organization_id)
-        )
-        or 0
-    )
+def ensure_assignable_owner(session: Session, actor: Actor, owner_id: int) -> None:
+    """Only manager and above give a record to someone else, who must be in the organization."""
+    rules.ensure_can_assign_owner(actor.role, new_owner_id=owner_id, user_id=actor.user_id)
+    if owner_id != actor.user_id:
+        ensure_member(session, actor.organization_id, owner_id)
 
 
 def ensure_member(session: Session, organization_id: int, user_id: int) -> None:
