@@ -27,7 +27,7 @@ from crm_domain.enums import Role
 from crm_domain.errors import Forbidden, PreconditionFailed, Unauthorized, ValidationFailed
 from crm_domain.services import auth as auth_service
 
-from .errors import error_response, http_exception_response
+from .errors import http_exception_response
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -199,19 +199,18 @@ def resolve_actor(raw_org_id: str | None) -> Actor:
     """401 for a revoked session, then 400 for a missing or malformed header, then 403 when
     the user is not a member of the organization."""
     value = (raw_org_id or "").strip()
+    valid = value.isascii() and value.isdigit() and 0 < int(value) < 2**31
+    org_id = int(value) if valid else None
+    role = check_access(org_id)  # a revoked token is a 401 whatever the header says
     if not value:
-        check_access(None)
         raise ValidationFailed(
             f"The {ORG_HEADER} header is required", code="ORGANIZATION_HEADER_REQUIRED"
         )
-    if not value.isascii() or not value.isdigit() or not 0 < int(value) < 2**31:
-        check_access(None)
+    if org_id is None:
         raise ValidationFailed(
             f"The {ORG_HEADER} header must be a positive integer",
             code="ORGANIZATION_HEADER_INVALID",
         )
-    org_id = int(value)
-    role = check_access(org_id)
     if role is None:
         raise Forbidden("You are not a member of this organization", code="NOT_ORGANIZATION_MEMBER")
     return Actor(user_id=current_user_id(), organization_id=org_id, role=role)
@@ -266,6 +265,3 @@ def with_etag(obj: Any, schema: Any) -> Any:
 
         return Response(status=304, headers={"ETag": tag})
     return obj, {"ETag": tag}
-
-
-__all__ = ["Api", "Blueprint", "error_response"]
