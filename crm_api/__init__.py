@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
     db.count_cache = LargeCountCache(client, settings.redis_key_prefix)
-    _install_outbox_publisher(app, db)
+    _install_outbox_publisher(app, db, client, settings.redis_key_prefix)
 
     init_jwt(
         app, access_minutes=settings.access_token_minutes, refresh_days=settings.refresh_token_days
@@ -94,17 +94,18 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     return app
 
 
-def _install_outbox_publisher(app: Flask, db: Database) -> None:
-    """How committed outbox events reach delivery: "celery" (a worker task, the default),
-    "inline" (delivered in-process right after the commit) or "none" (beat re-dispatch only)."""
+def _install_outbox_publisher(app: Flask, db: Database, client: redis.Redis, prefix: str) -> None:
+    """How committed outbox events reach delivery: "celery" (wake a worker's drain task, the
+    default), "inline" (delivered in-process right after the commit) or "none" (beat
+    re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
         from crm_worker.dispatch import inline_publisher
 
         db.publisher = inline_publisher(db, app.extensions["crm_analytics"])
     elif mode == "celery":
-        from crm_worker.dispatch import BackgroundPublisher
+        from crm_worker.dispatch import DrainFlag, DrainWaker
 
-        db.publisher = BackgroundPublisher()
+        db.publisher = DrainWaker(DrainFlag(client, prefix))
     else:
         db.publisher = None

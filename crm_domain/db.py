@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine
@@ -30,14 +30,14 @@ def include_in_migrations(
     return not (type_ == "index" and reflected and (name or "").endswith("_trgm"))
 
 
-# Receives the ids of outbox events right after the transaction that wrote them commits.
-Publisher = Callable[[Sequence[int]], None]
+# Called right after a transaction that recorded outbox events commits.
+Publisher = Callable[[], None]
 
 
 class Database:
     """One engine and session factory per process (recreate after fork with `dispose`).
 
-    `publisher`, when set, is handed the ids of outbox events each session commits;
+    `publisher`, when set, is called after each commit that recorded outbox events;
     `count_cache`, when set, answers list totals (see crm_domain.counting)."""
 
     def __init__(self, url: str, *, pool_size: int = 5, publisher: Publisher | None = None) -> None:

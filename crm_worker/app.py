@@ -14,6 +14,8 @@ from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
+from .dispatch import DrainFlag
+
 settings = Settings.from_env()
 database = Database(settings.database_url, pool_size=2)
 _cache: AnalyticsCache | None = None
@@ -30,6 +32,12 @@ def analytics_cache() -> AnalyticsCache:
     return _cache
 
 
+def drain_flag() -> DrainFlag:
+    cache = analytics_cache()
+    assert cache.client is not None
+    return DrainFlag(cache.client, settings.redis_key_prefix)
+
+
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
 celery_app.conf.update(
     task_default_queue="crm",
@@ -43,8 +51,10 @@ celery_app.conf.update(
     worker_prefetch_multiplier=1,
     task_time_limit=300,
     task_soft_time_limit=240,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # No task events: each costs broker messages per task. Flower turns them on at run time
+    # when someone watches (`celery -A celery_app control enable_events`).
+    worker_send_task_events=False,
+    task_send_sent_event=False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # keep trying while the broker is away
     broker_transport_options={

@@ -1,79 +1,104 @@
-"""How committed outbox events are delivered: through Celery, or inline (tests, tools)."""
+"""How committed outbox events reach delivery: a debounced wake-up of a Celery drain task
+(the API), or delivery right after the commit in-process (tests, tools).
+
+The protocol between the API and the drain task, through one Redis key per deployment
+(`<prefix>:outbox:drain`):
+- after a commit the API sets the key if it is absent (`SET NX`) and, only if it set it,
+  sends one `crm.outbox.drain` task. Commits that find the key set send nothing;
+- the drain task deletes the key *before* it claims events, then delivers every pending
+  event in batches.
+So a commit that sends nothing found a drain that has not yet deleted the key, and that
+drain claims after the commit: it sees the events. The key expires on its own, in case a
+task is lost; whatever is still pending then is found by beat's re-dispatch."""
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 import redis
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from crm_domain.db import Database, Publisher
+from crm_domain.models import OutboxEvent
 from crm_domain.services import outbox
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 log = logging.getLogger(__name__)
 
-DELIVER_TASK = "crm.outbox.deliver"
+DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
 REFRESH_DELAY_SECONDS = 0.3
+DRAIN_KEY_TTL_MS = 5000
+# Outages that cost an event no delivery attempt: delivery is retried when they are over.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
 
 OnDealChanged = Callable[[int], None]
 
 
-def deliver_event(db: Database, event_id: int, on_deal_changed: OnDealChanged) -> bool:
-    """Deliver one event in its own transaction. A deal change asks for an analytics refresh
-    before the commit, so a failure to ask leaves the event pending for another try."""
-    with db.transaction() as session:
-        ev = outbox.deliver(
-            session,
-            event_id,
-            {outbox.DEAL_CHANGED_TOPIC: lambda _s, ev: on_deal_changed(ev.organization_id)},
-        )
-        return ev is not None
+class DrainFlag:
+    """The `SET NX` key that debounces drain tasks (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.key = f"{prefix}:outbox:drain"
+
+    def claim(self) -> bool:
+        return bool(self.client.set(self.key, "1", nx=True, px=DRAIN_KEY_TTL_MS))
+
+    def clear(self) -> None:
+        self.client.delete(self.key)
 
 
-def celery_publisher(ids: Sequence[int]) -> None:
-    """Enqueue one delivery task per event; fails fast when the broker is down."""
+def send_drain() -> None:
     from .app import celery_app
 
-    for event_id in ids:
-        celery_app.send_task(DELIVER_TASK, args=[event_id], retry=False)
+    celery_app.send_task(DRAIN_TASK, retry=False)
 
 
-class BackgroundPublisher:
-    """Publishes committed event ids from a daemon thread, so a slow or unreachable broker
-    never delays an API response (kombu can spend seconds failing to connect).
+def deliver(db: Database, on_deal_changed: OnDealChanged) -> int:
+    """Deliver every pending event. A batch's deal changes ask for one analytics refresh per
+    organization before the batch commits, so a failure to ask leaves the batch pending."""
 
-    Whatever it cannot publish stays pending in the outbox and the beat re-dispatch sends it.
-    After a failure it drops batches for `cooldown` seconds instead of waiting on the broker
-    again for each one."""
+    def deal_changed(_session: Session, events: Sequence[OutboxEvent]) -> None:
+        for organization_id in sorted({ev.organization_id for ev in events}):
+            on_deal_changed(organization_id)
+
+    return outbox.deliver_pending(
+        db, {outbox.DEAL_CHANGED_TOPIC: deal_changed}, transient=TRANSIENT_ERRORS
+    )
+
+
+class DrainWaker:
+    """The API's publisher: asks for a drain from a daemon thread, so neither Redis nor the
+    broker is ever on a request's path. Wake-ups that arrive while one is being sent are
+    merged into the next. After a failure it stays quiet for `cooldown` seconds (the
+    events stay pending; beat's re-dispatch sends them) instead of waiting on a broker
+    that is away for every commit."""
 
     def __init__(
         self,
-        publish: Publisher = celery_publisher,
+        flag: DrainFlag,
+        send: Callable[[], None] = send_drain,
         *,
-        maxsize: int = 10_000,
         cooldown: float = 5.0,
     ) -> None:
-        self._publish = publish
-        self._maxsize = maxsize
+        self._flag = flag
+        self._send = send
         self._cooldown = cooldown
-        self._queue: queue.Queue[list[int]] = queue.Queue(maxsize)
+        self._wanted = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._down_until = 0.0
 
-    def __call__(self, ids: Sequence[int]) -> None:
+    def __call__(self) -> None:
         self._ensure_thread()
-        try:
-            self._queue.put_nowait(list(ids))
-        except queue.Full:
-            log.warning("publish queue full; events %s left for re-dispatch", list(ids))
+        self._wanted.set()
 
     def _ensure_thread(self) -> None:
         # A forked child (gunicorn --preload, Celery prefork) inherits no running thread.
@@ -81,23 +106,33 @@ class BackgroundPublisher:
             return
         with self._lock:
             if self._thread is None or self._pid != os.getpid():
-                self._queue = queue.Queue(self._maxsize)
+                self._wanted = threading.Event()
                 self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="outbox-publisher", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="outbox-waker", daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
         while True:
-            ids = self._queue.get()
+            self._wanted.wait()
+            self._wanted.clear()
             if time.monotonic() < self._down_until:
-                continue  # the broker just failed; the re-dispatch will send these
+                continue  # just failed; the re-dispatch will find these events
             try:
-                self._publish(ids)
+                self.wake()
             except Exception:
                 self._down_until = time.monotonic() + self._cooldown
-                log.warning("could not publish outbox events %s; left for re-dispatch", ids)
+                log.warning("could not ask for outbox delivery; left for re-dispatch")
+
+    def wake(self) -> bool:
+        """Send a drain task unless one is already due; True if this call sent it."""
+        if not self._flag.claim():
+            return False
+        try:
+            self._send()
+        except Exception:
+            self._flag.clear()  # let the next commit try again
+            raise
+        return True
 
 
 def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
@@ -119,8 +154,7 @@ def inline_publisher(db: Database, cache: AnalyticsCache) -> Publisher:
         except redis.RedisError:
             log.warning("analytics refresh skipped: Redis unavailable", exc_info=True)
 
-    def publish(ids: Sequence[int]) -> None:
-        for event_id in ids:
-            deliver_event(db, event_id, refresh_now)
+    def publish() -> None:
+        deliver(db, refresh_now)
 
     return publish

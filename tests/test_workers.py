@@ -178,6 +178,44 @@ def test_worker_killed_mid_stream_loses_and_doubles_nothing(
     timeline_matches_outbox(db, tenant["org"])
 
 
+def test_worker_killed_while_a_batch_is_in_flight_loses_and_doubles_nothing(
+    stack: Stack, db: Database, tenant
+) -> None:
+    """The kill lands while a drain holds its claimed batch open: the test blocks the
+    batch's timeline insert with a table lock, waits until the worker's backend is seen
+    waiting on it, then SIGKILLs the worker. Only a redelivery (beat's re-dispatch, or the
+    broker giving the unacknowledged task back) can deliver those events afterwards."""
+    writes = 3
+    blocker = db.engine.connect()
+    try:
+        blocker.begin()
+        blocker.exec_driver_sql("LOCK TABLE activities IN SHARE MODE")
+        for status in itertools.islice(itertools.cycle(["in_progress", "new"]), writes):
+            patch_status(stack, tenant, status)
+
+        def drain_blocked() -> bool:
+            return bool(
+                blocker.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query ILIKE 'INSERT INTO activities%%' AND pid <> pg_backend_pid()"
+                ).scalar()
+            )
+
+        wait_until(drain_blocked, 30, 0.05)
+        stack.worker.kill()  # SIGKILL mid-batch: nothing committed, nothing acknowledged
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert undelivered(db, tenant["org"]) >= writes  # the batch was really cut off
+    stack.worker.start()
+    try:
+        wait_until(lambda: undelivered(db, tenant["org"]) == 0, DELIVERY_TIMEOUT, 0.5)
+    except TimeoutError:
+        pytest.fail(f"events left undelivered\n{stack.logs()}")
+    assert activity_counts(db, tenant["deal"]) == {"status_changed": writes}
+    timeline_matches_outbox(db, tenant["org"])
+
+
 def test_redis_down_during_writes(stack: Stack, db: Database, tenant) -> None:
     token, org, deal = tenant["token"], tenant["org"], tenant["deal"]
     stack.redis.kill()

@@ -1,23 +1,32 @@
-"""Transactional outbox: events written with the change, delivered by workers.
+"""Transactional outbox: events written with the change, delivered by workers in batches.
 
-`record()` adds an event to the caller's transaction. After that transaction commits, the
-session's publisher (see `Database.publisher`; the API's enqueues a Celery task) is told the
-new ids; if publishing fails the event stays pending and the periodic re-dispatch picks it up.
-`deliver()` is idempotent: the consumer inserts with the event's unique key."""
+`record()` queues an event on the caller's session; right before that transaction commits,
+every queued event is inserted in one statement, so the events exist exactly when the change
+does. After the commit the session's publisher (see `Database.publisher`) is told that there
+is something to deliver: a wake-up, not a message per event.
+
+Delivery claims pending events in batches (`FOR UPDATE SKIP LOCKED`, so concurrent
+deliverers share the work), applies each topic's handler to all of its events at once and
+marks the batch delivered, all in one transaction. It is idempotent twice over: only
+undelivered events are claimed, and every consumer writes with the event's unique key
+(`ON CONFLICT DO NOTHING`), so a batch delivered again writes nothing new."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import event, func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from ..enums import ActivityType
 from ..models import Activity, Deal, OutboxEvent
+
+if TYPE_CHECKING:
+    from ..db import Database
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +34,22 @@ TIMELINE_TOPIC = "timeline.activity"  # {deal_id, author_id, type, payload} -> a
 DEAL_CHANGED_TOPIC = "deal.changed"  # {deal_id} -> refresh the organization's analytics
 REPORT_TOPIC = "report.requested"  # {report_id} -> build the report
 _PENDING_KEY = "crm_outbox_new"
+_COMMITTED_KEY = "crm_outbox_committed"
 
-# A handler applies one event inside the delivering transaction.
-Handler = Callable[[Session, OutboxEvent], None]
+BATCH_SIZE = 200
+# An event whose delivery failed this often is left for an operator (see `stuck_count`)
+# instead of being retried with every batch.
+MAX_ATTEMPTS = 10
+
+# A batch handler applies all events of one topic inside the delivering transaction.
+BatchHandler = Callable[[Session, Sequence[OutboxEvent]], None]
 
 
-def record(
-    session: Session, organization_id: int, topic: str, payload: dict[str, Any]
-) -> OutboxEvent:
-    ev = OutboxEvent(organization_id=organization_id, topic=topic, payload=payload)
-    session.add(ev)
-    session.info.setdefault(_PENDING_KEY, []).append(ev)
-    return ev
+def record(session: Session, organization_id: int, topic: str, payload: dict[str, Any]) -> None:
+    """Queue an event; it is inserted with the transaction's other changes at commit."""
+    session.info.setdefault(_PENDING_KEY, []).append(
+        {"organization_id": organization_id, "topic": topic, "payload": payload}
+    )
 
 
 def record_activity(
@@ -47,8 +60,8 @@ def record_activity(
     author_id: int | None,
     type: ActivityType,
     payload: dict[str, Any],
-) -> OutboxEvent:
-    return record(
+) -> None:
+    record(
         session,
         organization_id,
         TIMELINE_TOPIC,
@@ -56,98 +69,209 @@ def record_activity(
     )
 
 
+def record_deal_changed(session: Session, *, organization_id: int, deal_id: int) -> None:
+    record(session, organization_id, DEAL_CHANGED_TOPIC, {"deal_id": deal_id})
+
+
+@event.listens_for(Session, "before_commit")
+def _insert_before_commit(session: Session) -> None:
+    rows: list[dict[str, Any]] = session.info.pop(_PENDING_KEY, [])
+    if rows:
+        session.connection().execute(insert(OutboxEvent), rows)
+        session.info[_COMMITTED_KEY] = len(rows)
+
+
 @event.listens_for(Session, "after_commit")
 def _publish_after_commit(session: Session) -> None:
-    events: list[OutboxEvent] = session.info.pop(_PENDING_KEY, [])
+    count = session.info.pop(_COMMITTED_KEY, 0)
     publisher = session.info.get("outbox_publisher")
-    if not events or publisher is None:
+    if not count or publisher is None:
         return
-    ids = [e.id for e in events if e.id is not None]
     try:
-        publisher(ids)
+        publisher()
     except Exception:  # the broker may be down: the periodic re-dispatch delivers later
-        log.warning("could not publish outbox events %s; left for re-dispatch", ids, exc_info=True)
+        log.warning("could not announce %d outbox events; left for re-dispatch", count)
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_after_rollback(session: Session, previous_transaction: Any) -> None:
     session.info.pop(_PENDING_KEY, None)
+    session.info.pop(_COMMITTED_KEY, None)
 
 
-def record_deal_changed(session: Session, *, organization_id: int, deal_id: int) -> OutboxEvent:
-    return record(session, organization_id, DEAL_CHANGED_TOPIC, {"deal_id": deal_id})
+# --- delivery -----------------------------------------------------------------------------
 
 
-def deliver(
-    session: Session, event_id: int, handlers: Mapping[str, Handler] | None = None
-) -> OutboxEvent | None:
-    """Deliver one event inside the caller's transaction and mark it delivered.
-
-    Returns the event if it was delivered now; None if it was already delivered, is being
-    delivered by someone else, or does not exist. `handlers` add to (or override) the
-    database-only handlers of this package, by topic."""
-    ev = session.scalar(
-        select(OutboxEvent)
-        .where(OutboxEvent.id == event_id, OutboxEvent.delivered_at.is_(None))
-        .with_for_update(skip_locked=True)
+def claim(session: Session, limit: int = BATCH_SIZE) -> list[OutboxEvent]:
+    """Lock up to `limit` undelivered events, oldest first, skipping those another
+    deliverer holds and those that failed MAX_ATTEMPTS times."""
+    return list(
+        session.scalars(
+            select(OutboxEvent)
+            .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS)
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
     )
-    if ev is None:
-        return None
-    handler = {**_database_handlers(), **(handlers or {})}.get(ev.topic)
-    if handler is None:
-        log.error("outbox event %s has unknown topic %r; marking delivered", ev.id, ev.topic)
-        ev.last_error = f"unknown topic {ev.topic}"
-    else:
-        handler(session, ev)
-    ev.attempts += 1
-    ev.delivered_at = dt.datetime.now(dt.UTC)
-    return ev
 
 
-def _database_handlers() -> dict[str, Handler]:
+def apply(
+    session: Session,
+    events: Sequence[OutboxEvent],
+    handlers: Mapping[str, BatchHandler] | None = None,
+) -> None:
+    """Apply and mark delivered `events` (already locked by `claim`) in the caller's
+    transaction. `handlers` add to (or override) this package's database handlers."""
+    table = {**_database_handlers(), **(handlers or {})}
+    by_topic: dict[str, list[OutboxEvent]] = {}
+    for ev in events:
+        by_topic.setdefault(ev.topic, []).append(ev)
+    for topic, group in by_topic.items():
+        handler = table.get(topic)
+        if handler is None:
+            log.error("outbox topic %r has no handler; marking %d events", topic, len(group))
+            for ev in group:
+                ev.last_error = f"unknown topic {topic}"
+        else:
+            handler(session, group)
+    now = dt.datetime.now(dt.UTC)
+    for ev in events:
+        ev.attempts += 1
+        ev.delivered_at = now
+
+
+def deliver_pending(
+    db: Database,
+    handlers: Mapping[str, BatchHandler] | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    max_batches: int = 50,
+    transient: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Deliver undelivered events batch by batch until none is left (or `max_batches`);
+    returns how many were delivered. A batch that fails is retried event by event, so one
+    bad event cannot hold back the others; the bad one keeps its error and attempt count.
+    `transient` errors (a database or Redis outage) are raised instead: they are nobody's
+    fault and cost no attempt; the caller retries later."""
+    delivered = 0
+    for _ in range(max_batches):
+        try:
+            with db.transaction() as session:
+                batch = claim(session, batch_size)
+                apply(session, batch, handlers)
+                delivered += len(batch)
+        except transient:
+            raise
+        except Exception:
+            log.warning("outbox batch failed; delivering its events one by one", exc_info=True)
+            delivered += _deliver_one_by_one(db, handlers, batch_size, transient)
+            batch = []
+        if len(batch) < batch_size:
+            break
+    return delivered
+
+
+def _deliver_one_by_one(
+    db: Database,
+    handlers: Mapping[str, BatchHandler] | None,
+    limit: int,
+    transient: tuple[type[BaseException], ...],
+) -> int:
+    with db.transaction() as session:
+        ids = [ev.id for ev in claim(session, limit)]
+    delivered = 0
+    for event_id in ids:
+        try:
+            with db.transaction() as session:
+                ev = session.scalar(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.id == event_id, OutboxEvent.delivered_at.is_(None))
+                    .with_for_update(skip_locked=True)
+                )
+                if ev is not None:
+                    apply(session, [ev], handlers)
+                    delivered += 1
+        except transient:
+            raise
+        except Exception as exc:
+            log.exception("outbox event %s failed", event_id)
+            with db.transaction() as session:
+                session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.id == event_id)
+                    .values(attempts=OutboxEvent.attempts + 1, last_error=repr(exc)[:1000])
+                )
+    return delivered
+
+
+def _database_handlers() -> dict[str, BatchHandler]:
     from . import reports
 
+    def build_reports(session: Session, events: Sequence[OutboxEvent]) -> None:
+        for ev in events:
+            reports.build(session, ev.payload["report_id"])
+
     return {
-        TIMELINE_TOPIC: apply_activity,
-        DEAL_CHANGED_TOPIC: lambda _session, _ev: None,  # nothing to write; see crm_worker
-        REPORT_TOPIC: lambda session, ev: reports.build(session, ev.payload["report_id"]),
+        TIMELINE_TOPIC: apply_activities,
+        DEAL_CHANGED_TOPIC: lambda _session, _events: None,  # see crm_worker.dispatch
+        REPORT_TOPIC: build_reports,
     }
 
 
-def apply_activity(session: Session, ev: OutboxEvent) -> None:
-    """Write the timeline entry; the event key makes a second delivery write nothing."""
-    data = ev.payload
-    deal_exists = session.scalar(
-        select(Deal.id).where(
-            Deal.id == data["deal_id"], Deal.organization_id == ev.organization_id
+def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
+    """Write the timeline entries in one statement; the event key makes a second delivery
+    write nothing. Events of deals deleted before delivery have nothing to attach to."""
+    wanted = {(ev.payload["deal_id"], ev.organization_id) for ev in events}
+    existing = {
+        (deal_id, org_id)
+        for deal_id, org_id in session.execute(
+            select(Deal.id, Deal.organization_id).where(
+                tuple_(Deal.id, Deal.organization_id).in_(list(wanted))
+            )
         )
-    )
-    if deal_exists is None:  # the deal was deleted before delivery: nothing to attach to
-        ev.last_error = "deal no longer exists"
-        return
-    session.execute(
-        insert(Activity)
-        .values(
-            organization_id=ev.organization_id,
-            deal_id=data["deal_id"],
-            author_id=data.get("author_id"),
-            type=ActivityType(data["type"]),
-            payload=data.get("payload", {}),
-            event_key=ev.event_key,
-            created_at=ev.created_at,
+    }
+    rows = []
+    for ev in events:
+        data = ev.payload
+        if (data["deal_id"], ev.organization_id) not in existing:
+            ev.last_error = "deal no longer exists"
+            continue
+        rows.append(
+            {
+                "organization_id": ev.organization_id,
+                "deal_id": data["deal_id"],
+                "author_id": data.get("author_id"),
+                "type": ActivityType(data["type"]),
+                "payload": data.get("payload", {}),
+                "event_key": ev.event_key,
+                "created_at": ev.created_at,
+            }
         )
-        .on_conflict_do_nothing(index_elements=[Activity.event_key])
-    )
+    if rows:
+        session.connection().execute(
+            pg_insert(Activity).on_conflict_do_nothing(index_elements=["event_key"]),
+            rows,
+        )
 
 
-def pending_ids(session: Session, *, older_than: dt.timedelta, limit: int = 500) -> list[int]:
-    """Undelivered events older than `older_than` (the normal path had its chance)."""
-    cutoff = dt.datetime.now(dt.UTC) - older_than
-    return list(
-        session.scalars(
-            select(OutboxEvent.id)
-            .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.created_at <= cutoff)
-            .order_by(OutboxEvent.id)
-            .limit(limit)
+def oldest_pending_age(session: Session) -> dt.timedelta | None:
+    """How long the oldest deliverable event has waited (None when nothing waits)."""
+    oldest = session.scalar(
+        select(func.min(OutboxEvent.created_at)).where(
+            OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS
         )
+    )
+    return None if oldest is None else dt.datetime.now(dt.UTC) - oldest
+
+
+def stuck_count(session: Session) -> int:
+    """Events that failed MAX_ATTEMPTS times and wait for an operator."""
+    return (
+        session.scalar(
+            select(func.count()).where(
+                OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts >= MAX_ATTEMPTS
+            )
+        )
+        or 0
     )

@@ -5,38 +5,41 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-import redis
-from sqlalchemy.exc import OperationalError
-
 from crm_domain.services import outbox
 
-from ..app import analytics_cache, celery_app, database, settings
-from ..dispatch import DELIVER_TASK, celery_publisher, deliver_event, schedule_refresh
+from ..app import analytics_cache, celery_app, database, drain_flag, settings
+from ..dispatch import DRAIN_TASK, TRANSIENT_ERRORS, deliver, schedule_refresh, send_drain
 
 log = logging.getLogger(__name__)
 
 
 @celery_app.task(
-    name=DELIVER_TASK,
+    name=DRAIN_TASK,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, redis.RedisError),
+    autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=True,
     retry_backoff_max=60,
     max_retries=8,
 )
-def deliver(event_id: int) -> bool:
-    """Deliver one event; a redelivered or already delivered event writes nothing."""
-    return deliver_event(database, event_id, lambda org: schedule_refresh(analytics_cache(), org))
+def drain() -> int:
+    """Deliver every pending event in batches; a redelivered batch writes nothing twice."""
+    drain_flag().clear()  # commits from now on ask for another drain (see dispatch)
+    delivered = deliver(database, lambda org: schedule_refresh(analytics_cache(), org))
+    if delivered >= outbox.BATCH_SIZE * 50:  # deliver_pending's cap: more may be waiting
+        send_drain()
+    return delivered
 
 
 @celery_app.task(name="crm.outbox.redispatch", acks_late=True)
-def redispatch(limit: int = 1000) -> int:
-    """Re-enqueue events that stayed undelivered (broker was down, a worker died)."""
+def redispatch() -> bool:
+    """Beat's safety net: ask for a drain when an event waited longer than the normal path
+    takes (the broker was down, a worker died mid-batch, a task was lost)."""
     min_age = dt.timedelta(seconds=max(1.0, settings.outbox_redispatch_seconds / 2))
     with database.transaction() as session:
-        ids = outbox.pending_ids(session, older_than=min_age, limit=limit)
-    if ids:
-        log.info("re-dispatching %d undelivered outbox events", len(ids))
-        celery_publisher(ids)
-    return len(ids)
+        age = outbox.oldest_pending_age(session)
+    if age is None or age < min_age:
+        return False
+    log.info("outbox events pending for %.0f s; asking for a drain", age.total_seconds())
+    send_drain()
+    return True

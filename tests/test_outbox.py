@@ -1,0 +1,266 @@
+"""The outbox delivery path without a worker: batches, both duplicate guards, failures,
+concurrent deliverers, and the debounced wake-up of the drain task.
+
+Each duplicate guard is tested with the other one out of the way: `apply_activities` called
+twice on the same events bypasses the "not yet delivered" filter (only the event key's
+`ON CONFLICT DO NOTHING` can stop the second entry), and an entry whose event key was cleared
+no longer conflicts (only the filter can stop a second delivery)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from crm_domain.db import Database
+from crm_domain.enums import ActivityType
+from crm_domain.models import Activity, OutboxEvent
+from crm_domain.services import outbox
+from crm_worker.dispatch import DrainFlag, DrainWaker
+
+from .api import ApiClient
+
+
+@pytest.fixture
+def quiet_db(test_services) -> Iterator[Database]:
+    """The test database without a publisher: recorded events stay pending."""
+    db = Database(test_services.database_url, pool_size=4)
+    yield db
+    db.engine.dispose()
+
+
+@pytest.fixture
+def deal(api: ApiClient) -> dict[str, Any]:
+    user = api.register()
+    return api.deal(user)
+
+
+def record_status_changes(db: Database, deal: dict[str, Any], n: int) -> list[int]:
+    """Record n timeline events for the deal (nothing delivers them); returns their ids."""
+    with db.transaction() as s:
+        for i in range(n):
+            outbox.record_activity(
+                s,
+                organization_id=deal["organization_id"],
+                deal_id=deal["id"],
+                author_id=deal["owner_id"],
+                type=ActivityType.STATUS_CHANGED,
+                payload={"old_status": "new", "new_status": "in_progress", "i": i},
+            )
+    with db.transaction() as s:
+        return list(
+            s.scalars(
+                select(OutboxEvent.id)
+                .where(
+                    OutboxEvent.organization_id == deal["organization_id"],
+                    OutboxEvent.delivered_at.is_(None),
+                )
+                .order_by(OutboxEvent.id)
+            )
+        )
+
+
+def entries(db: Database, deal_id: int) -> int:
+    with db.transaction() as s:
+        return (
+            s.scalar(
+                select(func.count()).where(
+                    Activity.deal_id == deal_id, Activity.type == ActivityType.STATUS_CHANGED
+                )
+            )
+            or 0
+        )
+
+
+def pending(db: Database, ids: Sequence[int]) -> list[OutboxEvent]:
+    with db.transaction() as s:
+        return list(s.scalars(select(OutboxEvent).where(OutboxEvent.id.in_(ids))))
+
+
+def test_events_are_inserted_at_commit_and_not_on_rollback(quiet_db: Database, deal) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), quiet_db.transaction() as s:
+        outbox.record_deal_changed(s, organization_id=deal["organization_id"], deal_id=deal["id"])
+        raise Boom
+    assert record_status_changes(quiet_db, deal, 0) == []
+    assert len(record_status_changes(quiet_db, deal, 3)) == 3
+
+
+def test_a_batch_is_delivered_once_into_one_entry_each(quiet_db: Database, deal) -> None:
+    ids = record_status_changes(quiet_db, deal, 5)
+    assert outbox.deliver_pending(quiet_db) >= 5
+    assert entries(quiet_db, deal["id"]) == 5
+    assert all(ev.delivered_at is not None and ev.attempts == 1 for ev in pending(quiet_db, ids))
+    assert outbox.deliver_pending(quiet_db) == 0  # nothing left to deliver
+    assert entries(quiet_db, deal["id"]) == 5
+
+
+def test_event_key_guard_alone_stops_a_second_entry(quiet_db: Database, deal) -> None:
+    """The same events applied twice, and twice within one batch: the filter is not involved."""
+    ids = record_status_changes(quiet_db, deal, 3)
+    with quiet_db.transaction() as s:
+        events = list(s.scalars(select(OutboxEvent).where(OutboxEvent.id.in_(ids))))
+        outbox.apply_activities(s, events + events)
+    with quiet_db.transaction() as s:
+        events = list(s.scalars(select(OutboxEvent).where(OutboxEvent.id.in_(ids))))
+        outbox.apply_activities(s, events)
+    assert entries(quiet_db, deal["id"]) == 3
+
+
+def test_a_redelivered_batch_writes_nothing_twice(quiet_db: Database, deal) -> None:
+    """A batch delivered, then found undelivered again (as after a crash between the write
+    and the mark elsewhere): the second delivery claims it and must add nothing."""
+    ids = record_status_changes(quiet_db, deal, 4)
+    outbox.deliver_pending(quiet_db)
+    with quiet_db.transaction() as s:
+        s.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(delivered_at=None))
+    assert outbox.deliver_pending(quiet_db) >= 4
+    assert entries(quiet_db, deal["id"]) == 4
+
+
+def test_delivered_filter_alone_stops_a_second_delivery(quiet_db: Database, deal) -> None:
+    """With the entries' event keys cleared, ON CONFLICT cannot catch a second insert: only
+    claiming undelivered events keeps the timeline from doubling."""
+    record_status_changes(quiet_db, deal, 3)
+    outbox.deliver_pending(quiet_db)
+    with quiet_db.transaction() as s:
+        s.execute(update(Activity).where(Activity.deal_id == deal["id"]).values(event_key=None))
+    outbox.deliver_pending(quiet_db)
+    assert entries(quiet_db, deal["id"]) == 3
+
+
+def test_one_bad_event_does_not_hold_back_the_batch(quiet_db: Database, deal) -> None:
+    ids = record_status_changes(quiet_db, deal, 4)
+    bad = ids[1]
+
+    def picky(session: Session, events: Sequence[OutboxEvent]) -> None:
+        if any(ev.id == bad for ev in events):
+            raise ValueError("cannot deliver this one")
+        outbox.apply_activities(session, events)
+
+    outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: picky})
+    assert entries(quiet_db, deal["id"]) == 3
+    state = {ev.id: ev for ev in pending(quiet_db, ids)}
+    assert state[bad].delivered_at is None and state[bad].attempts == 1
+    assert "cannot deliver this one" in (state[bad].last_error or "")
+    assert all(state[i].delivered_at is not None for i in ids if i != bad)
+    # A later delivery (the handler fixed) picks the bad event up again.
+    outbox.deliver_pending(quiet_db)
+    assert entries(quiet_db, deal["id"]) == 4
+
+
+def test_an_event_failing_every_time_is_parked_after_max_attempts(quiet_db: Database, deal) -> None:
+    (event_id,) = record_status_changes(quiet_db, deal, 1)
+
+    def broken(_s: Session, _events: Sequence[OutboxEvent]) -> None:
+        raise ValueError("always")
+
+    for _ in range(outbox.MAX_ATTEMPTS + 2):
+        outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: broken})
+    (ev,) = pending(quiet_db, [event_id])
+    assert ev.attempts == outbox.MAX_ATTEMPTS and ev.delivered_at is None
+    with quiet_db.transaction() as s:
+        assert outbox.stuck_count(s) >= 1
+        s.execute(delete(OutboxEvent).where(OutboxEvent.id == event_id))  # keep others clean
+
+
+def test_an_outage_costs_no_attempt_and_is_raised(quiet_db: Database, deal) -> None:
+    (event_id,) = record_status_changes(quiet_db, deal, 1)
+
+    def database_away(_s: Session, _events: Sequence[OutboxEvent]) -> None:
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    with pytest.raises(OperationalError):
+        outbox.deliver_pending(
+            quiet_db, {outbox.TIMELINE_TOPIC: database_away}, transient=(OperationalError,)
+        )
+    (ev,) = pending(quiet_db, [event_id])
+    assert ev.attempts == 0 and ev.delivered_at is None
+    outbox.deliver_pending(quiet_db)
+    assert entries(quiet_db, deal["id"]) == 1
+
+
+def test_concurrent_deliverers_share_the_work_without_doubles(quiet_db: Database, deal) -> None:
+    ids = record_status_changes(quiet_db, deal, 300)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            counts.append(outbox.deliver_pending(quiet_db, batch_size=25))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert entries(quiet_db, deal["id"]) == 300
+    assert all(ev.attempts == 1 for ev in pending(quiet_db, ids))
+
+
+def test_a_deleted_deal_s_events_are_delivered_without_an_entry(
+    quiet_db: Database, api: ApiClient
+) -> None:
+    user = api.register()
+    doomed = api.deal(user)
+    (event_id,) = record_status_changes(quiet_db, doomed, 1)
+    assert api.delete(f"/deals/{doomed['id']}", user=user, org=user.org_id).status_code == 204
+    outbox.deliver_pending(quiet_db)
+    (ev,) = pending(quiet_db, [event_id])
+    assert ev.delivered_at is not None and ev.last_error == "deal no longer exists"
+
+
+# --- the wake-up ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flag(test_services) -> Iterator[DrainFlag]:
+    client = redis.Redis.from_url(test_services.redis_url)
+    f = DrainFlag(client, f"{test_services.database_name}-wake")
+    f.clear()
+    yield f
+    f.clear()
+    client.close()
+
+
+def test_wake_ups_are_debounced_until_the_drain_clears_the_flag(flag: DrainFlag) -> None:
+    sent: list[int] = []
+    waker = DrainWaker(flag, lambda: sent.append(1))
+    assert waker.wake() is True
+    assert waker.wake() is False  # a drain is due: it will see this commit's events
+    assert sent == [1]
+    flag.clear()  # the drain task starts
+    assert waker.wake() is True
+    assert sent == [1, 1]
+    assert 0 < flag.client.pttl(flag.key) <= 5000  # a lost task cannot silence wake-ups
+
+
+def test_a_failed_send_leaves_the_next_commit_free_to_try(flag: DrainFlag) -> None:
+    def broker_down() -> None:
+        raise ConnectionError("broker away")
+
+    with pytest.raises(ConnectionError):
+        DrainWaker(flag, broker_down).wake()
+    sent: list[int] = []
+    assert DrainWaker(flag, lambda: sent.append(1)).wake() is True
+    assert sent == [1]
+
+
+def test_the_background_waker_merges_wake_ups(flag: DrainFlag) -> None:
+    sent = threading.Semaphore(0)
+    waker = DrainWaker(flag, sent.release)
+    for _ in range(20):
+        waker()
+    assert sent.acquire(timeout=5)
+    assert not sent.acquire(timeout=0.3)  # one drain for all twenty commits
