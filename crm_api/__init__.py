@@ -14,8 +14,9 @@ from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import health
+from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .errors import register_error_handlers
-from .extensions import BEARER_SCHEME, ORG_HEADER, ORG_PARAMETER, Api
+from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
 from .resources import MODULES
 
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     app.extensions["crm_db"] = db
     app.extensions["crm_settings"] = settings
+    app.extensions["crm_verified_tokens"] = VerifiedTokens()
+    app.extensions["crm_access_memo"] = AccessMemo(settings.access_check_cache_seconds)
     # Short timeouts: when Redis is down the API answers from the database instead.
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)

@@ -15,23 +15,19 @@ from typing import Any, TypeVar, cast
 
 import flask_smorest
 import marshmallow as ma
-from flask import current_app, g, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask import g, request
 from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from crm_domain.context import Actor
-from crm_domain.db import Database
-from crm_domain.enums import Role
-from crm_domain.errors import Forbidden, PreconditionFailed, Unauthorized, ValidationFailed
-from crm_domain.services import auth as auth_service
+from crm_domain.errors import PreconditionFailed
 
+from .access import ORG_HEADER, authenticate, check_access, database, resolve_actor
 from .errors import http_exception_response
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ORG_HEADER = "X-Organization-Id"
 ORG_PARAMETER = "OrganizationId"
 BEARER_SCHEME = "bearerAuth"
 
@@ -129,7 +125,7 @@ class Blueprint(flask_smorest.Blueprint):
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            verify_jwt_in_request()
+            authenticate()
             check_access(None)
             return func(*args, **kwargs)
 
@@ -141,7 +137,7 @@ class Blueprint(flask_smorest.Blueprint):
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            verify_jwt_in_request()
+            authenticate()
             g.actor = resolve_actor(request.headers.get(ORG_HEADER))
             return func(*args, **kwargs)
 
@@ -160,10 +156,6 @@ class Blueprint(flask_smorest.Blueprint):
         return func
 
 
-def database() -> Database:
-    return cast(Database, current_app.extensions["crm_db"])
-
-
 @contextmanager
 def transaction() -> Iterator[Session]:
     """One database transaction for the request's work."""
@@ -171,49 +163,8 @@ def transaction() -> Iterator[Session]:
         yield session
 
 
-def current_user_id() -> int:
-    return int(get_jwt()["sub"])
-
-
 def current_actor() -> Actor:
     return cast(Actor, g.actor)
-
-
-def check_access(organization_id: int | None) -> Role | None:
-    """One query after the token's signature checked out: 401 if its login session was
-    revoked; otherwise the user's role in `organization_id` (None if not a member)."""
-    claims = get_jwt()
-    with database().autocommit() as conn:
-        active, role = auth_service.check_access(
-            conn,
-            session_id=str(claims.get("sid", "")),
-            user_id=int(claims["sub"]),
-            organization_id=organization_id,
-        )
-    if not active:
-        raise Unauthorized("Token has been revoked", code="TOKEN_REVOKED")
-    return role
-
-
-def resolve_actor(raw_org_id: str | None) -> Actor:
-    """401 for a revoked session, then 400 for a missing or malformed header, then 403 when
-    the user is not a member of the organization."""
-    value = (raw_org_id or "").strip()
-    valid = value.isascii() and value.isdigit() and 0 < int(value) < 2**31
-    org_id = int(value) if valid else None
-    role = check_access(org_id)  # a revoked token is a 401 whatever the header says
-    if not value:
-        raise ValidationFailed(
-            f"The {ORG_HEADER} header is required", code="ORGANIZATION_HEADER_REQUIRED"
-        )
-    if org_id is None:
-        raise ValidationFailed(
-            f"The {ORG_HEADER} header must be a positive integer",
-            code="ORGANIZATION_HEADER_INVALID",
-        )
-    if role is None:
-        raise Forbidden("You are not a member of this organization", code="NOT_ORGANIZATION_MEMBER")
-    return Actor(user_id=current_user_id(), organization_id=org_id, role=role)
 
 
 # --- ETag / If-Match -------------------------------------------------------------------------

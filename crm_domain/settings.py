@@ -37,6 +37,7 @@ class Settings:
     outbox_redispatch_seconds: float = 15.0
     analytics_refresh_seconds: float = 300.0
     reminder_interval_seconds: float = 3600.0
+    access_check_cache_seconds: float = 1.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,6 +57,7 @@ class Settings:
             outbox_redispatch_seconds=env.float("OUTBOX_REDISPATCH_SECONDS", 15.0),
             analytics_refresh_seconds=env.float("ANALYTICS_REFRESH_SECONDS", 300.0),
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
+            access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

@@ -13,7 +13,8 @@ from marshmallow import fields, validate
 from crm_domain.errors import Unauthorized
 from crm_domain.services import auth as auth_service
 
-from ..extensions import Blueprint, current_user_id, transaction
+from ..access import current_user_id, forget_access
+from ..extensions import Blueprint, transaction
 from ..jwt import issue_tokens, new_session_id
 from ..schemas import Schema, Trimmed, name_field
 
@@ -164,6 +165,7 @@ class Refresh(MethodView):
         except auth_service.TokenReused:
             with transaction() as session:
                 auth_service.revoke_session(session, sid, reason="reuse")
+            forget_access()
             raise
 
 
@@ -175,6 +177,7 @@ class Logout(MethodView):
         """Revoke the current login session (its access and refresh tokens)"""
         with transaction() as session:
             auth_service.revoke_session(session, get_jwt()["sid"], reason="logout")
+        forget_access()
 
 
 @blp.route("/me")

@@ -10,7 +10,8 @@ from marshmallow import fields
 from crm_domain.enums import Role
 from crm_domain.services import organizations as org_service
 
-from ..extensions import Blueprint, current_user_id, transaction
+from ..access import current_user_id, forget_access
+from ..extensions import Blueprint, transaction
 from ..schemas import Schema, name_field
 
 blp = Blueprint(
@@ -136,7 +137,8 @@ class MemberById(MethodView):
                 user_id=user_id,
                 role=data["role"],
             )
-            return _member_row(member, user)
+        forget_access()
+        return _member_row(member, user)
 
     @blp.login_required
     @blp.response(204)
@@ -150,3 +152,4 @@ class MemberById(MethodView):
             org_service.remove_member(
                 session, organization_id=organization_id, actor_role=actor_role, user_id=user_id
             )
+        forget_access()
