@@ -20,6 +20,9 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Server-generated values (ids, defaults, updated_at) come back with the INSERT or
+    # UPDATE itself (RETURNING) instead of a SELECT on first access.
+    __mapper_args__ = {"eager_defaults": True}
 
 
 def include_in_migrations(

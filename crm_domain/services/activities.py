@@ -61,5 +61,4 @@ def add_comment(
     )
     session.add(activity)
     session.flush()
-    session.refresh(activity)
     return activity

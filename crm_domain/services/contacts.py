@@ -85,7 +85,6 @@ def update_contact(
         organizations.ensure_assignable_owner(session, actor, new_owner)
     if apply_changes(contact, changes):
         session.flush()
-        session.refresh(contact)
     return contact
 
 

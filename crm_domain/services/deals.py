@@ -86,7 +86,6 @@ def create_deal(
     session.add(deal)
     session.flush()
     outbox.record_deal_changed(session, organization_id=deal.organization_id, deal_id=deal.id)
-    session.refresh(deal)
     return deal
 
 
@@ -130,7 +129,6 @@ def update_deal(
                 payload={f"old_{field}": old.value, f"new_{field}": new.value},
             )
     session.flush()
-    session.refresh(deal)
     return deal
 
 

@@ -47,7 +47,6 @@ def request_report(session: Session, actor: Actor, *, today: dt.date | None = No
     session.add(report)
     session.flush()
     outbox.record(session, actor.organization_id, outbox.REPORT_TOPIC, {"report_id": report.id})
-    session.refresh(report)
     return report
 
 

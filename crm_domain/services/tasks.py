@@ -76,7 +76,6 @@ def create_task(
     )
     session.add(task)
     session.flush()
-    session.refresh(task)
     outbox.record_activity(
         session,
         organization_id=actor.organization_id,
@@ -103,7 +102,6 @@ def update_task(
         rules.ensure_due_date(changes["due_date"])
     if apply_changes(task, changes):
         session.flush()
-        session.refresh(task)
     return task
 
 
