@@ -1,20 +1,36 @@
 """gunicorn settings (read automatically from the working directory; env-tunable).
 
-Default: cores + 1 sync worker processes. On the 2-core benchmark machine (PostgreSQL on the
-same host, CPU-bound) 3 sync workers served more requests, with a lower p95, than 3 workers
-with 2-4 threads each: see docs/PERFORMANCE.md. Behind a proxy that buffers slow clients,
-or with a remote database, raise WEB_THREADS."""
+Default: `gthread` workers (one process per core, WEB_THREADS threads each) with keep-alive,
+the application preloaded in the master so a new or recycled worker is fast from its first
+request. Measured against sync workers and other thread counts in docs/PERFORMANCE.md.
+
+Slow clients: a thread waits at most 5 s for a new connection's first bytes (gunicorn's own
+bound, then the connection goes back to the poller), and `crm_api.slow_clients` bounds how
+long a request body may stall (BODY_READ_TIMEOUT). A handful of slow clients therefore holds
+a handful of threads for seconds, never the whole server; in front of the internet put a
+buffering proxy anyway (docker-compose.yml has nginx)."""
 
 import multiprocessing
 import os
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1))
-threads = int(os.environ.get("WEB_THREADS", "1"))
-worker_class = "gthread" if threads > 1 else "sync"
-keepalive = 5
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+threads = int(os.environ.get("WEB_THREADS", "8"))
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread" if threads > 1 else "sync")
+keepalive = int(os.environ.get("WEB_KEEPALIVE", "15"))
 timeout = 30
 graceful_timeout = 20
-max_requests = 10_000  # recycle workers now and then (bounded memory growth)
-max_requests_jitter = 1_000
+preload_app = os.environ.get("WEB_PRELOAD", "1") == "1"
+max_requests = 20_000  # recycle workers now and then (bounded memory growth)
+max_requests_jitter = 2_000
 accesslog = "-" if os.environ.get("ACCESS_LOG", "1") == "1" else None
+# gunicorn 25+ opens a control socket at a shared per-user path by default, so two
+# instances on one host would replace each other's; nothing here uses it.
+control_socket_disable = True
+
+
+def post_fork(server, worker):
+    """Pooled connections made in the master (none by design) must not cross fork()."""
+    from wsgi import app
+
+    app.extensions["crm_db"].dispose()

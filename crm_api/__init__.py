@@ -19,6 +19,7 @@ from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
 from .resources import MODULES
+from .slow_clients import BodyDeadline
 
 API_PREFIX = "/api/v1"
 SWAGGER_ASSETS = "/api/v1/docs/assets/"
@@ -53,6 +54,11 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.config.update(config)
+    app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
+        app.wsgi_app,
+        timeout=settings.body_read_timeout,
+        max_length=app.config["MAX_CONTENT_LENGTH"],
+    )
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     db = Database(settings.database_url, pool_size=settings.db_pool_size)

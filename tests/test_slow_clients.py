@@ -1,0 +1,101 @@
+"""Slow clients against the default deployment (gunicorn with gunicorn.conf.py as shipped):
+a few connections that stop sending mid-body must not stall the server, and each of them is
+answered 408 once its body read times out."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crm_domain.embedded import free_port
+
+from .stack import BIN, Service, wait_until
+
+BODY_READ_TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def server(test_services, tmp_path_factory) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_services.database_url,
+        "REDIS_URL": test_services.redis_url,
+        "REDIS_KEY_PREFIX": f"{test_services.database_name}-slow",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "BODY_READ_TIMEOUT": str(BODY_READ_TIMEOUT),
+        "ACCESS_LOG": "0",
+    }
+    for knob in ("WEB_CONCURRENCY", "WEB_THREADS", "WEB_WORKER_CLASS"):
+        env.pop(knob, None)  # the defaults are what is under test
+    web = Service(
+        "web", [str(BIN / "gunicorn"), "wsgi:app"], env, Path(tmp_path_factory.mktemp("slow"))
+    )
+    web.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _health(base) is not None, 30, 0.2)
+        yield base
+    finally:
+        web.stop()
+
+
+def _health(base: str) -> float | None:
+    """Seconds /health took, or None if it failed."""
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=5) as r:
+            r.read()
+            return time.monotonic() - start if r.status == 200 else None
+    except OSError:
+        return None
+
+
+def _stalled_body(base: str) -> socket.socket:
+    """A POST that announces 1,000 bytes of body, sends 10 and then nothing."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b'{"email": '
+    )
+    return sock
+
+
+def test_five_stalled_bodies_do_not_stall_the_server(server: str) -> None:
+    slow = [_stalled_body(server) for _ in range(5)]
+    try:
+        time.sleep(0.5)  # let every one of them reach a server thread
+        for _ in range(10):
+            took = _health(server)
+            assert took is not None and took < 1.0, f"/health took {took}"
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_a_stalled_body_is_answered_408_after_the_read_timeout(server: str) -> None:
+    sock = _stalled_body(server)
+    try:
+        sock.settimeout(BODY_READ_TIMEOUT + 10)
+        start = time.monotonic()
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        waited = time.monotonic() - start
+    finally:
+        sock.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["error"]["code"] == "REQUEST_TIMEOUT"
+    assert BODY_READ_TIMEOUT - 0.5 <= waited < BODY_READ_TIMEOUT + 5
