@@ -34,6 +34,7 @@ DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
+GATHER_SECONDS = 0.05
 # Outages that cost an event no delivery attempt: delivery is retried when they are over.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
 
@@ -75,20 +76,23 @@ def deliver(db: Database, on_deal_changed: OnDealChanged) -> int:
 
 class DrainWaker:
     """The API's publisher: asks for a drain from a daemon thread, so neither Redis nor the
-    broker is ever on a request's path. Wake-ups that arrive while one is being sent are
-    merged into the next. After a failure it stays quiet for `cooldown` seconds (the
-    events stay pending; beat's re-dispatch sends them) instead of waiting on a broker
-    that is away for every commit."""
+    broker is ever on a request's path. It waits `gather` seconds after the first wake-up so
+    that the commits of that moment share one drain (fewer, larger batches: less worker CPU
+    per write, a few ms more until the timeline entry exists). After a failure it stays
+    quiet for `cooldown` seconds (the events stay pending; beat's re-dispatch sends them)
+    instead of waiting on a broker that is away for every commit."""
 
     def __init__(
         self,
         flag: DrainFlag,
         send: Callable[[], None] = send_drain,
         *,
+        gather: float = GATHER_SECONDS,
         cooldown: float = 5.0,
     ) -> None:
         self._flag = flag
         self._send = send
+        self._gather = gather
         self._cooldown = cooldown
         self._wanted = threading.Event()
         self._lock = threading.Lock()
@@ -114,6 +118,7 @@ class DrainWaker:
     def _run(self) -> None:
         while True:
             self._wanted.wait()
+            time.sleep(self._gather)
             self._wanted.clear()
             if time.monotonic() < self._down_until:
                 continue  # just failed; the re-dispatch will find these events

@@ -194,6 +194,8 @@ def test_worker_killed_while_a_batch_is_in_flight_loses_and_doubles_nothing(
             patch_status(stack, tenant, status)
 
         def drain_blocked() -> bool:
+            # Inside a transaction pg_stat_activity is a snapshot: take a new one each time.
+            blocker.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
             return bool(
                 blocker.exec_driver_sql(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
