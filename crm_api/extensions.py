@@ -144,6 +144,12 @@ class Blueprint(flask_smorest.Blueprint):
         self._mark(wrapper, "tenant")
         return cast(F, wrapper)
 
+    def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Any:
+        """Argument schemas are built once, not by webargs on every request."""
+        if isinstance(schema, type):
+            schema = schema()
+        return super().arguments(schema, *args, **kwargs)
+
     def alt_response(self, status_code: Any, response: Any = None, **options: Any) -> Any:
         """Alternative (error) responses use the unified error body unless told otherwise."""
         if response is None and options.get("schema") is None:

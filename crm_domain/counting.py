@@ -1,10 +1,11 @@
 """Totals for list pages without counting a big tenant on every page.
 
 A list's total is counted exactly when it is small (counting at most `exact_below` + 1
-rows, a few milliseconds). When it is larger, the exact count is kept in Redis for `ttl`
-seconds per organization and filter set (looked up first), so a client paging through
-100,000 deals pays for one full count every `ttl` seconds, not one per page; such a total can
-lag writes by up to `ttl` seconds. Without Redis every total is exact."""
+rows, a few milliseconds), without touching Redis. When it is larger, the exact count is kept
+in Redis for `ttl` seconds per organization and filter set, and the process remembers that
+this list is large, so its next pages look in Redis first: a client paging through 100,000
+deals pays for one full count every `ttl` seconds, not one per page; such a total can lag
+writes by up to `ttl` seconds. Without Redis every total is exact."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ class LargeCountCache:
         self.prefix = prefix
         self.exact_below = exact_below
         self.ttl = ttl
+        # Lists (statement shape + values) this process found large: only those pay for
+        # rendering the Redis key and the lookup; small lists are just counted.
+        self._large: set[Any] = set()
 
     def key(self, rows: Select[Any]) -> str:
         sql = str(rows.compile(compile_kwargs={"literal_binds": True}))
@@ -39,7 +43,8 @@ class LargeCountCache:
 
     def count(self, session: Session, rows: Select[Any]) -> int:
         """`rows` selects the matching rows' keys (filtered, unordered)."""
-        key = self._key_or_none(rows)
+        shape = _shape(rows)
+        key = self._key_or_none(rows) if shape in self._large else None
         if key is not None:
             cached = self._get(key)
             if cached is not None:
@@ -48,7 +53,12 @@ class LargeCountCache:
             select(func.count()).select_from(rows.limit(self.exact_below + 1).subquery())
         )
         if (capped or 0) <= self.exact_below:
+            self._large.discard(shape)
             return capped or 0
+        if len(self._large) > 10_000:
+            self._large.clear()
+        self._large.add(shape)  # next time: the cache first, no capped count
+        key = key or self._key_or_none(rows)
         total = session.scalar(select(func.count()).select_from(rows.subquery())) or 0
         if key is not None:
             self._set(key, total)
@@ -77,3 +87,11 @@ class LargeCountCache:
             self.client.set(key, total, ex=self.ttl)
         except redis.RedisError:
             log.warning("count cache unavailable; not stored")
+
+
+def _shape(rows: Select[Any]) -> Any:
+    """A cheap identity of the statement with its values (SQLAlchemy's own cache key)."""
+    cache_key = rows._generate_cache_key()
+    if cache_key is None:
+        return None
+    return (cache_key.key, repr([p.effective_value for p in cache_key.bindparams]))
