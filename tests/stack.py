@@ -6,12 +6,9 @@ The Redis server is private to the test so it can be stopped and started again."
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crm_domain.embedded import free_port
+from scripts.procfile import Process, process_env, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -98,152 +96,58 @@ class PrivateRedis:
             self.proc.wait(10)
 
 
-class Service:
-    """One long-running process of the stack, in its own process group, restarted when it
-    exits on its own (as a process manager would: compose `restart`, systemd, a PaaS)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.argv, self.env = name, argv, env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._wanted = False
-        self._lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
-
-    def _spawn(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def start(self) -> None:
-        with self._lock:
-            self._wanted = True
-            self._spawn()
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch, daemon=True)
-            self._watcher.start()
-
-    def _watch(self) -> None:
-        while True:
-            time.sleep(0.5)
-            with self._lock:
-                if self._wanted and self.proc is not None and self.proc.poll() is not None:
-                    self.restarts += 1
-                    self._spawn()
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (no warm shutdown, no acks); not restarted."""
-        with self._lock:
-            self._wanted = False
-            if self.proc and self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def stop(self) -> None:
-        with self._lock:
-            self._wanted = False
-            if self.proc and self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(10)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-
 class Stack:
+    """The Procfile's web, worker, worker-bulk and beat on a private Redis (see
+    scripts/procfile.py). The bulk worker also loads tests.slow_tasks."""
+
     def __init__(self, database_url: str, workdir: Path, key_prefix: str) -> None:
         self.workdir = workdir
         self.redis = PrivateRedis(workdir)
         self.port = free_port()
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": self.redis.url,
-            "REDIS_KEY_PREFIX": key_prefix,
-            "OUTBOX_REDISPATCH_SECONDS": "1",
-            "BCRYPT_ROUNDS": "4",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.web = Service(
-            "web",
-            [
-                str(BIN / "gunicorn"),
-                "wsgi:app",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                "1",
-                "--threads",
-                "4",
-                "--timeout",
-                "60",
-            ],
-            self.env,
-            workdir,
+        self.env = process_env(
+            {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": self.redis.url,
+                "REDIS_KEY_PREFIX": key_prefix,
+                "OUTBOX_REDISPATCH_SECONDS": "1",
+                "BCRYPT_ROUNDS": "4",
+                "PYTHONUNBUFFERED": "1",
+                "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+                "WEB_CONCURRENCY": "1",
+                "WEB_THREADS": "4",
+                "BEAT_SCHEDULE_FILE": str(workdir / "beat-schedule"),
+            }
         )
-        self.worker = Service(
-            "worker",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "celery_app",
-                "worker",
-                "--loglevel=info",
-                "--concurrency=2",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+        self.web = Process("web", self.env, log_path=workdir / "web.log")
+        self.worker = Process("worker", self.env, log_path=workdir / "worker.log")
+        self.bulk = Process(
+            "worker-bulk",
             self.env,
-            workdir,
+            extra_args=["--include", "tests.slow_tasks"],
+            log_path=workdir / "bulk.log",
         )
-        self.beat = Service(
-            "beat",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "celery_app",
-                "beat",
-                "--loglevel=info",
-                "--schedule",
-                str(workdir / "beat-schedule"),
-            ],
-            self.env,
-            workdir,
-        )
+        self.beat = Process("beat", self.env, log_path=workdir / "beat.log")
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def processes(self) -> list[Process]:
+        return [self.web, self.worker, self.bulk, self.beat]
+
     def start(self) -> None:
         self.redis.start()
-        for service in (self.web, self.worker, self.beat):
-            service.start()
+        for process in self.processes:
+            process.start()
         wait_until(lambda: self.http("GET", "/health")[0] == 200, 30, 0.2)
 
     def stop(self) -> None:
-        for service in (self.beat, self.worker, self.web):
-            service.stop()
+        stop_all(self.processes)
         self.redis.kill()
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {s.name} ---\n{s.log_tail()}" for s in (self.web, self.worker, self.beat)
-        )
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
 
     def http(
         self,

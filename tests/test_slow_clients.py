@@ -5,7 +5,6 @@ answered 408 once its body read times out."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 import urllib.request
@@ -15,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from crm_domain.embedded import free_port
+from scripts.procfile import Process, process_env
 
-from .stack import BIN, Service, wait_until
+from .stack import wait_until
 
 BODY_READ_TIMEOUT = 3.0
 
@@ -25,7 +25,7 @@ BODY_READ_TIMEOUT = 3.0
 def server(test_services, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     env = {
-        **os.environ,
+        **process_env(),
         "DATABASE_URL": test_services.database_url,
         "REDIS_URL": test_services.redis_url,
         "REDIS_KEY_PREFIX": f"{test_services.database_name}-slow",
@@ -35,9 +35,7 @@ def server(test_services, tmp_path_factory) -> Iterator[str]:
     }
     for knob in ("WEB_CONCURRENCY", "WEB_THREADS", "WEB_WORKER_CLASS"):
         env.pop(knob, None)  # the defaults are what is under test
-    web = Service(
-        "web", [str(BIN / "gunicorn"), "wsgi:app"], env, Path(tmp_path_factory.mktemp("slow"))
-    )
+    web = Process("web", env, log_path=Path(tmp_path_factory.mktemp("slow")) / "web.log")
     web.start()
     base = f"http://127.0.0.1:{port}"
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import itertools
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -21,8 +22,9 @@ from crm_api import create_app
 from crm_domain.db import Database
 from crm_domain.embedded import free_port
 from crm_domain.models import Activity, OutboxEvent
+from scripts.procfile import Process
 
-from .stack import BIN, Service, Stack, wait_until
+from .stack import Stack, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -259,19 +261,15 @@ def test_redis_down_during_writes(stack: Stack, db: Database, tenant) -> None:
 
 def test_flower_requires_basic_auth(stack: Stack) -> None:
     port = free_port()
-    flower = Service(
+    flower = Process(
         "flower",
-        [
-            str(BIN / "celery"),
-            "-A",
-            "celery_app",
-            "flower",
-            "--conf=crm_worker/flowerconfig.py",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
-        {**stack.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass"},
-        stack.workdir,
+        {
+            **stack.env,
+            "FLOWER_BASIC_AUTH": "ops:s3cret-pass",
+            "FLOWER_PORT": str(port),
+            "FLOWER_ADDRESS": "127.0.0.1",
+        },
+        log_path=stack.workdir / "flower.log",
     )
     flower.start()
     base = f"http://127.0.0.1:{port}"
@@ -314,7 +312,10 @@ def test_in_process_worker_delivers_and_reminds(app, db: Database) -> None:
     deal = api.deal(owner)
     today = dt.datetime.now(dt.UTC).date().isoformat()
     task = api.task(owner, deal["id"], due_date=today)
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+    queues = ["outbox", "analytics", "crm", "bulk"]
+    with start_worker(
+        celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30, queues=queues
+    ):
         r = api.patch(
             f"/deals/{deal['id']}", user=owner, org=owner.org_id, json={"stage": "proposal"}
         )
@@ -334,3 +335,34 @@ def test_in_process_worker_delivers_and_reminds(app, db: Database) -> None:
         notes = wait_until(reminded, 30)
     assert [n["type"] for n in notes] == ["task_due"]
     assert activity_counts(db, deal["id"]).get("task_reminder") == 1
+
+
+def test_a_flood_of_bulk_work_does_not_delay_the_timeline_or_analytics(
+    stack: Stack, db: Database, tenant
+) -> None:
+    """Report-like work waits on the bulk queue (one slow task after another for a minute);
+    the timeline and analytics, on their own queues and worker, keep their pace."""
+    import redis
+    from celery import Celery
+
+    from .slow_tasks import SLOW_TASK
+
+    flood = Celery(broker=stack.redis.url)
+    for _ in range(30):
+        flood.send_task(SLOW_TASK, args=[2.0], queue="bulk")
+    try:
+        token, org = tenant["token"], tenant["org"]
+        start = time.monotonic()
+        patch_status(stack, tenant, "won")
+        wait_until(lambda: activity_counts(db, tenant["deal"]).get("status_changed") == 1, 10)
+        timeline_s = time.monotonic() - start
+
+        def won() -> bool:
+            _, body = stack.http("GET", "/analytics/deals/summary", None, token, org)
+            return body["by_status"]["won"]["count"] == 1
+
+        wait_until(won, 10)
+        analytics_s = time.monotonic() - start
+    finally:
+        redis.Redis.from_url(stack.redis.url).delete("bulk")  # what the flood left queued
+    assert timeline_s < 3 and analytics_s < 5, (timeline_s, analytics_s)

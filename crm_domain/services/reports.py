@@ -115,6 +115,19 @@ def overdue_tasks(session: Session, organization_id: int, today: dt.date) -> dic
     }
 
 
+def pending_ids(session: Session, *, older_than: dt.timedelta, limit: int = 500) -> list[int]:
+    """Reports still pending although they were requested more than `older_than` ago."""
+    cutoff = dt.datetime.now(dt.UTC) - older_than
+    return list(
+        session.scalars(
+            select(Report.id)
+            .where(Report.status == "pending", Report.created_at <= cutoff)
+            .order_by(Report.id)
+            .limit(limit)
+        )
+    )
+
+
 def build(session: Session, report_id: int) -> None:
     """Fill a pending report; building twice leaves the first result."""
     report = session.scalar(select(Report).where(Report.id == report_id).with_for_update())

@@ -1,10 +1,32 @@
-"""Weekly pipeline reports (built through the outbox like on-demand ones)."""
+"""Pipeline reports: built on the bulk queue (weekly ones and on-demand ones alike)."""
 
 from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.exc import OperationalError
 
 from crm_domain.services import reports
 
 from ..app import celery_app, database
+from ..dispatch import REPORT_BUILD_TASK, send_report_build
+
+# A report still pending after this long lost its build task (a broker outage): send again.
+RESEND_AFTER = dt.timedelta(minutes=2)
+
+
+@celery_app.task(
+    name=REPORT_BUILD_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def build(report_id: int) -> None:
+    """Idempotent: a report that is already ready is left as it is."""
+    with database.transaction() as session:
+        reports.build(session, report_id)
 
 
 @celery_app.task(name="crm.reports.schedule_weekly", acks_late=True)
@@ -12,3 +34,13 @@ def schedule_weekly() -> int:
     """Beat (Mondays): create last week's report for every organization, once."""
     with database.transaction() as session:
         return reports.schedule_weekly(session)
+
+
+@celery_app.task(name="crm.reports.resend_pending", acks_late=True)
+def resend_pending() -> int:
+    """Beat's safety net for build tasks that never ran."""
+    with database.transaction() as session:
+        ids = reports.pending_ids(session, older_than=RESEND_AFTER)
+    for report_id in ids:
+        send_report_build(report_id)
+    return len(ids)
