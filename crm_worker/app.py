@@ -8,12 +8,13 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, worker_process_init
 
 from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
+from . import quiet
 from .dispatch import DrainFlag
 
 settings = Settings.from_env()
@@ -102,6 +103,11 @@ celery_app.conf.update(
         },
     },
 )
+
+
+@after_setup_logger.connect
+def _quiet_housekeeping(**_: Any) -> None:
+    quiet.install()
 
 
 @worker_process_init.connect

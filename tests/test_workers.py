@@ -366,3 +366,22 @@ def test_a_flood_of_bulk_work_does_not_delay_the_timeline_or_analytics(
     finally:
         redis.Redis.from_url(stack.redis.url).delete("bulk")  # what the flood left queued
     assert timeline_s < 3 and analytics_s < 5, (timeline_s, analytics_s)
+
+
+def test_idle_housekeeping_leaves_the_worker_log_quiet(stack: Stack, db: Database) -> None:
+    """Beat runs the outbox safety net every second here; with nothing pending the worker
+    logs nothing about it, and when it acts, it says so."""
+    wait_until(lambda: undelivered_anywhere(db) == 0, 30)
+    log_path = stack.worker.log_path
+    assert log_path is not None
+    before = log_path.stat().st_size
+    time.sleep(3.5)
+    with log_path.open("rb") as f:
+        f.seek(before)
+        quiet_period = f.read().decode(errors="replace")
+    assert "crm.outbox.redispatch" not in quiet_period, quiet_period
+
+
+def undelivered_anywhere(db: Database) -> int:
+    with db.transaction() as s:
+        return s.scalar(select(func.count()).where(OutboxEvent.delivered_at.is_(None))) or 0
