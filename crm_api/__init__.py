@@ -10,6 +10,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
+from crm_domain.passwords import PasswordHasher
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
@@ -60,6 +61,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.extensions["crm_settings"] = settings
     app.extensions["crm_verified_tokens"] = VerifiedTokens()
     app.extensions["crm_access_memo"] = AccessMemo(settings.access_check_cache_seconds)
+    app.extensions["crm_passwords"] = PasswordHasher(
+        app.config["BCRYPT_ROUNDS"], max_concurrent=settings.password_hash_concurrency
+    )
     # Short timeouts: when Redis is down the API answers from the database instead.
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)

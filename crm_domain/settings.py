@@ -38,6 +38,7 @@ class Settings:
     analytics_refresh_seconds: float = 300.0
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
+    password_hash_concurrency: int = 1
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,6 +59,7 @@ class Settings:
             analytics_refresh_seconds=env.float("ANALYTICS_REFRESH_SECONDS", 300.0),
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
+            password_hash_concurrency=env.int("PASSWORD_HASH_CONCURRENCY", 1),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

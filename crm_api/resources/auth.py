@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jwt as pyjwt
 from flask import current_app
@@ -11,6 +11,7 @@ from flask_jwt_extended import decode_token, get_jwt
 from marshmallow import fields, validate
 
 from crm_domain.errors import Unauthorized
+from crm_domain.passwords import PasswordHasher
 from crm_domain.services import auth as auth_service
 
 from ..access import current_user_id, forget_access
@@ -69,6 +70,10 @@ class RegisteredSchema(TokensSchema):
     organization = fields.Nested(OrganizationRefSchema, required=True)
 
 
+def _passwords() -> PasswordHasher:
+    return cast(PasswordHasher, current_app.extensions["crm_passwords"])
+
+
 def _tokens(user_id: int, session_id: str) -> tuple[dict[str, Any], str]:
     access, refresh, refresh_jti = issue_tokens(user_id, session_id)
     lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
@@ -102,15 +107,14 @@ class Register(MethodView):
     @blp.alt_response(409, description="Email already registered")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Register a user and their first organization (the user becomes its owner)"""
-        auth_service.check_password_length(data["password"])
+        hashed = auth_service.hash_new_password(data["password"], _passwords())
         with transaction() as session:
             user, org = auth_service.register(
                 session,
                 email=data["email"],
-                password=data["password"],
+                hashed_password=hashed,
                 name=data["name"],
                 organization_name=data["organization_name"],
-                rounds=current_app.config["BCRYPT_ROUNDS"],
             )
             body = _start_session(session, user.id)
             return {**body, "user": user, "organization": org}
@@ -124,11 +128,13 @@ class Login(MethodView):
     @blp.alt_response(401, description="Invalid credentials")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Log in and receive an access/refresh token pair"""
+        # The password check runs outside any transaction: it holds no pool connection while
+        # it waits for a hashing slot and hashes.
         with transaction() as session:
-            user = auth_service.authenticate(
-                session, email=data["email"], password=data["password"]
-            )
-            return _start_session(session, user.id)
+            stored = auth_service.find_credentials(session, data["email"])
+        user_id = auth_service.check_credentials(stored, data["password"], _passwords())
+        with transaction() as session:
+            return _start_session(session, user_id)
 
 
 def _decode_refresh(token: str) -> dict[str, Any]:

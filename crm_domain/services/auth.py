@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
-import bcrypt
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -12,11 +12,7 @@ from sqlalchemy.orm import Session
 from ..enums import Role
 from ..errors import Conflict, Unauthorized, ValidationFailed
 from ..models import AuthSession, Organization, OrganizationMember, User
-
-MIN_PASSWORD_BYTES = 8
-MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 refuses longer input
-# A real hash to compare against when the email is unknown, so timing does not tell.
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(4))
+from ..passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, PasswordHasher
 
 
 class TokenReused(Unauthorized):
@@ -37,32 +33,26 @@ def check_password_length(password: str) -> None:
         )
 
 
-def hash_password(password: str, rounds: int = 12) -> str:
+def hash_new_password(password: str, hasher: PasswordHasher) -> str:
+    """Check a new password's length and hash it. Call it before opening the transaction that
+    stores it: hashing takes a while, and may wait for a free hashing slot."""
     check_password_length(password)
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds)).decode("ascii")
-
-
-def verify_password(password: str, hashed: str) -> bool:
-    raw = password.encode("utf-8")
-    if len(raw) > MAX_PASSWORD_BYTES:
-        return False
-    return bcrypt.checkpw(raw, hashed.encode("ascii"))
+    return hasher.hash(password)
 
 
 def register(
     session: Session,
     *,
     email: str,
-    password: str,
+    hashed_password: str,
     name: str,
     organization_name: str,
-    rounds: int = 12,
 ) -> tuple[User, Organization]:
     """Create a user, their first organization, and make them its owner."""
     email = normalize_email(email)
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict("A user with this email already exists", code="EMAIL_ALREADY_EXISTS")
-    user = User(email=email, hashed_password=hash_password(password, rounds), name=name)
+    user = User(email=email, hashed_password=hashed_password, name=name)
     org = Organization(name=organization_name)
     session.add_all([user, org])
     try:
@@ -77,14 +67,32 @@ def register(
     return user, org
 
 
-def authenticate(session: Session, *, email: str, password: str) -> User:
-    user = session.scalar(select(User).where(User.email == normalize_email(email)))
-    if user is None:
-        bcrypt.checkpw(b"timing-equalizer", _DUMMY_HASH)
+@dataclass(frozen=True)
+class StoredCredentials:
+    user_id: int
+    hashed_password: str
+
+
+def find_credentials(session: Session, email: str) -> StoredCredentials | None:
+    """The stored password hash for an email (any casing), or None."""
+    row = session.execute(
+        select(User.id, User.hashed_password).where(User.email == normalize_email(email))
+    ).one_or_none()
+    return StoredCredentials(row[0], row[1]) if row is not None else None
+
+
+def check_credentials(
+    stored: StoredCredentials | None, password: str, hasher: PasswordHasher
+) -> int:
+    """The user id if the password matches, else 401 INVALID_CREDENTIALS. An unknown email
+    (`stored` is None) costs one comparison at the configured cost too, so the time taken
+    does not tell whether the email is registered. Call it outside any transaction."""
+    if stored is None:
+        hasher.spend_one_comparison()
         raise Unauthorized("Invalid email or password", code="INVALID_CREDENTIALS")
-    if not verify_password(password, user.hashed_password):
+    if not hasher.verify(password, stored.hashed_password):
         raise Unauthorized("Invalid email or password", code="INVALID_CREDENTIALS")
-    return user
+    return stored.user_id
 
 
 def get_user(session: Session, user_id: int) -> User | None:
