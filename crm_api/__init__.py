@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         SECRET_KEY=settings.secret_key,
         JWT_SECRET_KEY=settings.secret_key,
         BCRYPT_ROUNDS=settings.bcrypt_rounds,
+        REFRESH_REUSE_GRACE_SECONDS=settings.refresh_reuse_grace_seconds,
         OUTBOX_DISPATCH="celery",
         API_TITLE="CRM API",
         API_VERSION="v1",

@@ -39,6 +39,7 @@ class Settings:
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
     password_hash_concurrency: int = 1
+    refresh_reuse_grace_seconds: float = 10.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +61,7 @@ class Settings:
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
             password_hash_concurrency=env.int("PASSWORD_HASH_CONCURRENCY", 1),
+            refresh_reuse_grace_seconds=env.float("REFRESH_REUSE_GRACE_SECONDS", 10.0),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

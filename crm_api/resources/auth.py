@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, cast
 
 import jwt as pyjwt
@@ -74,29 +75,26 @@ def _passwords() -> PasswordHasher:
     return cast(PasswordHasher, current_app.extensions["crm_passwords"])
 
 
-def _tokens(user_id: int, session_id: str) -> tuple[dict[str, Any], str]:
-    access, refresh, refresh_jti = issue_tokens(user_id, session_id)
+def _tokens(user_id: int, session_id: str, grant: auth_service.TokenGrant) -> dict[str, Any]:
+    access, refresh = issue_tokens(user_id, session_id, grant)
     lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    body = {
+    return {
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "bearer",
         "expires_in": int(lifetime.total_seconds()),
     }
-    return body, refresh_jti
 
 
 def _start_session(session: Any, user_id: int) -> dict[str, Any]:
     sid = new_session_id()
-    body, jti = _tokens(user_id, sid)
-    auth_service.start_session(
+    grant = auth_service.start_session(
         session,
         session_id=sid,
         user_id=user_id,
-        refresh_jti=jti,
         lifetime=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"],
     )
-    return body
+    return _tokens(user_id, sid, grant)
 
 
 @blp.route("/register")
@@ -158,21 +156,24 @@ class Refresh(MethodView):
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Exchange a refresh token for a new pair (the old refresh token stops working).
 
-        Presenting an already-used refresh token revokes every token of that login session."""
+        The token just replaced, presented again within REFRESH_REUSE_GRACE_SECONDS (10 s by
+        default) of that refresh, gets the same new pair again, so concurrent refreshes with
+        one token all succeed. Any older token, or that one after the window, is reuse: it
+        revokes every token of that login session."""
         claims = _decode_refresh(data["refresh_token"])
         user_id, sid = int(claims["sub"]), claims["sid"]
+        grace = dt.timedelta(seconds=current_app.config["REFRESH_REUSE_GRACE_SECONDS"])
         try:
             with transaction() as session:
-                body, new_jti = _tokens(user_id, sid)
-                auth_service.rotate_session(
-                    session, session_id=sid, presented_jti=claims["jti"], new_jti=new_jti
+                grant = auth_service.rotate_session(
+                    session, session_id=sid, presented_jti=claims["jti"], grace=grace
                 )
-                return body
         except auth_service.TokenReused:
             with transaction() as session:
                 auth_service.revoke_session(session, sid, reason="reuse")
             forget_access()
             raise
+        return _tokens(user_id, sid, grant)
 
 
 @blp.route("/logout")

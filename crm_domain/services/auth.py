@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, text, update
@@ -99,38 +100,76 @@ def get_user(session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
 
 
+@dataclass(frozen=True)
+class TokenGrant:
+    """What a token pair is made of. The same grant always encodes to the same tokens."""
+
+    refresh_jti: str
+    access_jti: str
+    issued_at: dt.datetime  # whole seconds, as JWT times are
+
+
+def _new_grant(now: dt.datetime) -> TokenGrant:
+    return TokenGrant(str(uuid.uuid4()), str(uuid.uuid4()), now.replace(microsecond=0))
+
+
+def _record_current(auth: AuthSession, grant: TokenGrant) -> None:
+    auth.current_jti = grant.refresh_jti
+    auth.current_access_jti = grant.access_jti
+    auth.current_issued_at = grant.issued_at
+
+
 def start_session(
-    session: Session, *, session_id: str, user_id: int, refresh_jti: str, lifetime: dt.timedelta
-) -> AuthSession:
-    auth = AuthSession(
-        id=session_id,
-        user_id=user_id,
-        current_jti=refresh_jti,
-        expires_at=dt.datetime.now(dt.UTC) + lifetime,
-    )
+    session: Session, *, session_id: str, user_id: int, lifetime: dt.timedelta
+) -> TokenGrant:
+    """A new login session and its first token pair."""
+    now = dt.datetime.now(dt.UTC)
+    grant = _new_grant(now)
+    auth = AuthSession(id=session_id, user_id=user_id, expires_at=now + lifetime)
+    _record_current(auth, grant)
     session.add(auth)
     session.flush()
-    return auth
+    return grant
 
 
 def rotate_session(
-    session: Session, *, session_id: str, presented_jti: str, new_jti: str
-) -> AuthSession:
-    """Accept a refresh token only if it is the family's current one. A reused (older) token
-    raises TokenReused; the caller then revokes the family with `revoke_session`."""
+    session: Session,
+    *,
+    session_id: str,
+    presented_jti: str,
+    grace: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> TokenGrant:
+    """Exchange the family's current refresh token for a new pair.
+
+    The token the current one replaced, presented again within `grace` of that rotation,
+    gets the current pair again: concurrent refreshes with one token (two tabs,
+    a retried request) all end with the same pair instead of logging the user out. Any
+    other token raises TokenReused; the caller then revokes the family with
+    `revoke_session` in a transaction of its own (this one rolls back)."""
+    now = now or dt.datetime.now(dt.UTC)
+    # The row lock serializes concurrent refreshes of one session: the first rotates, the
+    # others then read the rotated row and get its pair back.
     auth = session.scalar(select(AuthSession).where(AuthSession.id == session_id).with_for_update())
     if auth is None or auth.revoked_at is not None:
         raise Unauthorized("Refresh token has been revoked", code="TOKEN_REVOKED")
-    if auth.expires_at <= dt.datetime.now(dt.UTC):
+    if auth.expires_at <= now:
         raise Unauthorized("Refresh token has expired", code="TOKEN_EXPIRED")
-    if auth.current_jti != presented_jti:
-        # The caller must revoke the family in a transaction of its own (this one rolls back).
-        raise TokenReused(
-            "Refresh token was already used; the session has been revoked",
-            code="TOKEN_REUSED",
-        )
-    auth.current_jti = new_jti
-    return auth
+    if auth.current_jti == presented_jti:
+        grant = _new_grant(now)
+        auth.previous_jti = presented_jti
+        _record_current(auth, grant)
+        return grant
+    if (
+        auth.previous_jti == presented_jti
+        and auth.current_access_jti is not None
+        and auth.current_issued_at is not None
+        and now - auth.current_issued_at <= grace
+    ):
+        return TokenGrant(auth.current_jti, auth.current_access_jti, auth.current_issued_at)
+    raise TokenReused(
+        "Refresh token was already used; the session has been revoked", code="TOKEN_REUSED"
+    )
 
 
 def revoke_session(session: Session, session_id: str, reason: str = "logout") -> None:
