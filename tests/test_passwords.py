@@ -26,7 +26,9 @@ TIMING_ROUNDS = 10
 
 @pytest.fixture(scope="module")
 def costly_app(app) -> Iterator[Any]:  # `app` has migrated the database
-    costly = create_app(OUTBOX_DISPATCH="none", TESTING=True, BCRYPT_ROUNDS=TIMING_ROUNDS)
+    costly = create_app(
+        OUTBOX_DISPATCH="none", TESTING=True, BCRYPT_ROUNDS=TIMING_ROUNDS, RATELIMIT_ENABLED=False
+    )
     yield costly
     costly.extensions["crm_db"].dispose()
 
