@@ -103,6 +103,7 @@ class Register(MethodView):
     @blp.arguments(RegisterSchema)
     @blp.response(201, RegisteredSchema)
     @blp.alt_response(409, description="Email already registered")
+    @blp.alt_response(429, description="Too many attempts (RATE_LIMITED, see Retry-After)")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Register a user and their first organization (the user becomes its owner)"""
         hashed = auth_service.hash_new_password(data["password"], _passwords())
@@ -124,6 +125,7 @@ class Login(MethodView):
     @blp.arguments(LoginSchema)
     @blp.response(200, TokensSchema)
     @blp.alt_response(401, description="Invalid credentials")
+    @blp.alt_response(429, description="Too many attempts (RATE_LIMITED, see Retry-After)")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Log in and receive an access/refresh token pair"""
         # The password check runs outside any transaction: it holds no pool connection while
@@ -153,6 +155,7 @@ class Refresh(MethodView):
     @blp.arguments(RefreshSchema)
     @blp.response(200, TokensSchema)
     @blp.alt_response(401, description="Invalid, expired, revoked or reused refresh token")
+    @blp.alt_response(429, description="Too many attempts (RATE_LIMITED, see Retry-After)")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Exchange a refresh token for a new pair (the old refresh token stops working).
 
