@@ -7,9 +7,11 @@ from typing import Any
 import redis
 from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
+from crm_domain.passwords import PasswordHasher
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
@@ -18,6 +20,7 @@ from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .ratelimit import init_rate_limits
 from .resources import MODULES
 from .slow_clients import BodyDeadline
 
@@ -33,6 +36,12 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         SECRET_KEY=settings.secret_key,
         JWT_SECRET_KEY=settings.secret_key,
         BCRYPT_ROUNDS=settings.bcrypt_rounds,
+        REFRESH_REUSE_GRACE_SECONDS=settings.refresh_reuse_grace_seconds,
+        RATELIMIT_ENABLED=settings.ratelimit_enabled,
+        RATELIMIT_API=settings.ratelimit_api,
+        RATELIMIT_LOGIN=settings.ratelimit_login,
+        RATELIMIT_LOGIN_EMAIL=settings.ratelimit_login_email,
+        RATELIMIT_AUTH_ADDRESS=settings.ratelimit_auth_address,
         OUTBOX_DISPATCH="celery",
         API_TITLE="CRM API",
         API_VERSION="v1",
@@ -66,6 +75,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.extensions["crm_settings"] = settings
     app.extensions["crm_verified_tokens"] = VerifiedTokens()
     app.extensions["crm_access_memo"] = AccessMemo(settings.access_check_cache_seconds)
+    app.extensions["crm_passwords"] = PasswordHasher(
+        app.config["BCRYPT_ROUNDS"], max_concurrent=settings.password_hash_concurrency
+    )
     # Short timeouts: when Redis is down the API answers from the database instead.
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
@@ -76,6 +88,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         app, access_minutes=settings.access_token_minutes, refresh_days=settings.refresh_token_days
     )
     register_error_handlers(app)
+    if settings.trusted_proxies > 0:  # the client address is the one these proxies saw
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    init_rate_limits(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
 
     api = Api(app)
     api.spec.components.security_scheme(

@@ -6,22 +6,41 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
+
+from crm_domain.services.auth import TokenGrant
 
 from .errors import error_response
 
 jwt = JWTManager()
 
 
-def issue_tokens(user_id: int, session_id: str) -> tuple[str, str, str]:
-    """Return (access_token, refresh_token, refresh_jti) bound to the login session."""
-    refresh_jti = str(uuid.uuid4())
-    access = create_access_token(identity=str(user_id), additional_claims={"sid": session_id})
-    refresh = create_refresh_token(
-        identity=str(user_id), additional_claims={"sid": session_id, "jti": refresh_jti}
+def issue_tokens(user_id: int, session_id: str, grant: TokenGrant) -> tuple[str, str]:
+    """(access_token, refresh_token) bound to the login session. Every claim comes from the
+    grant and the configured lifetimes, so one grant always encodes to the same two tokens
+    (HS256 is deterministic): a refresh replayed within the grace window gets the very pair
+    the first one got."""
+    issued = grant.issued_at
+    config = current_app.config
+    common = {"sid": session_id, "iat": issued, "nbf": issued}
+    access = create_access_token(
+        identity=str(user_id),
+        additional_claims={
+            **common,
+            "jti": grant.access_jti,
+            "exp": issued + config["JWT_ACCESS_TOKEN_EXPIRES"],
+        },
     )
-    return access, refresh, refresh_jti
+    refresh = create_refresh_token(
+        identity=str(user_id),
+        additional_claims={
+            **common,
+            "jti": grant.refresh_jti,
+            "exp": issued + config["JWT_REFRESH_TOKEN_EXPIRES"],
+        },
+    )
+    return access, refresh
 
 
 def new_session_id() -> str:
@@ -32,6 +51,9 @@ def init_jwt(app: Flask, *, access_minutes: int, refresh_days: int) -> None:
     app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", dt.timedelta(minutes=access_minutes))
     app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", dt.timedelta(days=refresh_days))
     app.config.setdefault("JWT_TOKEN_LOCATION", ["headers"])
+    # Tokens travel in headers only, so there is no cookie to protect, and a random csrf
+    # claim would keep a refresh replayed within the grace window from re-issuing the same pair.
+    app.config.setdefault("JWT_COOKIE_CSRF_PROTECT", False)
     jwt.init_app(app)
 
     # Revocation (the token's login session) is checked by the views' decorators, in the same

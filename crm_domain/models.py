@@ -89,8 +89,11 @@ class OrganizationMember(Base):
 class AuthSession(Base):
     """A login session: the family of refresh tokens issued from one login.
 
-    Only `current_jti` may be refreshed; presenting an older one is reuse and revokes
-    the whole family. Access tokens carry the session id and die with it."""
+    Only `current_jti` may be refreshed. The one it replaced (`previous_jti`) gets the same
+    current pair back for a short grace window after the rotation (`current_issued_at`), so
+    concurrent refreshes with one token all succeed; any older token, or the previous one
+    after the window, is reuse and revokes the whole family. Access tokens carry the session
+    id and die with it."""
 
     __tablename__ = "auth_sessions"
 
@@ -99,6 +102,10 @@ class AuthSession(Base):
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     )
     current_jti: Mapped[str] = mapped_column(String(36), nullable=False)
+    # What the current token pair was made of: it can be issued again, token for token.
+    current_access_jti: Mapped[str | None] = mapped_column(String(36))
+    current_issued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    previous_jti: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[dt.datetime] = _now()
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

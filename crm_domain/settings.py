@@ -39,6 +39,14 @@ class Settings:
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
     body_read_timeout: float = 10.0
+    password_hash_concurrency: int = 1
+    refresh_reuse_grace_seconds: float = 10.0
+    ratelimit_enabled: bool = True
+    ratelimit_api: str = "6000/minute"
+    ratelimit_login: str = "10/minute"
+    ratelimit_login_email: str = "100/hour"
+    ratelimit_auth_address: str = "30/minute"
+    trusted_proxies: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +68,14 @@ class Settings:
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
             body_read_timeout=env.float("BODY_READ_TIMEOUT", 10.0),
+            password_hash_concurrency=env.int("PASSWORD_HASH_CONCURRENCY", 1),
+            refresh_reuse_grace_seconds=env.float("REFRESH_REUSE_GRACE_SECONDS", 10.0),
+            ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
+            ratelimit_api=env.str("RATELIMIT_API", "6000/minute"),
+            ratelimit_login=env.str("RATELIMIT_LOGIN", "10/minute"),
+            ratelimit_login_email=env.str("RATELIMIT_LOGIN_EMAIL", "100/hour"),
+            ratelimit_auth_address=env.str("RATELIMIT_AUTH_ADDRESS", "30/minute"),
+            trusted_proxies=env.int("TRUSTED_PROXIES", 0),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
 from typing import Any
 
 import jwt as pyjwt
 import pytest
 from flask_jwt_extended import create_access_token, create_refresh_token
+from sqlalchemy import update
 from werkzeug.test import TestResponse
+
+from crm_domain.models import AuthSession
 
 from .api import PASSWORD, ApiClient, error_code
 
@@ -53,6 +57,19 @@ def _refresh(api: ApiClient, refresh_token: str) -> TestResponse:
 
 def _session_id(token: str) -> str:
     return pyjwt.decode(token, options={"verify_signature": False})["sid"]
+
+
+def _leave_grace_window(app, token: str) -> None:
+    """Make the session's last refresh older than REFRESH_REUSE_GRACE_SECONDS, as if the
+    token it replaced were presented again that much later."""
+    back = dt.timedelta(seconds=app.config["REFRESH_REUSE_GRACE_SECONDS"] + 1)
+    with app.extensions["crm_db"].transaction() as session:
+        done = session.execute(
+            update(AuthSession)
+            .where(AuthSession.id == _session_id(token))
+            .values(current_issued_at=AuthSession.current_issued_at - back)
+        )
+        assert done.rowcount == 1
 
 
 # --- register ----------------------------------------------------------------------------------
@@ -283,13 +300,14 @@ def test_refresh_returns_new_working_pair(api: ApiClient) -> None:
     assert api.get("/auth/me", token=again.get_json()["access_token"]).status_code == 200
 
 
-def test_refresh_token_reuse_revokes_the_whole_session(api: ApiClient) -> None:
+def test_refresh_token_reuse_revokes_the_whole_session(api: ApiClient, app) -> None:
     user = api.register()
     first = _refresh(api, user.refresh_token)
     assert first.status_code == 200
     new_pair = first.get_json()
     assert api.get("/auth/me", token=new_pair["access_token"]).status_code == 200
 
+    _leave_grace_window(app, user.refresh_token)
     reuse = _refresh(api, user.refresh_token)
     _assert_401(reuse, "TOKEN_REUSED")
 
@@ -300,10 +318,11 @@ def test_refresh_token_reuse_revokes_the_whole_session(api: ApiClient) -> None:
     _assert_401(api.get("/organizations/me", token=new_pair["access_token"]), "TOKEN_REVOKED")
 
 
-def test_refresh_reuse_does_not_touch_other_sessions(api: ApiClient) -> None:
+def test_refresh_reuse_does_not_touch_other_sessions(api: ApiClient, app) -> None:
     user = api.register()
     other = _login(api, user.email)
     assert _refresh(api, user.refresh_token).status_code == 200
+    _leave_grace_window(app, user.refresh_token)
     _assert_401(_refresh(api, user.refresh_token), "TOKEN_REUSED")
     assert api.get("/auth/me", token=other["access_token"]).status_code == 200
     assert _refresh(api, other["refresh_token"]).status_code == 200
@@ -343,6 +362,78 @@ def test_expired_refresh_token(api: ApiClient, app) -> None:
 @pytest.mark.parametrize("body", [{}, {"refresh_token": ""}, {"refresh_token": 5}])
 def test_refresh_validation(api: ApiClient, body: dict[str, Any]) -> None:
     _assert_400(api.post("/auth/refresh", json=body))
+
+
+# --- refresh: the grace window for the token just replaced ---------------------------------
+
+
+def test_parallel_refreshes_with_one_token_all_get_the_same_pair(api: ApiClient, app) -> None:
+    user = api.register()
+    count = 10
+    barrier = threading.Barrier(count)
+    answers: list[TestResponse | None] = [None] * count
+
+    def refresh(i: int) -> None:
+        client = ApiClient(app.test_client())
+        barrier.wait()
+        answers[i] = _refresh(client, user.refresh_token)
+
+    threads = [threading.Thread(target=refresh, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    bodies = []
+    for r in answers:
+        assert r is not None
+        assert r.status_code == 200, r.get_json()
+        bodies.append(r.get_json())
+    # One rotation happened; everyone got its pair, token for token.
+    assert all(body == bodies[0] for body in bodies), bodies
+    pair = bodies[0]
+    assert pair["refresh_token"] != user.refresh_token
+    assert api.get("/auth/me", token=pair["access_token"]).status_code == 200
+    assert api.get("/auth/me", user=user).status_code == 200  # the session was not revoked
+    assert _refresh(api, pair["refresh_token"]).status_code == 200
+
+
+def test_the_replaced_token_within_the_window_gets_the_same_pair(api: ApiClient) -> None:
+    user = api.register()
+    first = _refresh(api, user.refresh_token)
+    assert first.status_code == 200
+    again = _refresh(api, user.refresh_token)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json() == first.get_json()
+    pair = first.get_json()
+    assert api.get("/auth/me", token=pair["access_token"]).status_code == 200
+    # The pair goes on rotating as usual.
+    assert _refresh(api, pair["refresh_token"]).status_code == 200
+
+
+def test_the_replaced_token_after_the_window_revokes_the_session(api: ApiClient, app) -> None:
+    user = api.register()
+    pair = _refresh(api, user.refresh_token).get_json()
+    assert _refresh(api, user.refresh_token).get_json() == pair  # still within the window
+    _leave_grace_window(app, user.refresh_token)
+    _assert_401(_refresh(api, user.refresh_token), "TOKEN_REUSED")
+    _assert_401(api.get("/auth/me", token=pair["access_token"]), "TOKEN_REVOKED")
+    _assert_401(_refresh(api, pair["refresh_token"]), "TOKEN_REVOKED")
+
+
+def test_a_token_two_rotations_old_is_reuse_even_within_the_window(api: ApiClient) -> None:
+    user = api.register()
+    second = _refresh(api, user.refresh_token).get_json()
+    third = _refresh(api, second["refresh_token"]).get_json()
+    _assert_401(_refresh(api, user.refresh_token), "TOKEN_REUSED")
+    _assert_401(api.get("/auth/me", token=third["access_token"]), "TOKEN_REVOKED")
+
+
+def test_no_grace_window_when_set_to_zero(api: ApiClient, app, monkeypatch) -> None:
+    monkeypatch.setitem(app.config, "REFRESH_REUSE_GRACE_SECONDS", 0)
+    user = api.register()
+    pair = _refresh(api, user.refresh_token).get_json()
+    _assert_401(_refresh(api, user.refresh_token), "TOKEN_REUSED")
+    _assert_401(api.get("/auth/me", token=pair["access_token"]), "TOKEN_REVOKED")
 
 
 # --- logout ------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Any, cast
 
 import jwt as pyjwt
 from flask import current_app
@@ -11,6 +12,7 @@ from flask_jwt_extended import decode_token, get_jwt
 from marshmallow import fields, validate
 
 from crm_domain.errors import Unauthorized
+from crm_domain.passwords import PasswordHasher
 from crm_domain.services import auth as auth_service
 
 from ..access import current_user_id, forget_access
@@ -69,29 +71,30 @@ class RegisteredSchema(TokensSchema):
     organization = fields.Nested(OrganizationRefSchema, required=True)
 
 
-def _tokens(user_id: int, session_id: str) -> tuple[dict[str, Any], str]:
-    access, refresh, refresh_jti = issue_tokens(user_id, session_id)
+def _passwords() -> PasswordHasher:
+    return cast(PasswordHasher, current_app.extensions["crm_passwords"])
+
+
+def _tokens(user_id: int, session_id: str, grant: auth_service.TokenGrant) -> dict[str, Any]:
+    access, refresh = issue_tokens(user_id, session_id, grant)
     lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    body = {
+    return {
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "bearer",
         "expires_in": int(lifetime.total_seconds()),
     }
-    return body, refresh_jti
 
 
 def _start_session(session: Any, user_id: int) -> dict[str, Any]:
     sid = new_session_id()
-    body, jti = _tokens(user_id, sid)
-    auth_service.start_session(
+    grant = auth_service.start_session(
         session,
         session_id=sid,
         user_id=user_id,
-        refresh_jti=jti,
         lifetime=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"],
     )
-    return body
+    return _tokens(user_id, sid, grant)
 
 
 @blp.route("/register")
@@ -100,17 +103,17 @@ class Register(MethodView):
     @blp.arguments(RegisterSchema)
     @blp.response(201, RegisteredSchema)
     @blp.alt_response(409, description="Email already registered")
+    @blp.alt_response(429, description="Too many attempts (RATE_LIMITED, see Retry-After)")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Register a user and their first organization (the user becomes its owner)"""
-        auth_service.check_password_length(data["password"])
+        hashed = auth_service.hash_new_password(data["password"], _passwords())
         with transaction() as session:
             user, org = auth_service.register(
                 session,
                 email=data["email"],
-                password=data["password"],
+                hashed_password=hashed,
                 name=data["name"],
                 organization_name=data["organization_name"],
-                rounds=current_app.config["BCRYPT_ROUNDS"],
             )
             body = _start_session(session, user.id)
             return {**body, "user": user, "organization": org}
@@ -122,13 +125,16 @@ class Login(MethodView):
     @blp.arguments(LoginSchema)
     @blp.response(200, TokensSchema)
     @blp.alt_response(401, description="Invalid credentials")
+    @blp.alt_response(429, description="Too many attempts (RATE_LIMITED, see Retry-After)")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Log in and receive an access/refresh token pair"""
+        # The password check runs outside any transaction: it holds no pool connection while
+        # it waits for a hashing slot and hashes.
         with transaction() as session:
-            user = auth_service.authenticate(
-                session, email=data["email"], password=data["password"]
-            )
-            return _start_session(session, user.id)
+            stored = auth_service.find_credentials(session, data["email"])
+        user_id = auth_service.check_credentials(stored, data["password"], _passwords())
+        with transaction() as session:
+            return _start_session(session, user_id)
 
 
 def _decode_refresh(token: str) -> dict[str, Any]:
@@ -149,24 +155,28 @@ class Refresh(MethodView):
     @blp.arguments(RefreshSchema)
     @blp.response(200, TokensSchema)
     @blp.alt_response(401, description="Invalid, expired, revoked or reused refresh token")
+    @blp.alt_response(429, description="Too many attempts (RATE_LIMITED, see Retry-After)")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Exchange a refresh token for a new pair (the old refresh token stops working).
 
-        Presenting an already-used refresh token revokes every token of that login session."""
+        The token just replaced, presented again within REFRESH_REUSE_GRACE_SECONDS (10 s by
+        default) of that refresh, gets the same new pair again, so concurrent refreshes with
+        one token all succeed. Any older token, or that one after the window, is reuse: it
+        revokes every token of that login session."""
         claims = _decode_refresh(data["refresh_token"])
         user_id, sid = int(claims["sub"]), claims["sid"]
+        grace = dt.timedelta(seconds=current_app.config["REFRESH_REUSE_GRACE_SECONDS"])
         try:
             with transaction() as session:
-                body, new_jti = _tokens(user_id, sid)
-                auth_service.rotate_session(
-                    session, session_id=sid, presented_jti=claims["jti"], new_jti=new_jti
+                grant = auth_service.rotate_session(
+                    session, session_id=sid, presented_jti=claims["jti"], grace=grace
                 )
-                return body
         except auth_service.TokenReused:
             with transaction() as session:
                 auth_service.revoke_session(session, sid, reason="reuse")
             forget_access()
             raise
+        return _tokens(user_id, sid, grant)
 
 
 @blp.route("/logout")

@@ -1,0 +1,181 @@
+"""Rate limits: Flask-Limiter over the app's Redis, one Limiter per app.
+
+Every limit is checked before the view runs (Flask-Limiter's before_request hook) and counts
+in Redis, so it holds across processes and hosts:
+
+- API: every route, per user of a valid access token (per client address without one).
+- Login, per account: failed logins (401) per email and client address.
+- Login, per email: failed logins per email from any address (looser: a distributed guess).
+- Auth, per address: every login, register and refresh attempt, per route and client address
+  (bcrypt costs the server ~250 ms a try).
+
+Emails are keyed by an HMAC under SECRET_KEY of the casefolded address: no addresses in Redis.
+When Redis is unreachable the limits are skipped (logged), never the request (fail open).
+`RATELIMIT_ENABLED=false` turns it all off (load generators, the test suite).
+/health, /ready and the API docs are never limited."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, current_app, request
+from flask_jwt_extended import decode_token
+from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
+
+from .errors import error_response
+
+LOGIN = "auth.Login"
+AUTH_ENTRY_POINTS = frozenset({"auth.Login", "auth.Register", "auth.Refresh"})
+UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs"})
+UNLIMITED_ENDPOINTS = frozenset({"swagger_assets", "static"})
+
+
+def client_address() -> str:
+    """The peer address (the client's when TRUSTED_PROXIES says how many proxies to skip)."""
+    return request.remote_addr or "unknown"
+
+
+def _token_user() -> str | None:
+    """The user id of the request's valid access token, or None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    # The access check's memo of verified tokens saves a decode when it already knows this one.
+    verified = current_app.extensions.get("crm_verified_tokens")
+    try:
+        hit = verified.get(header) if verified is not None else None
+        if hit is not None:
+            return str(hit[0]["sub"])
+    except Exception:  # its shape is not ours to rely on: decode instead
+        pass
+    try:
+        claims = decode_token(token.strip())
+    except Exception:  # invalid, expired, malformed: limited by address, answered 401 later
+        return None
+    sub = claims.get("sub")
+    return sub if claims.get("type") == "access" and isinstance(sub, str) else None
+
+
+def _api_key() -> str:
+    user = _token_user()
+    return f"user:{user}" if user is not None else f"addr:{client_address()}"
+
+
+def _email_digest() -> str:
+    """HMAC of the casefolded email of a JSON body, or "-" when there is none."""
+    try:
+        body = request.get_json(silent=True)  # parsed once: the view's parser reads the cache
+    except RecursionError:
+        body = None
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or not email.strip():
+        return "-"
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    message = email.strip().casefold().encode("utf-8", "surrogatepass")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def _account_key() -> str:
+    return f"{_email_digest()}:{client_address()}"
+
+
+def _failed_login(response: Response) -> bool:
+    return response.status_code == 401
+
+
+def _not_login() -> bool:
+    return request.endpoint != LOGIN
+
+
+def _not_auth_entry_point() -> bool:
+    return request.endpoint not in AUTH_ENTRY_POINTS
+
+
+def _per_route(scope: str) -> Callable[[str], str]:
+    return lambda endpoint: f"{scope}:{endpoint}"
+
+
+def _storage_uri(redis_url: str) -> str:
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://") :]
+    return redis_url
+
+
+def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
+    """Attach the limits to the app, configured by its RATELIMIT_* keys."""
+    config = app.config
+    limits = [
+        ApplicationLimit(config["RATELIMIT_API"], key_function=_api_key, scope="api"),
+        ApplicationLimit(
+            config["RATELIMIT_LOGIN"],
+            key_function=_account_key,
+            scope="login-account",
+            exempt_when=_not_login,
+            deduct_when=_failed_login,
+        ),
+        ApplicationLimit(
+            config["RATELIMIT_LOGIN_EMAIL"],
+            key_function=_email_digest,
+            scope="login-email",
+            exempt_when=_not_login,
+            deduct_when=_failed_login,
+        ),
+        ApplicationLimit(
+            config["RATELIMIT_AUTH_ADDRESS"],
+            key_function=client_address,
+            scope=_per_route("auth-address"),
+            exempt_when=_not_auth_entry_point,
+        ),
+    ]
+    storage_options: dict[str, Any] = {
+        # A dead Redis must not hold requests up: short timeouts, then the limits are skipped.
+        "socket_connect_timeout": 0.25,
+        "socket_timeout": 0.25,
+    }
+    limiter = Limiter(
+        client_address,
+        application_limits=list(limits),
+        storage_uri=_storage_uri(redis_url),
+        storage_options=storage_options,
+        strategy="sliding-window-counter",
+        key_prefix=f"{key_prefix}:ratelimit",
+        swallow_errors=True,
+        # X-RateLimit-* on every answer would cost a Redis read per request; a 429 says when.
+        headers_enabled=False,
+    )
+
+    @limiter.request_filter
+    def _unlimited() -> bool:
+        return request.blueprint in UNLIMITED_BLUEPRINTS or request.endpoint in UNLIMITED_ENDPOINTS
+
+    limiter.init_app(app)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(error: RateLimitExceeded) -> Response:
+        retry_after = _retry_after(limiter, error)
+        return error_response(
+            429,
+            "RATE_LIMITED",
+            f"Too many requests; try again in {retry_after} s",
+            {"limit": str(error.limit.limit), "retry_after": retry_after},
+            {"Retry-After": str(retry_after)},
+        )
+
+    return limiter
+
+
+def _retry_after(limiter: Limiter, error: RateLimitExceeded) -> int:
+    """Seconds until the breached limit lets one more request through."""
+    try:
+        breached = limiter.current_limit
+        if breached is not None:
+            return max(1, math.ceil(breached.window.reset_time - time.time()))
+    except Exception:  # Redis went away meanwhile: the whole window is a safe answer
+        pass
+    return max(1, error.limit.limit.get_expiry())

@@ -1,0 +1,265 @@
+"""Rate limits, on apps of their own with rate limiting on (the suite's app has it off) and
+small limits, against the suite's real Redis. Each test speaks from client addresses and
+emails of its own, so the shared counters never mix."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+import redis
+from flask import Flask
+from werkzeug.test import TestResponse
+
+from crm_api import create_app
+from crm_domain.settings import Settings
+
+from .api import PASSWORD, ApiClient, error_code
+
+LIMITS = {
+    "RATELIMIT_LOGIN": "3/minute",
+    "RATELIMIT_LOGIN_EMAIL": "5/minute",
+    "RATELIMIT_AUTH_ADDRESS": "8/minute",
+    "RATELIMIT_API": "20/minute",
+}
+
+
+def _build(settings: Settings | None = None, **config: Any) -> Flask:
+    return create_app(
+        settings, OUTBOX_DISPATCH="none", TESTING=True, **{"RATELIMIT_ENABLED": True, **config}
+    )
+
+
+@pytest.fixture
+def build(app) -> Iterator[Any]:  # `app`: the database is migrated
+    built: list[Flask] = []
+
+    def make(settings: Settings | None = None, **config: Any) -> Flask:
+        built.append(_build(settings, **{**LIMITS, **config}))
+        return built[-1]
+
+    yield make
+    for one in built:
+        one.extensions["crm_db"].dispose()
+
+
+@pytest.fixture
+def limited(build) -> Flask:
+    return build()
+
+
+def _address() -> str:
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+def _client(app: Flask, address: str | None = None) -> ApiClient:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address or _address()
+    return ApiClient(client)
+
+
+def _email() -> str:
+    return f"rl-{uuid.uuid4().hex[:12]}@example.com"
+
+
+def _login(api: ApiClient, email: str, password: str = PASSWORD) -> TestResponse:
+    return api.post("/auth/login", json={"email": email, "password": password})
+
+
+def _assert_429(r: TestResponse, limit: str) -> None:
+    assert r.status_code == 429, r.get_json()
+    assert error_code(r) == "RATE_LIMITED"
+    details = r.get_json()["error"]["details"]
+    assert details["limit"] == limit
+    retry_after = int(r.headers["Retry-After"])
+    assert 1 <= retry_after <= 60
+    assert details["retry_after"] == retry_after
+
+
+def test_failed_logins_per_account_and_address(limited: Flask) -> None:
+    api = _client(limited)
+    user = api.register()
+    for _ in range(3):
+        assert _login(api, user.email, "wrong-password").status_code == 401
+    _assert_429(_login(api, user.email, "wrong-password"), "3 per 1 minute")
+    # Locked for this email from this address, whatever the password and the casing...
+    _assert_429(_login(api, user.email.upper()), "3 per 1 minute")
+    # ...but not for the owner elsewhere, nor for other emails from here.
+    assert _login(_client(limited), user.email).status_code == 200
+    other = _client(limited).register()
+    assert _login(api, other.email).status_code == 200
+
+
+def test_successful_logins_do_not_count(limited: Flask) -> None:
+    api = _client(limited)
+    user = api.register()
+    for _ in range(5):
+        assert _login(api, user.email).status_code == 200
+
+
+def test_failed_logins_per_email_from_many_addresses(limited: Flask) -> None:
+    email = _client(limited).register().email
+    for _ in range(5):  # each address stays under the per-account limit
+        assert _login(_client(limited), email, "wrong-password").status_code == 401
+    _assert_429(_login(_client(limited), email, "wrong-password"), "5 per 1 minute")
+    _assert_429(_login(_client(limited), email), "5 per 1 minute")
+    # Other accounts are not affected.
+    other = _client(limited).register()
+    assert _login(_client(limited), other.email).status_code == 200
+
+
+def test_auth_attempts_per_address_and_route(limited: Flask) -> None:
+    address = _address()
+    api = _client(limited, address)
+    for _ in range(8):
+        r = api.post("/auth/refresh", json={"refresh_token": "garbage"})
+        assert r.status_code == 401
+    _assert_429(api.post("/auth/refresh", json={"refresh_token": "garbage"}), "8 per 1 minute")
+    # Each route counts on its own; other addresses are not affected.
+    assert _login(api, _email()).status_code == 401
+    r = _client(limited).post("/auth/refresh", json={"refresh_token": "garbage"})
+    assert r.status_code == 401
+    # Register counts every attempt, even invalid ones.
+    for _ in range(8):
+        assert api.post("/auth/register", json={}).status_code == 400
+    _assert_429(api.post("/auth/register", json={}), "8 per 1 minute")
+
+
+def test_api_limit_per_user(limited: Flask) -> None:
+    api = _client(limited)
+    user = api.register()
+    second_session = _login(_client(limited), user.email).get_json()["access_token"]
+    for i in range(20):
+        token = user.token if i % 2 else second_session
+        assert api.get("/auth/me", token=token).status_code == 200
+    # Every token of the user shares the budget, from any address.
+    _assert_429(api.get("/auth/me", user=user), "20 per 1 minute")
+    _assert_429(_client(limited).get("/organizations/me", token=second_session), "20 per 1 minute")
+    # Another user from the same address is not affected.
+    other = _client(limited).register()
+    assert api.get("/auth/me", user=other).status_code == 200
+
+
+def test_forged_tokens_count_against_the_address_not_the_user(limited: Flask) -> None:
+    victim = _client(limited).register()
+    claims = pyjwt.decode(victim.token, options={"verify_signature": False})
+    forged = pyjwt.encode(claims, "not-the-server-secret-key-0123456789", algorithm="HS256")
+    attacker = _client(limited)
+    for _ in range(20):
+        assert attacker.get("/auth/me", token=forged).status_code == 401
+    _assert_429(attacker.get("/auth/me", token=forged), "20 per 1 minute")
+    _assert_429(attacker.get("/auth/me", token="garbage"), "20 per 1 minute")
+    assert _client(limited).get("/auth/me", user=victim).status_code == 200
+
+
+def test_health_ready_and_docs_are_never_limited(limited: Flask) -> None:
+    api = _client(limited)
+    for _ in range(12):
+        assert api.get("/health").status_code == 200
+        assert api.get("/ready").status_code == 200
+        assert api.client.get("/api/v1/openapi.json").status_code == 200
+        assert api.client.get("/api/v1/docs").status_code == 200
+    # The same address's budget is untouched by all that.
+    for _ in range(20):
+        assert api.get("/auth/me").status_code == 401
+    _assert_429(api.get("/auth/me"), "20 per 1 minute")
+
+
+def test_emails_are_not_stored_in_redis(limited: Flask, test_services) -> None:
+    api = _client(limited)
+    local = f"spy-{uuid.uuid4().hex[:12]}"
+    assert _login(api, f"{local}@example.com", "wrong-password").status_code == 401
+    client = redis.Redis.from_url(test_services.redis_url)
+    keys = [k.decode() for k in client.scan_iter(match="*ratelimit*login-*", count=1000)]
+    assert any("login-account" in k for k in keys) and any("login-email" in k for k in keys)
+    assert not [k for k in keys if local in k]
+
+
+def test_ratelimit_enabled_false_in_the_environment_turns_it_off(build, monkeypatch) -> None:
+    monkeypatch.setenv("RATELIMIT_API", "2/minute")
+    monkeypatch.setenv("RATELIMIT_ENABLED", "false")
+    off = create_app(Settings.from_env(), OUTBOX_DISPATCH="none", TESTING=True)
+    try:
+        api = _client(off)
+        assert [api.get("/auth/me").status_code for _ in range(4)] == [401] * 4
+    finally:
+        off.extensions["crm_db"].dispose()
+    # The same settings with it on (the default) do limit.
+    monkeypatch.delenv("RATELIMIT_ENABLED")
+    settings = Settings.from_env()
+    assert settings.ratelimit_enabled
+    on = build(settings, RATELIMIT_API="2/minute")
+    api = _client(on)
+    assert [api.get("/auth/me").status_code for _ in range(3)] == [401, 401, 429]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_redis_outage_lets_requests_through(build) -> None:
+    settings = dataclasses.replace(
+        Settings.from_env(), redis_url=f"redis://127.0.0.1:{_closed_port()}/0"
+    )
+    down = build(settings, RATELIMIT_API="1/minute", RATELIMIT_LOGIN="1/minute")
+    api = _client(down)
+    start = time.monotonic()
+    user = api.register()
+    for _ in range(3):
+        assert _login(api, user.email, "wrong-password").status_code == 401
+        assert _login(api, user.email).status_code == 200
+        assert api.get("/auth/me", user=user).status_code == 200
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("trusted", [0, 1])
+def test_client_address_behind_proxies(build, trusted: int) -> None:
+    settings = dataclasses.replace(Settings.from_env(), trusted_proxies=trusted)
+    proxied = build(settings)
+    proxy = _client(proxied)  # every request arrives from the same proxy address
+
+    def refresh() -> int:
+        r = proxy.post(
+            "/auth/refresh",
+            json={"refresh_token": "garbage"},
+            headers={"X-Forwarded-For": _address()},
+        )
+        return r.status_code
+
+    codes = [refresh() for _ in range(9)]
+    if trusted:  # each forwarded client has a budget of its own
+        assert codes == [401] * 9
+    else:  # X-Forwarded-For from an untrusted peer is ignored: no way around the limit
+        assert codes == [401] * 8 + [429]
+
+
+def test_retry_after_tracks_the_window(build) -> None:
+    quick = build(RATELIMIT_AUTH_ADDRESS="2/10 seconds")
+    api = _client(quick)
+    for _ in range(2):
+        assert api.post("/auth/refresh", json={"refresh_token": "x"}).status_code == 401
+    r = api.post("/auth/refresh", json={"refresh_token": "x"})
+    assert r.status_code == 429
+    assert 1 <= int(r.headers["Retry-After"]) <= 10
+    assert r.get_json()["error"]["details"]["limit"] == "2 per 10 second"
+
+
+def test_an_empty_limit_turns_that_limit_off(build, monkeypatch) -> None:
+    monkeypatch.setenv("RATELIMIT_API", "")
+    settings = Settings.from_env()
+    assert settings.ratelimit_api == ""
+    no_api_limit = build(settings, RATELIMIT_API=settings.ratelimit_api)
+    api = _client(no_api_limit)
+    assert {api.get("/auth/me").status_code for _ in range(30)} == {401}
+    for _ in range(8):  # the others still hold
+        assert api.post("/auth/refresh", json={"refresh_token": "x"}).status_code == 401
+    _assert_429(api.post("/auth/refresh", json={"refresh_token": "x"}), "8 per 1 minute")
