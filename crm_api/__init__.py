@@ -19,6 +19,7 @@ from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
 from .resources import MODULES
+from .routing import IdConverter
 from .slow_clients import BodyDeadline
 
 API_PREFIX = "/api/v1"
@@ -77,6 +78,8 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     )
     register_error_handlers(app)
 
+    # every `<int:...>` path parameter is an id in 1..2**31-1 (404 otherwise, never a 500)
+    app.url_map.converters["int"] = IdConverter
     api = Api(app)
     api.spec.components.security_scheme(
         BEARER_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
