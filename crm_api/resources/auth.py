@@ -15,7 +15,7 @@ from crm_domain.services import auth as auth_service
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
-from ..jwt import issue_tokens, new_session_id
+from ..jwt import issue_tokens, new_session_id, user_id_of
 from ..schemas import Schema, Trimmed, name_field
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Authentication")
@@ -140,6 +140,8 @@ def _decode_refresh(token: str) -> dict[str, Any]:
         raise Unauthorized("Invalid refresh token", code="INVALID_TOKEN") from exc
     if claims.get("type") != "refresh" or not claims.get("sid") or not claims.get("jti"):
         raise Unauthorized("A refresh token is required", code="INVALID_TOKEN")
+    if user_id_of(claims) is None or not isinstance(claims["sid"], str):
+        raise Unauthorized("Refresh token claims are malformed", code="INVALID_TOKEN")
     return claims
 
 
