@@ -45,6 +45,11 @@ class Parser(FlaskParser):
 
     def _load_location_data(self, *, schema: ma.Schema, req: Any, location: str) -> Any:
         data = super()._load_location_data(schema=schema, req=req, location=location)
+        if data is ma.missing and location == "json" and req.method == "PATCH":
+            # no body, an empty one, or not JSON: a PATCH that would silently change nothing
+            raise ma.ValidationError(
+                {"_schema": ["A JSON object body is required (Content-Type: application/json)."]}
+            )
         bad = _field_with_bad_text(req.args if location == "query" else data)
         if bad is not None:
             raise ma.ValidationError({bad[0]: [bad[1]]})

@@ -183,6 +183,36 @@ def test_json_that_is_not_an_object_is_400(ctx: Ctx, method: str, path: str, val
     assert "json" in err["details"]["errors"], err
 
 
+def test_patch_without_a_json_body_is_400_on_every_patch_route(app: Flask, ctx: Ctx) -> None:
+    """A PATCH needs a JSON object: no body, an empty body or a non-JSON one is a 400, not a
+    200 that changes nothing. The PATCH routes come from app.url_map."""
+    ids = {
+        "contact_id": ctx.contact,
+        "deal_id": ctx.deal,
+        "task_id": ctx.task,
+        "organization_id": ctx.user.org_id,
+        "user_id": ctx.user.id,
+    }
+    rules = [r.rule for r in app.url_map.iter_rules() if "PATCH" in (r.methods or ())]
+    assert len(rules) >= 4, rules
+    for rule in rules:
+        url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(ids[m.group(1)]), rule)
+        before = ctx.api.client.get(url, headers=ctx.headers).get_data()
+        for kw in (
+            {},
+            {"data": b"", "content_type": "application/json"},
+            {"data": b'{"name": "x"}', "content_type": "text/plain"},
+            {"data": b"name=x", "content_type": "application/x-www-form-urlencoded"},
+        ):
+            r = ctx.api.client.patch(url, headers=ctx.headers, **kw)
+            err = unified(r, 400, "VALIDATION_ERROR")
+            assert "_schema" in field_errors(err), (url, kw, err)
+        assert ctx.api.client.get(url, headers=ctx.headers).get_data() == before, url
+    # an empty JSON object is a JSON object: a valid (if useless) PATCH
+    r = ctx.call("PATCH", f"/contacts/{ctx.contact}", json={})
+    assert r.status_code == 200, r.get_json()
+
+
 VALID_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/contacts"): lambda c: {"name": "Valid"},
     ("PATCH", "/contacts/{contact}"): lambda c: {"name": "Valid"},
