@@ -18,6 +18,7 @@ from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .openapi import TEXT_RULES, document
 from .resources import MODULES
 from .routing import IdConverter
 from .slow_clients import BodyDeadline
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
             "info": {
                 "description": (
                     "Multi-tenant CRM. Authenticate with `Authorization: Bearer <access_token>`"
-                    f" and choose the organization with the `{ORG_HEADER}` header."
+                    f" and choose the organization with the `{ORG_HEADER}` header. " + TEXT_RULES
                 )
             },
         },
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     # every `<int:...>` path parameter is an id in 1..2**31-1 (404 otherwise, never a 500)
     app.url_map.converters["int"] = IdConverter
     api = Api(app)
+    document(api)
     api.spec.components.security_scheme(
         BEARER_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )

@@ -26,6 +26,20 @@ password_field = fields.String(
     load_only=True,
     metadata={"description": "8 to 72 bytes (UTF-8)", "example": "StrongPassword123"},
 )
+# Registration enforces 8 to 72 bytes (auth_service.check_password_length): in characters,
+# that is 8 to 72 for ASCII and fewer for other scripts, hence the lengths documented here.
+new_password_field = fields.String(
+    required=True,
+    validate=validate.Length(min=1),
+    load_only=True,
+    metadata={
+        "description": "8 to 72 bytes once UTF-8 encoded (bcrypt's limit): 8 to 72 ASCII"
+        " characters; other characters take 2 to 4 bytes each. Otherwise 400.",
+        "minLength": 8,
+        "maxLength": 72,
+        "example": "StrongPassword123",
+    },
+)
 
 
 class UserSchema(Schema):
@@ -43,7 +57,7 @@ class OrganizationRefSchema(Schema):
 
 class RegisterSchema(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=320))
-    password = password_field
+    password = new_password_field
     name = name_field(required=True)
     organization_name = name_field(required=True)
 
