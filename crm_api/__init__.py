@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Flask, send_from_directory
+from flask import Flask, send_from_directory, url_for
 from swagger_ui_bundle import swagger_ui_path
 
 from crm_domain.counting import LargeCountCache
@@ -99,6 +99,20 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     for module in MODULES:
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.blp.url_prefix}")
     app.register_blueprint(health.bp)
+
+    @app.get(API_PREFIX, strict_slashes=False)
+    def api_index() -> Any:
+        """What `/api/v1` is: links to the docs, the OpenAPI document and the probes."""
+        return {
+            "name": app.config["API_TITLE"],
+            "version": app.config["API_VERSION"],
+            "links": {
+                "docs": f"{API_PREFIX}/docs",
+                "openapi": f"{API_PREFIX}/openapi.json",
+                "health": url_for("health.health"),
+                "ready": url_for("health.ready"),
+            },
+        }
 
     @app.route(f"{SWAGGER_ASSETS}<path:filename>")
     def swagger_assets(filename: str) -> Any:

@@ -356,3 +356,28 @@ def test_enforced_input_rules_are_documented(spec: dict[str, Any]) -> None:
     assert search["schema"]["pattern"] == no_nul
     assert "NUL" in spec["info"]["description"]
     assert "surrogate" in spec["info"]["description"]
+
+
+# --- the API root ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [PREFIX, f"{PREFIX}/"])
+def test_api_root_is_an_index_whose_links_work(api: ApiClient, url: str) -> None:
+    """`make run` prints /api/v1 as "the API": it answers JSON with working links."""
+    r = api.client.get(url)
+    assert r.status_code == 200, r.get_data()[:200]
+    assert r.is_json
+    body = r.get_json()
+    assert body["version"] == "v1"
+    links = body["links"]
+    assert links == {
+        "docs": f"{PREFIX}/docs",
+        "openapi": f"{PREFIX}/openapi.json",
+        "health": "/health",
+        "ready": "/ready",
+    }
+    for link in links.values():
+        followed = api.client.get(link)
+        assert followed.status_code == 200, link
+        followed.close()
+    assert api.client.get(links["openapi"]).get_json()["openapi"].startswith("3.")
