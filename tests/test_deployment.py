@@ -10,8 +10,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
 # compose's "${VAR:?message}": an error, not a default, when VAR is unset or empty
-REQUIRED = r"\$\{%s:\?[^}]+\}"
+def _required(variable: str) -> str:
+    return r"\$\{" + variable + r":\?[^}]+\}"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def test_compose_refuses_to_start_without_real_credentials(
 ) -> None:
     for name, svc in _app_services(compose).items():
         value = svc["environment"][variable]
-        assert re.fullmatch(REQUIRED % variable, value), (name, value)  # no fallback value
+        assert re.fullmatch(_required(variable), value), (name, value)  # no fallback value
     # and no literal secret hides anywhere else in the file
     text = (ROOT / "docker-compose.yml").read_text()
-    assert not re.search(r"\$\{%s:?-" % variable, text)
+    assert not re.search(r"\$\{" + variable + r":?-", text)

@@ -62,9 +62,7 @@ def test_every_by_id_route_is_walked(app: Flask) -> None:
     assert len(routes) >= 16
 
 
-def test_ids_of_2_to_the_31_and_above_are_404_on_every_by_id_route(
-    app: Flask, owner: User
-) -> None:
+def test_ids_of_2_to_the_31_and_above_are_404_on_every_by_id_route(app: Flask, owner: User) -> None:
     client = app.test_client()
     headers = {"Authorization": f"Bearer {owner.token}", "X-Organization-Id": str(owner.org_id)}
     checked = 0
