@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Flask, send_from_directory
+from flask import Flask, send_from_directory, url_for
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -20,8 +20,10 @@ from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .openapi import TEXT_RULES, document
 from .ratelimit import init_rate_limits
 from .resources import MODULES
+from .routing import IdConverter
 from .slow_clients import BodyDeadline
 
 API_PREFIX = "/api/v1"
@@ -56,7 +58,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
             "info": {
                 "description": (
                     "Multi-tenant CRM. Authenticate with `Authorization: Bearer <access_token>`"
-                    f" and choose the organization with the `{ORG_HEADER}` header."
+                    f" and choose the organization with the `{ORG_HEADER}` header. " + TEXT_RULES
                 )
             },
         },
@@ -92,7 +94,10 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     init_rate_limits(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
 
+    # every `<int:...>` path parameter is an id in 1..2**31-1 (404 otherwise, never a 500)
+    app.url_map.converters["int"] = IdConverter
     api = Api(app)
+    document(api)
     api.spec.components.security_scheme(
         BEARER_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
@@ -109,6 +114,20 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     for module in MODULES:
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.blp.url_prefix}")
     app.register_blueprint(health.bp)
+
+    @app.get(API_PREFIX, strict_slashes=False)
+    def api_index() -> Any:
+        """What `/api/v1` is: links to the docs, the OpenAPI document and the probes."""
+        return {
+            "name": app.config["API_TITLE"],
+            "version": app.config["API_VERSION"],
+            "links": {
+                "docs": f"{API_PREFIX}/docs",
+                "openapi": f"{API_PREFIX}/openapi.json",
+                "health": url_for("health.health"),
+                "ready": url_for("health.ready"),
+            },
+        }
 
     @app.route(f"{SWAGGER_ASSETS}<path:filename>")
     def swagger_assets(filename: str) -> Any:

@@ -45,15 +45,33 @@ class Parser(FlaskParser):
 
     def _load_location_data(self, *, schema: ma.Schema, req: Any, location: str) -> Any:
         data = super()._load_location_data(schema=schema, req=req, location=location)
-        field = _field_with_nul(req.args if location == "query" else data)
-        if field is not None:  # PostgreSQL cannot store NUL in text or JSONB
-            raise ma.ValidationError({field: ["Must not contain NUL characters."]})
+        if data is ma.missing and location == "json" and req.method == "PATCH":
+            # no body, an empty one, or not JSON: a PATCH that would silently change nothing
+            raise ma.ValidationError(
+                {"_schema": ["A JSON object body is required (Content-Type: application/json)."]}
+            )
+        bad = _field_with_bad_text(req.args if location == "query" else data)
+        if bad is not None:
+            raise ma.ValidationError({bad[0]: [bad[1]]})
         return data
 
 
-def _field_with_nul(data: Any) -> str | None:
-    """The top-level field whose key or value holds a NUL character ("_schema" if outside
-    any field), or None. Iterative: the JSON may be nested as deep as the decoder allows."""
+def _text_problem(text: str) -> str | None:
+    """Why PostgreSQL (or any UTF-8 encoder) cannot take this string, or None."""
+    if "\x00" in text:  # PostgreSQL cannot store NUL in text or JSONB
+        return "Must not contain NUL characters."
+    if not text.isascii():
+        try:  # JSON's "\ud800" escapes decode to unpaired surrogates, which UTF-8 cannot encode
+            text.encode()
+        except UnicodeEncodeError:
+            return "Must be valid Unicode (no unpaired surrogates)."
+    return None
+
+
+def _field_with_bad_text(data: Any) -> tuple[str, str] | None:
+    """(top-level field, message) for the first key or value that is a string holding NUL or
+    an unpaired surrogate ("_schema" if outside any field, or the key itself is bad), or None.
+    Iterative: the JSON may be nested as deep as the decoder allows."""
     if hasattr(data, "items"):
         pairs = list(data.items(multi=True) if hasattr(data, "getlist") else data.items())
     else:
@@ -62,8 +80,10 @@ def _field_with_nul(data: Any) -> str | None:
         stack = [field, value]
         while stack:
             item = stack.pop()
-            if isinstance(item, str) and "\x00" in item:
-                return field if isinstance(field, str) and "\x00" not in field else "_schema"
+            problem = _text_problem(item) if isinstance(item, str) else None
+            if problem is not None:
+                name_ok = isinstance(field, str) and _text_problem(field) is None
+                return (field if name_ok else "_schema"), problem
             if isinstance(item, dict):
                 stack.extend(item.keys())
                 stack.extend(item.values())

@@ -47,6 +47,15 @@ def new_session_id() -> str:
     return str(uuid.uuid4())
 
 
+def user_id_of(claims: dict[str, Any]) -> int | None:
+    """The user id in a verified token's `sub`, or None when `sub` is not what issue_tokens
+    writes (a string of ASCII digits): a validly signed token can still carry anything."""
+    sub = claims.get("sub")
+    if isinstance(sub, str) and sub.isascii() and sub.isdigit():
+        return int(sub)
+    return None
+
+
 def init_jwt(app: Flask, *, access_minutes: int, refresh_days: int) -> None:
     app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", dt.timedelta(minutes=access_minutes))
     app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", dt.timedelta(days=refresh_days))

@@ -42,15 +42,35 @@ def query_id_field(**kwargs: Any) -> fields.Integer:
     return fields.Integer(validate=validate.Range(min=1, max=MAX_ID), **kwargs)
 
 
-def amount_field(**kwargs: Any) -> fields.Decimal:
-    return fields.Decimal(
-        places=2,
-        as_string=True,
-        validate=validate.Range(min=Decimal(0), max=MAX_AMOUNT),
-        # numbers in OpenAPI: the Range's Decimals would be rendered as strings (invalid spec)
-        metadata={"example": "10000.00", "minimum": 0, "maximum": float(MAX_AMOUNT)},
-        **kwargs,
+class DecimalString(fields.Decimal):
+    """A decimal carried as a JSON string ("10000.00"), so no cent is lost to binary floating
+    point. OpenAPI: `type: string, format: decimal` (create_app registers the mapping)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(places=2, as_string=True, **kwargs)
+
+
+AMOUNT_PATTERN = r"^[0-9]{1,10}(\.[0-9]{1,2})?$"
+TOTAL_PATTERN = r"^[0-9]+\.[0-9]{2}$"  # sums and averages: two decimals, any size
+
+
+def amount_field(**kwargs: Any) -> DecimalString:
+    """A deal amount, 0 to 9999999999.99 (NUMERIC(12, 2)); answered with two decimals."""
+    metadata = {
+        "example": "10000.00",
+        "pattern": AMOUNT_PATTERN,
+        "description": 'a decimal string, 0 to 9999999999.99, e.g. "10000.00"',
+        **kwargs.pop("metadata", {}),
+    }
+    return DecimalString(
+        validate=validate.Range(min=Decimal(0), max=MAX_AMOUNT), metadata=metadata, **kwargs
     )
+
+
+def total_field(**kwargs: Any) -> DecimalString:
+    """A computed sum or average of amounts (documentation of a dumped value)."""
+    metadata = {"example": "1000.00", "pattern": TOTAL_PATTERN, **kwargs.pop("metadata", {})}
+    return DecimalString(dump_only=True, metadata=metadata, **kwargs)
 
 
 class PageArgs(ma.Schema):

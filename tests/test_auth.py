@@ -534,6 +534,42 @@ def test_unsigned_token_is_refused(api: ApiClient) -> None:
     _assert_401(api.get("/auth/me", token=unsigned), "INVALID_TOKEN")
 
 
+MALFORMED_SUBJECTS = ["abc", "", "1.5", " 1", "1 ", "-1", "+1", "1e3", "\u0661", "0x1", "DROP"]
+
+
+def _resigned(app: Any, token: str, **changes: Any) -> str:
+    """The token with some claims changed, signed with the server's own key (a valid
+    signature over claims the server would never issue)."""
+    claims = pyjwt.decode(token, options={"verify_signature": False})
+    return pyjwt.encode({**claims, **changes}, app.config["JWT_SECRET_KEY"], algorithm="HS256")
+
+
+@pytest.mark.parametrize("sub", MALFORMED_SUBJECTS)
+def test_validly_signed_access_token_with_a_non_integer_subject_is_401(
+    api: ApiClient, app: Any, sub: str
+) -> None:
+    user = api.register()
+    token = _resigned(app, user.token, sub=sub)
+    _assert_401(api.get("/auth/me", token=token), "INVALID_TOKEN")
+    _assert_401(api.get("/contacts", token=token, org=user.org_id), "INVALID_TOKEN")
+    _assert_401(api.post("/auth/logout", token=token), "INVALID_TOKEN")
+    assert api.get("/auth/me", user=user).status_code == 200  # the session is untouched
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"sub": sub} for sub in MALFORMED_SUBJECTS] + [{"sid": 5}, {"sid": ["x"]}],
+    ids=repr,
+)
+def test_validly_signed_refresh_token_with_malformed_claims_is_401(
+    api: ApiClient, app: Any, changes: dict[str, Any]
+) -> None:
+    user = api.register()
+    _assert_401(_refresh(api, _resigned(app, user.refresh_token, **changes)), "INVALID_TOKEN")
+    # nothing was rotated or revoked: the real refresh token still works
+    assert _refresh(api, user.refresh_token).status_code == 200
+
+
 def test_refresh_token_is_not_an_access_token(api: ApiClient) -> None:
     user = api.register()
     r = api.get("/auth/me", token=user.refresh_token)

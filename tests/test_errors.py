@@ -183,6 +183,36 @@ def test_json_that_is_not_an_object_is_400(ctx: Ctx, method: str, path: str, val
     assert "json" in err["details"]["errors"], err
 
 
+def test_patch_without_a_json_body_is_400_on_every_patch_route(app: Flask, ctx: Ctx) -> None:
+    """A PATCH needs a JSON object: no body, an empty body or a non-JSON one is a 400, not a
+    200 that changes nothing. The PATCH routes come from app.url_map."""
+    ids = {
+        "contact_id": ctx.contact,
+        "deal_id": ctx.deal,
+        "task_id": ctx.task,
+        "organization_id": ctx.user.org_id,
+        "user_id": ctx.user.id,
+    }
+    rules = [r.rule for r in app.url_map.iter_rules() if "PATCH" in (r.methods or ())]
+    assert len(rules) >= 4, rules
+    for rule in rules:
+        url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(ids[m.group(1)]), rule)
+        before = ctx.api.client.get(url, headers=ctx.headers).get_data()
+        for kw in (
+            {},
+            {"data": b"", "content_type": "application/json"},
+            {"data": b'{"name": "x"}', "content_type": "text/plain"},
+            {"data": b"name=x", "content_type": "application/x-www-form-urlencoded"},
+        ):
+            r = ctx.api.client.patch(url, headers=ctx.headers, **kw)
+            err = unified(r, 400, "VALIDATION_ERROR")
+            assert "_schema" in field_errors(err), (url, kw, err)
+        assert ctx.api.client.get(url, headers=ctx.headers).get_data() == before, url
+    # an empty JSON object is a JSON object: a valid (if useless) PATCH
+    r = ctx.call("PATCH", f"/contacts/{ctx.contact}", json={})
+    assert r.status_code == 200, r.get_json()
+
+
 VALID_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/contacts"): lambda c: {"name": "Valid"},
     ("PATCH", "/contacts/{contact}"): lambda c: {"name": "Valid"},
@@ -466,6 +496,55 @@ def test_text_with_nul_character_is_400(ctx: Ctx) -> None:
     for method, path, query, body in cases:
         r = ctx.call(method, path, query=query, json=body)
         unified(r, 400, "VALIDATION_ERROR")
+
+
+def test_unpaired_surrogate_is_400_naming_the_field(ctx: Ctx) -> None:
+    """JSON's "\\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder (psycopg,
+    bcrypt) accepts: 400 naming the field, not a 500 from deep inside."""
+    register = VALID_BODIES[("POST", "/auth/register")](ctx)
+    login = {"email": ctx.user.email, "password": PASSWORD}  # a real user: bcrypt is reached
+    comment = {"type": "comment", "payload": {"text": "ok"}}
+    cases = [
+        ("POST", "/contacts", {"name": "x\ud800"}, "name"),
+        ("PATCH", f"/contacts/{ctx.contact}", {"name": "x\udfff"}, "name"),
+        ("POST", "/deals", {"contact_id": ctx.contact, "title": "\ud800"}, "title"),
+        ("PATCH", f"/deals/{ctx.deal}", {"title": "a\ud83d"}, "title"),
+        (
+            "POST",
+            f"/deals/{ctx.deal}/activities",
+            {**comment, "payload": {"text": "\ud800"}},
+            "payload",
+        ),
+        (
+            "POST",
+            f"/deals/{ctx.deal}/activities",
+            {**comment, "payload": {"t\ud800": "x"}},
+            "payload",
+        ),
+        ("POST", "/auth/register", {**register, "name": "N\ud800"}, "name"),
+        ("POST", "/auth/register", {**register, "password": PASSWORD + "\ud800"}, "password"),
+        ("POST", "/auth/login", {**login, "email": "a\ud800@example.com"}, "email"),
+        ("POST", "/auth/login", {**login, "password": PASSWORD + "\ud800"}, "password"),
+        ("POST", "/contacts", {"n\ud800": "x"}, "_schema"),
+    ]
+    before = ctx.call("GET", "/contacts").get_json()["total"]
+    for method, path, body, field in cases:
+        raw = json.dumps(body, ensure_ascii=True)  # the surrogate travels as a \\uXXXX escape
+        assert "\\ud" in raw.lower(), raw
+        r = ctx.raw(method, path, data=raw, content_type="application/json")
+        err = unified(r, 400, "VALIDATION_ERROR")
+        assert field in field_errors(err), (method, path, err)
+        assert "surrogate" in str(field_errors(err)[field]), err
+    assert ctx.call("GET", "/contacts").get_json()["total"] == before
+    # a valid pair of surrogates is a real character (U+1F600) and is accepted
+    r = ctx.raw(
+        "POST",
+        "/contacts",
+        data='{"name": "smile \\ud83d\\ude00"}',
+        content_type="application/json",
+    )
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["name"] == "smile \U0001f600"
 
 
 # --- oversized bodies ----------------------------------------------------------------------

@@ -248,3 +248,136 @@ def test_ready_checks_database_and_redis(api: ApiClient) -> None:
     assert body["status"] == "ok"
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["redis"] == "ok"
+
+
+# --- the contract of values ------------------------------------------------------------------
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every (json path, schema object) that has `properties`, in the whole document."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("properties"), dict):
+            found.append((path, node))
+        for key, value in node.items():
+            found.extend(_walk(value, f"{path}/{key}"))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found.extend(_walk(value, f"{path}/{i}"))
+    return found
+
+
+def _amount_schemas(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every property or query parameter named like an amount, with its schema."""
+    found = [
+        (f"{where}/{name}", prop)
+        for where, obj in _walk(spec)
+        for name, prop in obj["properties"].items()
+        if "amount" in name
+    ]
+    for method, path, op in operations(spec):
+        for param in _parameters(spec, path, op):
+            if "amount" in param.get("name", ""):
+                found.append((f"{method} {path} ?{param['name']}", param["schema"]))
+    return found
+
+
+def test_amounts_are_decimal_strings_everywhere(spec: dict[str, Any]) -> None:
+    """The API answers "10000.00" (a string): the document says so for deals, their filters
+    and the analytics, never `type: number`."""
+    found = _amount_schemas(spec)
+    names = {where.rsplit("/", 1)[-1].split("?")[-1] for where, _ in found}
+    assert {"amount", "min_amount", "max_amount", "total_amount", "avg_won_amount"} <= names
+    for where, schema in found:
+        assert schema.get("type") == "string", (where, schema)
+        assert schema.get("format") == "decimal", (where, schema)
+        assert re.fullmatch(schema["pattern"], "10000.00"), (where, schema)
+        assert not re.fullmatch(schema["pattern"], "1e3"), (where, schema)
+        assert "minimum" not in schema and "maximum" not in schema, (where, schema)
+
+
+def test_deal_amount_answers_match_the_documented_pattern(
+    spec: dict[str, Any], api: ApiClient
+) -> None:
+    user = api.register()
+    pattern = spec["components"]["schemas"]["Deal"]["properties"]["amount"]["pattern"]
+    for sent in ("0", "5", "10.5", "9999999999.99"):
+        deal = api.deal(user, amount=sent)
+        assert isinstance(deal["amount"], str), deal
+        assert re.fullmatch(pattern, deal["amount"]), deal["amount"]
+        assert re.fullmatch(r"[0-9]+\.[0-9]{2}", deal["amount"]), deal["amount"]
+
+
+def test_documented_deal_defaults_are_what_the_api_does(
+    spec: dict[str, Any], api: ApiClient
+) -> None:
+    props = spec["components"]["schemas"]["DealCreate"]["properties"]
+    assert props["amount"]["default"] == "0.00"
+    assert props["currency"]["default"] == "USD"
+    user = api.register()
+    contact = api.contact(user)["id"]
+    for body in ({}, {"amount": None}):
+        r = api.post(
+            "/deals", user=user, org=user.org_id, json={"contact_id": contact, "title": "T", **body}
+        )
+        assert r.status_code == 201, r.get_json()
+        deal = r.get_json()
+        assert deal["amount"] == props["amount"]["default"], deal
+        assert deal["currency"] == props["currency"]["default"], deal
+
+
+def test_enforced_input_rules_are_documented(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    password = schemas["Register"]["properties"]["password"]
+    assert (password["minLength"], password["maxLength"]) == (8, 72)
+    assert "8 to 72 bytes" in password["description"]
+    activity_type = schemas["ActivityCreate"]["properties"]["type"]
+    assert activity_type["enum"] == ["comment"]
+    text = schemas["ActivityCreate"]["properties"]["payload"]["properties"]["text"]
+    assert text["type"] == "string" and text["minLength"] == 1
+    # every free-text input says it takes no NUL (PostgreSQL cannot store it)
+    no_nul = "^[^\\u0000]*$"
+    for name, field in (
+        ("ContactCreate", "name"),
+        ("ContactUpdate", "phone"),
+        ("DealCreate", "title"),
+        ("TaskCreate", "description"),
+        ("Register", "name"),
+        ("Login", "email"),
+        ("Login", "password"),
+    ):
+        assert schemas[name]["properties"][field]["pattern"] == no_nul, (name, field)
+        assert re.search(schemas[name]["properties"][field]["pattern"], "a\x00b") is None
+    search = next(
+        p
+        for p in spec["paths"][f"{PREFIX}/contacts"]["get"]["parameters"]
+        if p.get("name") == "search"
+    )
+    assert search["schema"]["pattern"] == no_nul
+    assert "NUL" in spec["info"]["description"]
+    assert "surrogate" in spec["info"]["description"]
+
+
+# --- the API root ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [PREFIX, f"{PREFIX}/"])
+def test_api_root_is_an_index_whose_links_work(api: ApiClient, url: str) -> None:
+    """`make run` prints /api/v1 as "the API": it answers JSON with working links."""
+    r = api.client.get(url)
+    assert r.status_code == 200, r.get_data()[:200]
+    assert r.is_json
+    body = r.get_json()
+    assert body["version"] == "v1"
+    links = body["links"]
+    assert links == {
+        "docs": f"{PREFIX}/docs",
+        "openapi": f"{PREFIX}/openapi.json",
+        "health": "/health",
+        "ready": "/ready",
+    }
+    for link in links.values():
+        followed = api.client.get(link)
+        assert followed.status_code == 200, link
+        followed.close()
+    assert api.client.get(links["openapi"]).get_json()["openapi"].startswith("3.")

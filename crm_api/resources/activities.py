@@ -29,12 +29,28 @@ class ActivityCreateSchema(Schema):
     type = fields.String(
         required=True,
         validate=validate.Length(min=1, max=32),
-        metadata={"description": 'only "comment"', "example": "comment"},
+        metadata={
+            "description": 'only "comment": any other type is 400 ACTIVITY_TYPE_NOT_ALLOWED',
+            "enum": [ActivityType.COMMENT.value],
+            "example": "comment",
+        },
     )
     payload = fields.Dict(
         keys=fields.String(),
         required=True,
-        metadata={"example": {"text": "Client requested updated proposal"}},
+        metadata={
+            "description": "the comment: `text`, not blank (else 400 VALIDATION_ERROR)",
+            "properties": {
+                "text": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": service.MAX_COMMENT_LENGTH,
+                    "pattern": "\\S",
+                }
+            },
+            "required": ["text"],
+            "example": {"text": "Client requested updated proposal"},
+        },
     )
 
 

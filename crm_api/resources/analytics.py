@@ -12,6 +12,7 @@ from marshmallow import fields, validate
 from crm_domain.services import analytics_cache
 
 from ..extensions import Blueprint, current_actor
+from ..schemas import total_field
 
 blp = Blueprint("analytics", __name__, url_prefix="/analytics", description="Deal analytics")
 
@@ -26,7 +27,7 @@ class SummaryArgs(ma.Schema):
 
 class StatusTotals(ma.Schema):
     count = fields.Integer()
-    total_amount = fields.String(metadata={"example": "1000.00"})
+    total_amount = total_field()
 
 
 def _by_status() -> fields.Dict:
@@ -37,7 +38,7 @@ class SummarySchema(ma.Schema):
     as_of = fields.String(metadata={"description": "when these figures were computed (UTC)"})
     by_status = _by_status()
     total_deals = fields.Integer()
-    avg_won_amount = fields.String(allow_none=True)
+    avg_won_amount = total_field(allow_none=True, metadata={"description": "null: none won"})
     new_deals_last_n_days = fields.Integer()
     days = fields.Integer()
     by_currency = fields.Dict(

@@ -17,7 +17,7 @@ from crm_domain.services import auth as auth_service
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
-from ..jwt import issue_tokens, new_session_id
+from ..jwt import issue_tokens, new_session_id, user_id_of
 from ..schemas import Schema, Trimmed, name_field
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Authentication")
@@ -27,6 +27,20 @@ password_field = fields.String(
     validate=validate.Length(min=1),
     load_only=True,
     metadata={"description": "8 to 72 bytes (UTF-8)", "example": "StrongPassword123"},
+)
+# Registration enforces 8 to 72 bytes (auth_service.check_password_length): in characters,
+# that is 8 to 72 for ASCII and fewer for other scripts, hence the lengths documented here.
+new_password_field = fields.String(
+    required=True,
+    validate=validate.Length(min=1),
+    load_only=True,
+    metadata={
+        "description": "8 to 72 bytes once UTF-8 encoded (bcrypt's limit): 8 to 72 ASCII"
+        " characters; other characters take 2 to 4 bytes each. Otherwise 400.",
+        "minLength": 8,
+        "maxLength": 72,
+        "example": "StrongPassword123",
+    },
 )
 
 
@@ -45,7 +59,7 @@ class OrganizationRefSchema(Schema):
 
 class RegisterSchema(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=320))
-    password = password_field
+    password = new_password_field
     name = name_field(required=True)
     organization_name = name_field(required=True)
 
@@ -146,6 +160,8 @@ def _decode_refresh(token: str) -> dict[str, Any]:
         raise Unauthorized("Invalid refresh token", code="INVALID_TOKEN") from exc
     if claims.get("type") != "refresh" or not claims.get("sid") or not claims.get("jti"):
         raise Unauthorized("A refresh token is required", code="INVALID_TOKEN")
+    if user_id_of(claims) is None or not isinstance(claims["sid"], str):
+        raise Unauthorized("Refresh token claims are malformed", code="INVALID_TOKEN")
     return claims
 
 

@@ -15,10 +15,13 @@ from ..schemas import PageArgs, Schema, amount_field, id_field, name_field, page
 
 blp = Blueprint("deals", __name__, url_prefix="/deals", description="Deals")
 
-currency_field = fields.String(
-    validate=validate.Regexp(r"^[A-Z]{3}$", error="Must be a 3-letter ISO 4217 code."),
-    metadata={"example": "EUR"},
-)
+
+def currency_field(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=validate.Regexp(r"^[A-Z]{3}$", error="Must be a 3-letter ISO 4217 code."),
+        metadata={"example": "EUR", "description": "ISO 4217 code (lower case is upper-cased)"},
+        **kwargs,
+    )
 
 
 class DealSchema(Schema):
@@ -46,15 +49,19 @@ class _UpperCurrency(Schema):
 class DealCreateSchema(_UpperCurrency):
     contact_id = id_field(required=True)
     title = name_field(required=True)
-    amount = amount_field(load_default=None)
-    currency = currency_field
+    amount = amount_field(
+        load_default=service.DEFAULT_AMOUNT,
+        allow_none=True,
+        metadata={"description": 'a decimal string; left out or null: "0.00"'},
+    )
+    currency = currency_field(load_default=service.DEFAULT_CURRENCY)
     owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
 
 
 class DealUpdateSchema(_UpperCurrency):
     title = name_field()
     amount = amount_field()
-    currency = currency_field
+    currency = currency_field()
     status = fields.Enum(DealStatus, by_value=True)
     stage = fields.Enum(DealStage, by_value=True)
     owner_id = id_field()

@@ -22,6 +22,9 @@ TIMELINE_FIELDS = (
     ("status", ActivityType.STATUS_CHANGED),
     ("stage", ActivityType.STAGE_CHANGED),
 )
+# What a new deal gets when the request leaves amount or currency out.
+DEFAULT_AMOUNT = Decimal("0.00")
+DEFAULT_CURRENCY = "USD"
 ORDERABLE = {"created_at": Deal.created_at, "amount": Deal.amount, "updated_at": Deal.updated_at}
 
 
@@ -66,8 +69,8 @@ def create_deal(
     *,
     contact_id: int,
     title: str,
-    amount: Decimal = Decimal("0"),
-    currency: str = "USD",
+    amount: Decimal = DEFAULT_AMOUNT,
+    currency: str = DEFAULT_CURRENCY,
     owner_id: int | None = None,
 ) -> Deal:
     contacts.get_contact(session, actor, contact_id)  # 404 for another org's contact
