@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 import flask_smorest
 import marshmallow as ma
-from flask import g, request
+from flask import Response, current_app, g, request
 from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
@@ -233,12 +233,14 @@ def if_match_precondition(schema: Any) -> Callable[[Any], None] | None:
     return check
 
 
-def with_etag(obj: Any, schema: Any) -> Any:
-    """Return (obj, headers) with an ETag; answer 304 to a matching If-None-Match."""
-    tag = etag_of(schema.dump(obj))
+def with_etag(obj: Any, schema: Any) -> Response:
+    """The representation with its ETag (one dump for both), or 304 to a matching
+    If-None-Match."""
+    data = schema.dump(obj)
+    tag = etag_of(data)
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match and (tag in _parse_etags(if_none_match) or if_none_match.strip() == "*"):
-        from flask import Response
-
         return Response(status=304, headers={"ETag": tag})
-    return obj, {"ETag": tag}
+    response = cast(Response, current_app.json.response(data))
+    response.headers["ETag"] = tag
+    return response

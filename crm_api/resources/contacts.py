@@ -9,7 +9,8 @@ from marshmallow import fields, validate
 
 from crm_domain.services import contacts as service
 
-from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from ..by_id import ByIdDocs, register_by_id
+from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of, query_id_field
 
 blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="Contacts")
@@ -71,37 +72,18 @@ class Contacts(MethodView):
             return service.create_contact(session, current_actor(), **data)
 
 
-@blp.route("/<int:contact_id>")
-class ContactById(MethodView):
-    @blp.tenant_required
-    @blp.response(200, ContactSchema, headers={"ETag": {"schema": {"type": "string"}}})
-    @blp.alt_response(404, description="Not found in this organization")
-    def get(self, contact_id: int) -> Any:
-        """Get a contact (with an ETag for If-Match)"""
-        with transaction() as session:
-            return with_etag(service.get_contact(session, current_actor(), contact_id), schema)
-
-    @blp.tenant_required
-    @blp.arguments(ContactUpdateSchema)
-    @blp.response(200, ContactSchema)
-    @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
-    def patch(self, data: dict[str, Any], contact_id: int) -> Any:
-        """Update a contact; members may update only their own"""
-        with transaction() as session:
-            contact = service.update_contact(
-                session, current_actor(), contact_id, data, if_match_precondition(schema)
-            )
-            return with_etag(contact, schema)
-
-    @blp.tenant_required
-    @blp.response(204)
-    @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(409, description="The contact has deals")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
-    def delete(self, contact_id: int) -> None:
-        """Delete a contact that has no deals; members may delete only their own"""
-        with transaction() as session:
-            service.delete_contact(
-                session, current_actor(), contact_id, if_match_precondition(schema)
-            )
+register_by_id(
+    blp,
+    id_name="contact_id",
+    schema=ContactSchema,
+    update_schema=ContactUpdateSchema,
+    get=service.get_contact,
+    update=service.update_contact,
+    delete=service.delete_contact,
+    docs=ByIdDocs(
+        get="Get a contact (with an ETag for If-Match)",
+        patch="Update a contact; members may update only their own",
+        delete="Delete a contact that has no deals; members may delete only their own",
+        delete_conflict="The contact has deals",
+    ),
+)

@@ -10,7 +10,8 @@ from marshmallow import ValidationError, fields, pre_load, validate, validates_s
 from crm_domain.enums import DealStage, DealStatus
 from crm_domain.services import deals as service
 
-from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from ..by_id import ByIdDocs, register_by_id
+from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, amount_field, id_field, name_field, page_of, query_id_field
 
 blp = Blueprint("deals", __name__, url_prefix="/deals", description="Deals")
@@ -115,38 +116,21 @@ class Deals(MethodView):
             return service.create_deal(session, current_actor(), **data)
 
 
-@blp.route("/<int:deal_id>")
-class DealById(MethodView):
-    @blp.tenant_required
-    @blp.response(200, DealSchema, headers={"ETag": {"schema": {"type": "string"}}})
-    @blp.alt_response(404, description="Not found in this organization")
-    def get(self, deal_id: int) -> Any:
-        """Get a deal (with an ETag for If-Match)"""
-        with transaction() as session:
-            return with_etag(service.get_deal(session, current_actor(), deal_id), schema)
-
-    @blp.tenant_required
-    @blp.arguments(DealUpdateSchema)
-    @blp.response(200, DealSchema)
-    @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
-    def patch(self, data: dict[str, Any], deal_id: int) -> Any:
-        """Partially update a deal.
+register_by_id(
+    blp,
+    id_name="deal_id",
+    schema=DealSchema,
+    update_schema=DealUpdateSchema,
+    get=service.get_deal,
+    update=service.update_deal,
+    delete=service.delete_deal,
+    docs=ByIdDocs(
+        get="Get a deal (with an ETag for If-Match)",
+        patch="""Partially update a deal.
 
         Won needs an amount > 0 (400). Rolling the stage back needs owner/admin (403).
         Members may change only their own deals. Status and stage changes are written to
-        the deal's timeline."""
-        with transaction() as session:
-            deal = service.update_deal(
-                session, current_actor(), deal_id, data, if_match_precondition(schema)
-            )
-            return with_etag(deal, schema)
-
-    @blp.tenant_required
-    @blp.response(204)
-    @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
-    def delete(self, deal_id: int) -> None:
-        """Delete a deal with its tasks and timeline"""
-        with transaction() as session:
-            service.delete_deal(session, current_actor(), deal_id, if_match_precondition(schema))
+        the deal's timeline.""",
+        delete="Delete a deal with its tasks and timeline",
+    ),
+)

@@ -9,7 +9,8 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from crm_domain.services import tasks as service
 
-from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from ..by_id import ByIdDocs, register_by_id
+from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of, query_id_field
 
 blp = Blueprint("tasks", __name__, url_prefix="/tasks", description="Tasks on deals")
@@ -81,34 +82,17 @@ class Tasks(MethodView):
             return service.create_task(session, current_actor(), **data)
 
 
-@blp.route("/<int:task_id>")
-class TaskById(MethodView):
-    @blp.tenant_required
-    @blp.response(200, TaskSchema, headers={"ETag": {"schema": {"type": "string"}}})
-    @blp.alt_response(404, description="Not found in this organization")
-    def get(self, task_id: int) -> Any:
-        """Get a task (with an ETag for If-Match)"""
-        with transaction() as session:
-            return with_etag(service.get_task(session, current_actor(), task_id), schema)
-
-    @blp.tenant_required
-    @blp.arguments(TaskUpdateSchema)
-    @blp.response(200, TaskSchema)
-    @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
-    def patch(self, data: dict[str, Any], task_id: int) -> Any:
-        """Update a task (e.g. mark it done); members: only tasks on their own deals"""
-        with transaction() as session:
-            task = service.update_task(
-                session, current_actor(), task_id, data, if_match_precondition(schema)
-            )
-            return with_etag(task, schema)
-
-    @blp.tenant_required
-    @blp.response(204)
-    @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
-    def delete(self, task_id: int) -> None:
-        """Delete a task; members: only tasks on their own deals"""
-        with transaction() as session:
-            service.delete_task(session, current_actor(), task_id, if_match_precondition(schema))
+register_by_id(
+    blp,
+    id_name="task_id",
+    schema=TaskSchema,
+    update_schema=TaskUpdateSchema,
+    get=service.get_task,
+    update=service.update_task,
+    delete=service.delete_task,
+    docs=ByIdDocs(
+        get="Get a task (with an ETag for If-Match)",
+        patch="Update a task (e.g. mark it done); members: only tasks on their own deals",
+        delete="Delete a task; members: only tasks on their own deals",
+    ),
+)
