@@ -17,6 +17,7 @@ from crm_domain.settings import Settings
 
 from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
+from .cli import crm
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     for module in MODULES:
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.blp.url_prefix}")
     app.register_blueprint(health.bp)
+    app.cli.add_command(crm)
 
     @app.get(API_PREFIX, strict_slashes=False)
     def api_index() -> Any:

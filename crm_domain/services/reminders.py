@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from ..db import Database
 from ..enums import ActivityType
 from ..models import Activity, Deal, Notification, Task
 from ..rules import utc_today
@@ -20,6 +21,18 @@ TASK_DUE = "task_due"
 def reminder_key(task_id: int, day: dt.date) -> uuid.UUID:
     """The same task on the same day always gets the same key."""
     return uuid.uuid5(REMINDER_NAMESPACE, f"task-reminder:{task_id}:{day.isoformat()}")
+
+
+def send_all_due(db: Database, *, today: dt.date | None = None) -> int:
+    """Every due reminder, one transaction per batch; returns how many were written."""
+    total, after = 0, 0
+    while True:
+        with db.transaction() as session:
+            written, last = send_due_reminders(session, today=today, after_id=after)
+        total += written
+        if last is None:
+            return total
+        after = last
 
 
 def send_due_reminders(

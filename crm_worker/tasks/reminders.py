@@ -10,11 +10,4 @@ from ..app import celery_app, database
 @celery_app.task(name="crm.reminders.send_due", acks_late=True)
 def send_due() -> int:
     """Beat: one reminder per task per day, in batches; safe to run any number of times."""
-    total, after = 0, 0
-    while True:
-        with database.transaction() as session:
-            written, last = reminders.send_due_reminders(session, after_id=after)
-        total += written
-        if last is None:
-            return total
-        after = last
+    return reminders.send_all_due(database)
