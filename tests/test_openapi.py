@@ -17,9 +17,11 @@ PUBLIC_OPERATIONS = {
     ("post", f"{PREFIX}/auth/register"),
     ("post", f"{PREFIX}/auth/login"),
     ("post", f"{PREFIX}/auth/refresh"),
+    ("post", f"{PREFIX}/auth/accept-invitation"),
+    ("get", f"{PREFIX}/invitations/preview"),
 }
 # every other /api/v1 operation is tenant-scoped (contacts, deals, tasks, activities, ...)
-NON_TENANT_PREFIXES = (f"{PREFIX}/auth", f"{PREFIX}/organizations")
+NON_TENANT_PREFIXES = (f"{PREFIX}/auth", f"{PREFIX}/organizations", f"{PREFIX}/invitations")
 ORG_PARAMETER_REF = "#/components/parameters/OrganizationId"
 
 
