@@ -9,12 +9,15 @@ import redis
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import worker_process_init
+from kombu import Queue
 
 from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
-from .dispatch import DrainFlag
+from .dispatch import SEND_MAIL_TASK, DrainFlag
+
+EMAIL_QUEUE = "email"
 
 settings = Settings.from_env()
 database = Database(settings.database_url, pool_size=2)
@@ -41,6 +44,10 @@ def drain_flag() -> DrainFlag:
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
 celery_app.conf.update(
     task_default_queue="crm",
+    # A worker started without -Q consumes both; `-Q email` makes a dedicated e-mail worker
+    # (SMTP is slow and may stall: it never holds up outbox delivery or analytics then).
+    task_queues=[Queue("crm"), Queue(EMAIL_QUEUE)],
+    task_routes={"crm.email.*": {"queue": EMAIL_QUEUE}},
     task_serializer="json",
     accept_content=["json"],
     result_backend=None,
@@ -82,6 +89,16 @@ celery_app.conf.update(
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",
             "schedule": crontab(minute=0, hour=6, day_of_week=1),
+            "options": {"expires": 3600},
+        },
+        "email-sweep": {
+            "task": SEND_MAIL_TASK,
+            "schedule": timedelta(seconds=settings.mail.sweep_seconds),
+            "options": {"expires": settings.mail.sweep_seconds},
+        },
+        "email-task-digest": {
+            "task": "crm.email.schedule_digests",
+            "schedule": crontab(minute=0, hour=settings.mail.digest_hour),
             "options": {"expires": 3600},
         },
     },
