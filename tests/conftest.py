@@ -26,6 +26,7 @@ from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402
 
 from .api import ApiClient  # noqa: E402
+from .mail import SmtpServer, smtp_server  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -61,3 +62,9 @@ def db(app) -> Database:
 @pytest.fixture
 def api(app) -> Iterator[ApiClient]:
     yield ApiClient(app.test_client())
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, plain text, no AUTH."""
+    yield from smtp_server()
