@@ -55,6 +55,11 @@ def main() -> int:
     port = os.environ.get("PORT", "8000")
     flower_port = os.environ.get("FLOWER_PORT", "5555")
     os.environ.setdefault("FLOWER_BASIC_AUTH", "admin:admin")
+    os.environ.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")  # links in e-mails
+    if not os.environ.get("SMTP_HOST"):
+        os.environ.setdefault("MAIL_DIR", str(DATA / "mail"))
+        log(f"SMTP_HOST not set: e-mails go to {os.environ['MAIL_DIR']}/*.eml and the worker log")
+    DATA.mkdir(exist_ok=True)  # beat's schedule file lives there
     log("applying migrations")
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, check=True)
 
