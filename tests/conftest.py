@@ -21,6 +21,8 @@ os.environ["REDIS_URL"] = _services.redis_url
 os.environ["REDIS_KEY_PREFIX"] = _services.database_name
 os.environ.setdefault("BCRYPT_ROUNDS", "4")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs256")
+# E-mail sent without an SMTP server (in-process workers) lands here, not in .data/mail.
+os.environ.setdefault("MAIL_DIR", str(ROOT / ".data" / "test" / "mail"))
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from email import message_from_bytes, policy
@@ -22,7 +23,8 @@ from crm_domain.models import Invitation, OutboundEmail, OutboxEvent, Report, Ta
 from crm_domain.services import digests, outbound_email, outbox, reports
 from crm_domain.services.invitations import hash_token
 from crm_domain.settings import MailSettings
-from crm_worker.dispatch import deliver
+from crm_worker.app import EMAIL_QUEUE, celery_app
+from crm_worker.dispatch import SEND_MAIL_TASK, deliver
 
 from .api import ApiClient, User
 from .mail import SmtpServer, context, send_all, smtp_server, token_from
@@ -432,3 +434,45 @@ def test_without_smtp_messages_go_to_a_folder_and_the_log(
         token_hash = session.scalar(select(Invitation.token_hash).where(Invitation.email == email))
     token = text.split("?token=")[1].split()[0]
     assert hash_token(token) == token_hash
+
+
+def test_concurrent_senders_send_each_message_once(api: ApiClient, db, smtp: SmtpServer) -> None:
+    send_all(db, smtp)
+    owner = api.register()
+    emails = [_invite(api, owner) for _ in range(12)]
+    results: list[outbound_email.SendResult] = []
+
+    def sender() -> None:
+        results.append(outbound_email.send_pending(db, smtp.transport(), context()))
+
+    threads = [threading.Thread(target=sender) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(r.sent for r in results) >= len(emails)
+    assert [len(smtp.to(email)) for email in emails] == [1] * len(emails)
+
+
+def test_a_worker_with_another_secret_key_sends_no_broken_link(
+    api: ApiClient, db, smtp: SmtpServer
+) -> None:
+    send_all(db, smtp)
+    email = _invite(api, api.register())
+    wrong = outbound_email.MailContext(
+        secret_key="not-the-api-key", public_base_url="http://x", sender="a@example.com"
+    )
+    assert outbound_email.send_pending(db, smtp.transport(), wrong).failed == 1
+    assert smtp.to(email) == []
+    row = _row(db, email)
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert "SECRET_KEY" in (row.last_error or "")
+
+
+def test_email_tasks_are_routed_to_the_email_queue() -> None:
+    route = celery_app.amqp.router.route({}, SEND_MAIL_TASK)
+    assert route["queue"].name == EMAIL_QUEUE
+    assert celery_app.amqp.router.route({}, "crm.email.schedule_digests")["queue"].name == "email"
+    assert celery_app.amqp.router.route({}, "crm.outbox.drain")["queue"].name == "crm"
+    # A worker started without -Q consumes both queues.
+    assert {q.name for q in celery_app.amqp.queues.values()} == {"crm", "email"}

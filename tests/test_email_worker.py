@@ -14,8 +14,7 @@ from celery import Celery
 from sqlalchemy import select, update
 
 from crm_domain.models import OutboundEmail, Task
-from crm_worker.app import EMAIL_QUEUE, celery_app
-from crm_worker.dispatch import SEND_MAIL_TASK
+from crm_worker.app import EMAIL_QUEUE
 
 from .api import PASSWORD
 from .mail import SmtpServer, smtp_server, token_from
@@ -63,15 +62,6 @@ def _register(stack: Stack, email: str | None = None, org: str | None = "Mail In
     status, registered = stack.http("POST", "/auth/register", body)
     assert status == 201, registered
     return registered
-
-
-def test_email_tasks_are_routed_to_the_email_queue() -> None:
-    route = celery_app.amqp.router.route({}, SEND_MAIL_TASK)
-    assert route["queue"].name == EMAIL_QUEUE
-    assert celery_app.amqp.router.route({}, "crm.email.schedule_digests")["queue"].name == "email"
-    assert celery_app.amqp.router.route({}, "crm.outbox.drain")["queue"].name == "crm"
-    # A worker started without -Q consumes both queues.
-    assert {q.name for q in celery_app.amqp.queues.values()} == {"crm", "email"}
 
 
 def test_invitation_flow_through_the_worker(stack: Stack, mail_server: SmtpServer) -> None:

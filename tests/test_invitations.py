@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import func, select, update
 
 from crm_domain.models import Invitation, OutboundEmail, OutboxEvent
@@ -100,9 +101,12 @@ def test_invite_email_and_accept_as_a_new_user(api: ApiClient, db, smtp: SmtpSer
     assert link.startswith(f"{BASE_URL}/api/v1/invitations/preview?token=")
     assert f'href="{link}"' in html
     token = token_from(received)
-    with db.transaction() as session:  # only the token's hash is stored
+    with db.transaction() as session:  # only the token's hash is stored, nowhere the token
         row = session.get(Invitation, invitation["id"])
         assert row.token_hash == invitations.hash_token(token) and token not in str(vars(row))
+        for table in ("outbox_events", "outbound_emails", "invitations"):
+            dump = session.execute(sa.text(f"SELECT t::text FROM {table} t")).scalars().all()
+            assert not [line for line in dump if token in line], table
 
     # The link shows the invitation (a GET on the API; the token works as it is in the link).
     r = api.client.get(link.removeprefix(BASE_URL))

@@ -250,3 +250,36 @@ def test_ready_checks_database_and_redis(api: ApiClient) -> None:
     assert body["status"] == "ok"
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["redis"] == "ok"
+
+
+NEW_INVITATION_OPERATIONS = [
+    ("get", f"{PREFIX}/organizations/{{organization_id}}/invitations"),
+    ("post", f"{PREFIX}/organizations/{{organization_id}}/invitations"),
+    ("delete", f"{PREFIX}/organizations/{{organization_id}}/invitations/{{invitation_id}}"),
+    ("get", f"{PREFIX}/invitations/preview"),
+    ("post", f"{PREFIX}/auth/accept-invitation"),
+    ("post", f"{PREFIX}/invitations/accept"),
+    ("patch", f"{PREFIX}/auth/me"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), NEW_INVITATION_OPERATIONS)
+def test_invitation_and_email_routes_have_examples(
+    spec: dict[str, Any], method: str, path: str
+) -> None:
+    op = spec["paths"][path][method]
+    body = op.get("requestBody")
+    if body is not None:
+        assert body["content"]["application/json"].get("example"), (method, path)
+    success = [_resolve(spec, r) for s, r in op["responses"].items() if s.startswith("2")]
+    for response in success:
+        content = response.get("content")
+        if content is not None:  # 204 has none
+            assert content["application/json"].get("example"), (method, path)
+    if path.endswith(("/accept-invitation", "/accept", "/preview")):
+        # the token errors are documented with the unified body and an example
+        for status in ("404", "410"):
+            error = _resolve(spec, op["responses"][status])
+            assert error["content"]["application/json"]["example"]["error"]["code"].startswith(
+                "INVITATION_"
+            )

@@ -200,7 +200,17 @@ class Me(MethodView):
 
     @blp.login_required
     @blp.arguments(UserUpdateSchema, example={"email_digest": False})
-    @blp.response(200, UserSchema)
+    @blp.response(
+        200,
+        UserSchema,
+        example={
+            "id": 2,
+            "email": "bob@example.com",
+            "name": "Bob Builder",
+            "email_digest": False,
+            "created_at": "2026-11-24T08:00:00+00:00",
+        },
+    )
     def patch(self, data: dict[str, Any]) -> Any:
         """Change the current user's preferences: `email_digest` (the daily task e-mail)"""
         with transaction() as session:

@@ -27,13 +27,11 @@ class Content:
     html: str | None = None
 
 
-def render(template: str, subject: str, *, html: bool = True, **context: Any) -> Content:
-    """`<template>.txt` and, with `html`, `<template>.html` rendered with `context`."""
+def render(template: str, subject: str, **context: Any) -> Content:
+    """`<template>.txt` and `<template>.html` rendered with `context`."""
     text = _env.get_template(f"{template}.txt").render(subject=subject, **context)
-    body = (
-        _env.get_template(f"{template}.html").render(subject=subject, **context) if html else None
-    )
-    return Content(subject=subject, text=text, html=body)
+    html = _env.get_template(f"{template}.html").render(subject=subject, **context)
+    return Content(subject=subject, text=text, html=html)
 
 
 def build_message(content: Content, *, sender: str, to: str) -> EmailMessage:

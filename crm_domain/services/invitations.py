@@ -281,6 +281,8 @@ def compose_email(
     assert org is not None
     inviter = session.get(User, invitation.invited_by) if invitation.invited_by else None
     token = derive_token(context.secret_key, invitation.token_nonce)
+    if hash_token(token) != invitation.token_hash:  # kept on the row: retried, then failed
+        raise RuntimeError("the worker's SECRET_KEY is not the one the API used")
     link = f"{context.public_base_url}{PREVIEW_PATH}?{urlencode({'token': token})}"
     inviter_name = inviter.name if inviter is not None else f"Someone at {org.name}"
     return render(
