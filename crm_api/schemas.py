@@ -29,6 +29,15 @@ class Trimmed(fields.String):
         return result.strip()
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only (not "yes", 1 or 0)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 def name_field(max_len: int = 255, **kwargs: Any) -> Trimmed:
     return Trimmed(validate=validate.Length(min=1, max=max_len), **kwargs)
 

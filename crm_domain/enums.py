@@ -41,3 +41,10 @@ class ActivityType(enum.StrEnum):
     TASK_CREATED = "task_created"
     TASK_REMINDER = "task_reminder"
     SYSTEM = "system"
+
+
+class EmailStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    SKIPPED = "skipped"  # nothing to send any more (e.g. the invitation was revoked)
+    FAILED = "failed"  # refused for good, or out of attempts

@@ -46,6 +46,13 @@ class Conflict(DomainError):
     code = "CONFLICT"
 
 
+class Gone(DomainError):
+    """The thing existed but cannot be used any more (an expired or used invitation)."""
+
+    kind = "gone"
+    code = "GONE"
+
+
 class PreconditionFailed(DomainError):
     kind = "precondition_failed"
     code = "PRECONDITION_FAILED"

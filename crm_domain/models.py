@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base
-from .enums import ActivityType, DealStage, DealStatus, Role
+from .enums import ActivityType, DealStage, DealStatus, EmailStatus, Role
 
 AMOUNT = Numeric(12, 2)
 
@@ -68,6 +68,8 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), nullable=False, unique=True)
     hashed_password: Mapped[str] = mapped_column(String(255), nullable=False)
     name: Mapped[str] = mapped_column(String(255), nullable=False)
+    # The daily e-mail of open tasks due today or overdue (PATCH /auth/me to opt out).
+    email_digest: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[dt.datetime] = _now()
 
 
@@ -319,3 +321,77 @@ class Report(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _now()
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Invitation(Base):
+    """An invitation to join an organization with a role, accepted once with a token.
+
+    Only the token's SHA-256 is stored for lookup. The token itself is an HMAC of
+    `token_nonce` under the SECRET_KEY, so the worker can put it in the e-mail later while
+    the database alone (a dump, a read replica) does not give anyone a working token."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        # One live invitation per address and organization: inviting again replaces it.
+        Index(
+            "uq_invitations_org_email_live",
+            "organization_id",
+            "email",
+            unique=True,
+            postgresql_where=text("accepted_at IS NULL AND revoked_at IS NULL"),
+        ),
+        Index("ix_invitations_org_id", "organization_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    role: Mapped[Role] = mapped_column(_str_enum(Role, "invitation_role"), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    token_nonce: Mapped[str] = mapped_column(String(64), nullable=False)
+    invited_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = _now()
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    accepted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    accepted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OutboundEmail(Base):
+    """One e-mail to send: written idempotently (`dedupe_key`) by an outbox handler or a
+    scheduled job, rendered and sent by the e-mail worker, retried with back-off."""
+
+    __tablename__ = "outbound_emails"
+    __table_args__ = (
+        Index(
+            "ix_outbound_emails_due",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(160), nullable=False, unique=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    organization_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    to_address: Mapped[str] = mapped_column(String(320), nullable=False)
+    # What to render at send time (ids, a day): never a secret, never the rendered body.
+    params: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    status: Mapped[EmailStatus] = mapped_column(
+        _str_enum(EmailStatus, "email_status"),
+        nullable=False,
+        server_default=EmailStatus.PENDING.value,
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[dt.datetime] = _now()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from environs import Env
 
@@ -22,11 +22,53 @@ def normalize_db_url(url: str) -> str:
     return url
 
 
+SMTP_TLS_MODES = ("starttls", "ssl", "none")
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """Outgoing e-mail. Without `smtp_host` messages are written to `mail_dir` and the log."""
+
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"  # starttls | ssl | none
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_timeout: float = 10.0
+    mail_from: str = "CRM <no-reply@localhost>"
+    mail_dir: str = ".data/mail"
+    public_base_url: str = "http://127.0.0.1:8000"
+    sweep_seconds: float = 60.0
+    digest_hour: int = 7
+
+    @classmethod
+    def from_env(cls, env: Env) -> MailSettings:
+        tls = env.str("SMTP_TLS", "starttls").lower()
+        if tls not in SMTP_TLS_MODES:
+            raise ValueError(f"SMTP_TLS must be one of {', '.join(SMTP_TLS_MODES)}, not {tls!r}")
+        default_port = {"starttls": 587, "ssl": 465, "none": 25}[tls]
+        return cls(
+            smtp_host=env.str("SMTP_HOST", ""),
+            smtp_port=env.int("SMTP_PORT", default_port),
+            smtp_tls=tls,
+            smtp_user=env.str("SMTP_USER", ""),
+            smtp_password=env.str("SMTP_PASSWORD", ""),
+            smtp_timeout=env.float("SMTP_TIMEOUT", 10.0),
+            mail_from=env.str("MAIL_FROM", cls.mail_from),
+            mail_dir=env.str("MAIL_DIR", cls.mail_dir),
+            public_base_url=env.str("PUBLIC_BASE_URL", cls.public_base_url).rstrip("/"),
+            sweep_seconds=env.float("EMAIL_SWEEP_SECONDS", 60.0),
+            digest_hour=env.int("EMAIL_DIGEST_HOUR", 7),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
     secret_key: str = INSECURE_SECRET
+    mail: MailSettings = field(default_factory=MailSettings)
+    invitation_days: int = 7
     access_token_minutes: int = 15
     refresh_token_days: int = 7
     bcrypt_rounds: int = 12
@@ -56,6 +98,8 @@ class Settings:
             database_url=normalize_db_url(env.str("DATABASE_URL", DEFAULT_DATABASE_URL)),
             redis_url=env.str("REDIS_URL", DEFAULT_REDIS_URL),
             secret_key=env.str("SECRET_KEY", INSECURE_SECRET),
+            mail=MailSettings.from_env(env),
+            invitation_days=env.int("INVITATION_DAYS", 7),
             access_token_minutes=env.int("ACCESS_TOKEN_MINUTES", 15),
             refresh_token_days=env.int("REFRESH_TOKEN_DAYS", 7),
             bcrypt_rounds=env.int("BCRYPT_ROUNDS", 12),

@@ -15,7 +15,9 @@ from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import quiet
-from .dispatch import DrainFlag
+from .dispatch import SEND_MAIL_TASK, DrainFlag
+
+EMAIL_QUEUE = "email"
 
 settings = Settings.from_env()
 database = Database(settings.database_url, pool_size=2)
@@ -47,6 +49,7 @@ QUEUE_ROUTES = {
     "crm.analytics.*": "analytics",
     "crm.reports.*": "bulk",
     "crm.reminders.*": "bulk",
+    "crm.email.*": EMAIL_QUEUE,
 }
 
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
@@ -99,6 +102,16 @@ celery_app.conf.update(
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",
             "schedule": crontab(minute=0, hour=6, day_of_week=1),
+            "options": {"expires": 3600},
+        },
+        "email-sweep": {
+            "task": SEND_MAIL_TASK,
+            "schedule": timedelta(seconds=settings.mail.sweep_seconds),
+            "options": {"expires": settings.mail.sweep_seconds},
+        },
+        "email-task-digest": {
+            "task": "crm.email.schedule_digests",
+            "schedule": crontab(minute=0, hour=settings.mail.digest_hour),
             "options": {"expires": 3600},
         },
     },

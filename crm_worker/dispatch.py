@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
-from crm_domain.services import outbox
+from crm_domain.services import invitations, outbox, report_emails, reports
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
 REPORT_BUILD_TASK = "crm.reports.build"
+SEND_MAIL_TASK = "crm.email.send_pending"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
@@ -66,16 +67,32 @@ def deliver(
     db: Database,
     on_deal_changed: OnDealChanged,
     on_report_requested: Callable[[int], None] | None = None,
+    on_mail_queued: Callable[[], None] | None = None,
 ) -> int:
     """Deliver every pending event. A batch's deal changes ask for one analytics refresh per
     organization, and its report requests for a build (without `on_report_requested`: built
-    right here), before the batch commits, so a failure to ask leaves the batch pending."""
+    right here), before the batch commits, so a failure to ask leaves the batch pending.
+    Events that queue e-mail (invitations, weekly reports) write `outbound_emails` rows in
+    the batch; afterwards `on_mail_queued` wakes the sender (beat's sweep, if it cannot)."""
+    mail_queued = False
 
     def deal_changed(_session: Session, events: Sequence[OutboxEvent]) -> None:
         for organization_id in sorted({ev.organization_id for ev in events}):
             on_deal_changed(organization_id)
 
-    handlers: dict[str, outbox.BatchHandler] = {outbox.DEAL_CHANGED_TOPIC: deal_changed}
+    def queues_mail(handler: outbox.BatchHandler) -> outbox.BatchHandler:
+        def run(session: Session, events: Sequence[OutboxEvent]) -> None:
+            nonlocal mail_queued
+            handler(session, events)
+            mail_queued = True
+
+        return run
+
+    handlers: dict[str, outbox.BatchHandler] = {
+        outbox.DEAL_CHANGED_TOPIC: deal_changed,
+        invitations.INVITATION_TOPIC: queues_mail(invitations.queue_emails),
+        reports.REPORT_READY_TOPIC: queues_mail(report_emails.queue_emails),
+    }
     if on_report_requested is not None:
         report_requested = on_report_requested
 
@@ -84,7 +101,21 @@ def deliver(
                 report_requested(ev.payload["report_id"])
 
         handlers[outbox.REPORT_TOPIC] = reports_requested
-    return outbox.deliver_pending(db, handlers, transient=TRANSIENT_ERRORS)
+    try:
+        return outbox.deliver_pending(db, handlers, transient=TRANSIENT_ERRORS)
+    finally:
+        if mail_queued and on_mail_queued is not None:
+            try:
+                on_mail_queued()
+            except Exception:
+                log.warning("could not wake the e-mail sender; beat's sweep will send")
+
+
+def send_mail_task() -> None:
+    """Ask the e-mail worker (queue "email") to send what is due."""
+    from .app import celery_app
+
+    celery_app.send_task(SEND_MAIL_TASK, retry=False)
 
 
 class DrainWaker:

@@ -29,6 +29,7 @@ DEV_DEFAULTS = {
     "FLOWER_ADDRESS": "127.0.0.1",
     "FLOWER_BASIC_AUTH": "admin:admin",
     "BEAT_SCHEDULE_FILE": str(DATA / "celerybeat-schedule"),
+    "PUBLIC_BASE_URL": f"http://127.0.0.1:{os.environ.get('PORT', '8000')}",  # links in e-mails
 }
 
 
@@ -65,6 +66,9 @@ def prepare_environment() -> list[Any]:
         os.environ["SECRET_KEY"] = key_file.read_text().strip()
     for name, value in DEV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if not os.environ.get("SMTP_HOST"):
+        os.environ.setdefault("MAIL_DIR", str(DATA / "mail"))
+        log(f"SMTP_HOST not set: e-mails go to {os.environ['MAIL_DIR']}/*.eml and the worker log")
     return started
 
 

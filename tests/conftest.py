@@ -21,11 +21,14 @@ os.environ["REDIS_URL"] = _services.redis_url
 os.environ["REDIS_KEY_PREFIX"] = _services.database_name
 os.environ.setdefault("BCRYPT_ROUNDS", "4")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs256")
+# E-mail sent without an SMTP server (in-process workers) lands here, not in .data/mail.
+os.environ.setdefault("MAIL_DIR", str(ROOT / ".data" / "test" / "mail"))
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402
 
 from .api import ApiClient  # noqa: E402
+from .mail import SmtpServer, smtp_server  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -63,3 +66,9 @@ def db(app) -> Database:
 @pytest.fixture
 def api(app) -> Iterator[ApiClient]:
     yield ApiClient(app.test_client())
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, plain text, no AUTH."""
+    yield from smtp_server()

@@ -100,7 +100,13 @@ class Stack:
     """The Procfile's web, worker, worker-bulk and beat on a private Redis (see
     scripts/procfile.py). The bulk worker also loads tests.slow_tasks."""
 
-    def __init__(self, database_url: str, workdir: Path, key_prefix: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        key_prefix: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.redis = PrivateRedis(workdir)
         self.port = free_port()
@@ -116,6 +122,8 @@ class Stack:
                 "WEB_CONCURRENCY": "1",
                 "WEB_THREADS": "4",
                 "BEAT_SCHEDULE_FILE": str(workdir / "beat-schedule"),
+                "MAIL_DIR": str(workdir / "mail"),
+                **(extra_env or {}),
             }
         )
         self.web = Process("web", self.env, log_path=workdir / "web.log")

@@ -87,7 +87,8 @@ def test_register_returns_user_organization_and_tokens(api: ApiClient) -> None:
     assert body["access_token"] != body["refresh_token"]
 
     user = body["user"]
-    assert set(user) == {"id", "email", "name", "created_at"}
+    assert set(user) == {"id", "email", "name", "email_digest", "created_at"}
+    assert user["email_digest"] is True
     assert isinstance(user["id"], int)
     assert user["email"] == body_in["email"]
     assert user["name"] == "Alice Example"
@@ -275,7 +276,7 @@ def test_me_returns_current_user(api: ApiClient) -> None:
     r = api.get("/auth/me", user=user)
     assert r.status_code == 200
     body = r.get_json()
-    assert set(body) == {"id", "email", "name", "created_at"}
+    assert set(body) == {"id", "email", "name", "email_digest", "created_at"}
     assert body == {**body, "id": user.id, "email": user.email, "name": "Carol"}
 
 

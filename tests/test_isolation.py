@@ -130,7 +130,7 @@ ENTITY_LOOKUP = {
 ENTITY_ROUTES = tuple(r for r in ROUTES if r.entity is not None)
 
 # /api/v1 routes that are not tenant-scoped (no X-Organization-Id).
-NON_TENANT_PREFIXES = ("/auth", "/organizations", "/openapi.json", "/docs")
+NON_TENANT_PREFIXES = ("/auth", "/organizations", "/invitations", "/openapi.json", "/docs")
 
 _CONVERTER = re.compile(r"<(?:[a-z]+:)?(\w+)>")
 

@@ -17,9 +17,11 @@ PUBLIC_OPERATIONS = {
     ("post", f"{PREFIX}/auth/register"),
     ("post", f"{PREFIX}/auth/login"),
     ("post", f"{PREFIX}/auth/refresh"),
+    ("post", f"{PREFIX}/auth/accept-invitation"),
+    ("get", f"{PREFIX}/invitations/preview"),
 }
 # every other /api/v1 operation is tenant-scoped (contacts, deals, tasks, activities, ...)
-NON_TENANT_PREFIXES = (f"{PREFIX}/auth", f"{PREFIX}/organizations")
+NON_TENANT_PREFIXES = (f"{PREFIX}/auth", f"{PREFIX}/organizations", f"{PREFIX}/invitations")
 ORG_PARAMETER_REF = "#/components/parameters/OrganizationId"
 
 
@@ -381,3 +383,36 @@ def test_api_root_is_an_index_whose_links_work(api: ApiClient, url: str) -> None
         assert followed.status_code == 200, link
         followed.close()
     assert api.client.get(links["openapi"]).get_json()["openapi"].startswith("3.")
+
+
+NEW_INVITATION_OPERATIONS = [
+    ("get", f"{PREFIX}/organizations/{{organization_id}}/invitations"),
+    ("post", f"{PREFIX}/organizations/{{organization_id}}/invitations"),
+    ("delete", f"{PREFIX}/organizations/{{organization_id}}/invitations/{{invitation_id}}"),
+    ("get", f"{PREFIX}/invitations/preview"),
+    ("post", f"{PREFIX}/auth/accept-invitation"),
+    ("post", f"{PREFIX}/invitations/accept"),
+    ("patch", f"{PREFIX}/auth/me"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), NEW_INVITATION_OPERATIONS)
+def test_invitation_and_email_routes_have_examples(
+    spec: dict[str, Any], method: str, path: str
+) -> None:
+    op = spec["paths"][path][method]
+    body = op.get("requestBody")
+    if body is not None:
+        assert body["content"]["application/json"].get("example"), (method, path)
+    success = [_resolve(spec, r) for s, r in op["responses"].items() if s.startswith("2")]
+    for response in success:
+        content = response.get("content")
+        if content is not None:  # 204 has none
+            assert content["application/json"].get("example"), (method, path)
+    if path.endswith(("/accept-invitation", "/accept", "/preview")):
+        # the token errors are documented with the unified body and an example
+        for status in ("404", "410"):
+            error = _resolve(spec, op["responses"][status])
+            assert error["content"]["application/json"]["example"]["error"]["code"].startswith(
+                "INVITATION_"
+            )

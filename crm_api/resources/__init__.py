@@ -6,6 +6,7 @@ from . import (
     auth,
     contacts,
     deals,
+    invitations,
     notifications,
     organizations,
     reports,
@@ -15,6 +16,7 @@ from . import (
 MODULES = (
     auth,
     organizations,
+    invitations,
     contacts,
     deals,
     tasks,

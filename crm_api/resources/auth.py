@@ -14,11 +14,12 @@ from marshmallow import fields, validate
 from crm_domain.errors import Unauthorized
 from crm_domain.passwords import PasswordHasher
 from crm_domain.services import auth as auth_service
+from crm_domain.services import digests
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
 from ..jwt import issue_tokens, new_session_id, user_id_of
-from ..schemas import Schema, Trimmed, name_field
+from ..schemas import Schema, StrictBoolean, Trimmed, name_field
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Authentication")
 
@@ -48,7 +49,12 @@ class UserSchema(Schema):
     id = fields.Integer(dump_only=True)
     email = fields.String(dump_only=True)
     name = fields.String(dump_only=True)
+    email_digest = fields.Boolean(dump_only=True, metadata={"description": "daily task e-mail"})
     created_at = fields.DateTime(dump_only=True)
+
+
+class UserUpdateSchema(Schema):
+    email_digest = StrictBoolean(required=True, metadata={"example": False})
 
 
 class OrganizationRefSchema(Schema):
@@ -214,6 +220,27 @@ class Me(MethodView):
         """The current user"""
         with transaction() as session:
             user = auth_service.get_user(session, current_user_id())
+            if user is None:
+                raise Unauthorized("User not found")
+            return user
+
+    @blp.login_required
+    @blp.arguments(UserUpdateSchema, example={"email_digest": False})
+    @blp.response(
+        200,
+        UserSchema,
+        example={
+            "id": 2,
+            "email": "bob@example.com",
+            "name": "Bob Builder",
+            "email_digest": False,
+            "created_at": "2026-11-24T08:00:00+00:00",
+        },
+    )
+    def patch(self, data: dict[str, Any]) -> Any:
+        """Change the current user's preferences: `email_digest` (the daily task e-mail)"""
+        with transaction() as session:
+            user = digests.set_email_digest(session, current_user_id(), data["email_digest"])
             if user is None:
                 raise Unauthorized("User not found")
             return user

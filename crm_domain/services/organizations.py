@@ -96,17 +96,25 @@ def add_member(
     rules.ensure_can_touch_membership(actor_role, target_role=None, new_role=role)
     user = session.scalar(select(User).where(User.email == normalize_email(email)))
     if user is None:
-        raise NotFound("No user with this email; they must register first", code="USER_NOT_FOUND")
-    if role_in(session, organization_id, user.id) is not None:
+        raise NotFound(
+            "No user with this email; invite them instead (POST /organizations/{id}/invitations)",
+            code="USER_NOT_FOUND",
+        )
+    return join(session, organization_id=organization_id, user_id=user.id, role=role), user
+
+
+def join(session: Session, *, organization_id: int, user_id: int, role: Role) -> OrganizationMember:
+    """Make a user a member (409 MEMBER_ALREADY_EXISTS if they are one already)."""
+    if role_in(session, organization_id, user_id) is not None:
         raise Conflict("The user is already a member", code="MEMBER_ALREADY_EXISTS")
-    member = OrganizationMember(organization_id=organization_id, user_id=user.id, role=role)
+    member = OrganizationMember(organization_id=organization_id, user_id=user_id, role=role)
     session.add(member)
     try:
         with session.begin_nested():
             session.flush()
     except IntegrityError as exc:
         raise Conflict("The user is already a member", code="MEMBER_ALREADY_EXISTS") from exc
-    return member, user
+    return member
 
 
 def change_role(

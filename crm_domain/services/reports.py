@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 WEEKLY = "weekly"
 ON_DEMAND = "on_demand"
+# {report_id}: a weekly report is ready -> e-mail it to the owners and admins (report_emails)
+REPORT_READY_TOPIC = "report.ready"
 OVERDUE_LIMIT = 100
 
 
@@ -146,3 +148,5 @@ def build(session: Session, report_id: int) -> None:
     }
     report.status = "ready"
     report.completed_at = dt.datetime.now(dt.UTC)
+    if report.kind == WEEKLY:
+        outbox.record(session, report.organization_id, REPORT_READY_TOPIC, {"report_id": report.id})

@@ -14,6 +14,7 @@ from ..dispatch import (
     deliver,
     schedule_refresh,
     send_drain,
+    send_mail_task,
     send_report_build,
 )
 
@@ -33,7 +34,10 @@ def drain() -> int:
     """Deliver every pending event in batches; a redelivered batch writes nothing twice."""
     drain_flag().clear()  # commits from now on ask for another drain (see dispatch)
     delivered = deliver(
-        database, lambda org: schedule_refresh(analytics_cache(), org), send_report_build
+        database,
+        lambda org: schedule_refresh(analytics_cache(), org),
+        on_report_requested=send_report_build,
+        on_mail_queued=send_mail_task,
     )
     if delivered >= outbox.BATCH_SIZE * 50:  # deliver_pending's cap: more may be waiting
         send_drain()

@@ -1,0 +1,50 @@
+"""Message bodies from Jinja templates (HTML autoescaped; every message has a plain-text part)
+and the MIME message around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+_env = Environment(
+    loader=PackageLoader("crm_domain.mail", "templates"),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+
+@dataclass(frozen=True)
+class Content:
+    subject: str
+    text: str
+    html: str | None = None
+
+
+def render(template: str, subject: str, **context: Any) -> Content:
+    """`<template>.txt` and `<template>.html` rendered with `context`."""
+    text = _env.get_template(f"{template}.txt").render(subject=subject, **context)
+    html = _env.get_template(f"{template}.html").render(subject=subject, **context)
+    return Content(subject=subject, text=text, html=html)
+
+
+def build_message(content: Content, *, sender: str, to: str) -> EmailMessage:
+    """text/plain, plus text/html as multipart/alternative when there is an HTML body."""
+    message = EmailMessage()
+    message["Subject"] = content.subject
+    message["From"] = sender
+    message["To"] = to
+    message["Date"] = formatdate(usegmt=True)
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    message["Message-ID"] = make_msgid(domain=domain)
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
+    message.set_content(content.text)
+    if content.html is not None:
+        message.add_alternative(content.html, subtype="html")
+    return message
