@@ -39,6 +39,7 @@ class Settings:
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
     body_read_timeout: float = 10.0
+    installation_check_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +61,7 @@ class Settings:
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
             body_read_timeout=env.float("BODY_READ_TIMEOUT", 10.0),
+            installation_check_seconds=env.float("INSTALLATION_CHECK_SECONDS", 5.0),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

@@ -17,7 +17,11 @@ from crm_domain.settings import Settings
 from .dispatch import DrainFlag
 
 settings = Settings.from_env()
-database = Database(settings.database_url, pool_size=2)
+database = Database(
+    settings.database_url,
+    pool_size=2,
+    identity_check_seconds=settings.installation_check_seconds,
+)
 _cache: AnalyticsCache | None = None
 
 

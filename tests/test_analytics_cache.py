@@ -232,9 +232,11 @@ def test_days_variant_cached_on_miss_and_dropped_by_refresh(api: ApiClient, app)
 # --- key layout ---------------------------------------------------------------------------------
 
 
-def test_keys_are_per_org_and_namespaced_by_prefix(api: ApiClient, app) -> None:
+def test_keys_are_per_org_and_namespaced_by_prefix_and_database(api: ApiClient, app, db) -> None:
     cache = _cache(app)
     assert cache.prefix == os.environ["REDIS_KEY_PREFIX"]
+    epoch = db.identity.epoch()
+    assert epoch is not None and re.fullmatch(r"[0-9a-f]{16}", epoch)
     a, b = api.register(), api.register()
     api.deal(a, amount="1234.56")
     api.deal(b, amount="6543.21")
@@ -244,7 +246,9 @@ def test_keys_are_per_org_and_namespaced_by_prefix(api: ApiClient, app) -> None:
         _funnel(api, user)
     assert cache.claim_refresh(a.org_id) is True  # makes a :scheduled key exist too
     try:
-        pattern = re.compile(rf"^{re.escape(cache.prefix)}:analytics:org:\d+(:scheduled)?$")
+        pattern = re.compile(
+            rf"^{re.escape(cache.prefix)}:{epoch}:analytics:org:\d+(:scheduled)?$"
+        )
         keys = [k.decode() for k in cache.client.scan_iter(match=f"{cache.prefix}:*")]
         assert cache.org_key(a.org_id) in keys
         assert cache.org_key(b.org_id) in keys
@@ -253,7 +257,8 @@ def test_keys_are_per_org_and_namespaced_by_prefix(api: ApiClient, app) -> None:
     finally:
         cache.release_refresh(a.org_id)
 
-    assert cache.org_key(a.org_id) == f"{cache.prefix}:analytics:org:{a.org_id}"
+    assert cache.org_key(a.org_id) == f"{cache.prefix}:{epoch}:analytics:org:{a.org_id}"
+    assert cache.schedule_key(a.org_id) == f"{cache.org_key(a.org_id)}:scheduled"
     a_hash, b_hash = _hash(cache, a.org_id), _hash(cache, b.org_id)
     assert set(a_hash) == {"gen", "summary:30", "summary:3", "funnel"}
     a_text, b_text = json.dumps(a_hash), json.dumps(b_hash)
@@ -298,10 +303,8 @@ def test_slow_refresh_never_overwrites_a_newer_one(api: ApiClient, app, db) -> N
     class SlowCache(AnalyticsCache):
         overtaken = False
 
-        def compute_many(
-            self, organization_id: int, fields: list[str], base: Any = None
-        ) -> dict[str, Any]:
-            result = super().compute_many(organization_id, fields, base)
+        def compute_many(self, organization_id: int, fields: list[str], **kw: Any) -> Any:
+            result = super().compute_many(organization_id, fields, **kw)
             if not self.overtaken:
                 self.overtaken = True
                 # Meanwhile the deal changes and a newer refresh runs to completion.
@@ -328,11 +331,9 @@ def test_reader_miss_does_not_overwrite_a_refresh_that_happened_meanwhile(
     deal = api.deal(user, amount="5.00")
 
     class SlowReader(AnalyticsCache):
-        def compute_many(
-            self, organization_id: int, fields: list[str], base: Any = None
-        ) -> dict[str, Any]:
-            result = super().compute_many(organization_id, fields, base)
-            if fields == ["summary:14"]:
+        def compute_many(self, organization_id: int, fields: list[str], **kw: Any) -> Any:
+            result = super().compute_many(organization_id, fields, **kw)
+            if "summary:14" in fields:  # the miss computes the defaults with it
                 with db.transaction() as session:
                     session.execute(
                         update(Deal).where(Deal.id == deal["id"]).values(amount=Decimal("6"))
