@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from alembic import command
 from alembic.config import Config
 
@@ -26,13 +27,30 @@ from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402
 
 from .api import ApiClient  # noqa: E402
+from .scratch import ScratchDatabase  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
+        delete_redis_keys(_services.redis_url, _services.database_name)
         _services.drop_database()
     finally:
         _services.stop()
+
+
+def delete_redis_keys(redis_url: str, name: str) -> int:
+    """Every key this run made in the shared Redis: its prefixes are the database's name
+    (`<name>:...`) or start with it (`<name>-count:...`, `<name>-scratch-...:...`)."""
+    client = redis.Redis.from_url(redis_url)
+    deleted = 0
+    try:
+        for pattern in (f"{name}:*", f"{name}-*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 500):
+                deleted += client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+    return deleted
 
 
 def _migrate() -> None:
@@ -61,3 +79,13 @@ def db(app) -> Database:
 @pytest.fixture
 def api(app) -> Iterator[ApiClient]:
     yield ApiClient(app.test_client())
+
+
+@pytest.fixture
+def scratch(test_services, tmp_path) -> Iterator[ScratchDatabase]:
+    """A database of the test's own (created by the test: `scratch.create()`), dropped after."""
+    scratch = ScratchDatabase(test_services, tmp_path)
+    try:
+        yield scratch
+    finally:
+        scratch.drop()
