@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
 from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event

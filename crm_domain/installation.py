@@ -151,11 +151,15 @@ def stale_keys(client: redis.Redis, prefix: str, epoch: str) -> list[bytes]:
     head = f"{prefix}:"
     for raw in client.scan_iter(match=f"{prefix}:*", count=1000):
         rest = raw.decode(errors="replace")[len(head) :].split(":")
-        if rest[0] in DERIVED_KINDS:
-            stale.append(raw)  # layout without an epoch
-        elif len(rest) > 1 and rest[1] in DERIVED_KINDS and rest[0] != epoch:
-            if len(rest[0]) == EPOCH_LENGTH:
-                stale.append(raw)
+        before_epochs = rest[0] in DERIVED_KINDS
+        other_epoch = (
+            len(rest) > 1
+            and rest[1] in DERIVED_KINDS
+            and len(rest[0]) == EPOCH_LENGTH
+            and rest[0] != epoch
+        )
+        if before_epochs or other_epoch:
+            stale.append(raw)
     return stale
 
 

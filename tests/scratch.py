@@ -95,8 +95,14 @@ class ScratchDatabase:
         """Put the older copy back under the database's name (the apps keep running)."""
         if method == "pg_restore":
             done = subprocess.run(
-                ["pg_restore", "--clean", "--if-exists", "--no-owner"]
-                + [f"--dbname={self.libpq_url()}", snapshot],
+                [
+                    "pg_restore",
+                    "--clean",
+                    "--if-exists",
+                    "--no-owner",
+                    f"--dbname={self.libpq_url()}",
+                    snapshot,
+                ],
                 capture_output=True,
                 text=True,
             )

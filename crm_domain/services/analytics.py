@@ -56,9 +56,7 @@ def snapshot(
         func.count(),
         func.coalesce(func.sum(Deal.amount), 0),
     ]
-    columns += [
-        func.count().filter(Deal.created_at >= as_of - dt.timedelta(days=d)) for d in days
-    ]
+    columns += [func.count().filter(Deal.created_at >= as_of - dt.timedelta(days=d)) for d in days]
     rows = session.execute(
         select(*columns)
         .where(Deal.organization_id == organization_id)
