@@ -132,7 +132,8 @@ class ScratchDatabase:
             redis_key_prefix=self.prefix,
             installation_check_seconds=check_seconds,
         )
-        app = create_app(settings, OUTBOX_DISPATCH="inline", TESTING=True)
+        # RATELIMIT_ENABLED: like the session's app (for a rate limiter, where there is one).
+        app = create_app(settings, OUTBOX_DISPATCH="inline", TESTING=True, RATELIMIT_ENABLED=False)
         self._apps.append(app)
         return app
 
