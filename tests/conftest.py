@@ -25,6 +25,14 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs2
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402
+from crm_worker.app import celery_app  # noqa: E402
+
+# Celery's broker keys (queues, bindings) of this run get the run's name too, so tests that
+# publish through Celery on the shared Redis neither meet other runs' messages nor leave keys.
+celery_app.conf.broker_transport_options = {
+    **celery_app.conf.broker_transport_options,
+    "global_keyprefix": f"{_services.database_name}-celery:",
+}
 
 from .api import ApiClient  # noqa: E402
 from .scratch import ScratchDatabase  # noqa: E402
