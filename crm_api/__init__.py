@@ -73,7 +73,11 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        identity_check_seconds=settings.installation_check_seconds,
+    )
     app.extensions["crm_db"] = db
     app.extensions["crm_settings"] = settings
     app.extensions["crm_verified_tokens"] = VerifiedTokens()
@@ -84,7 +88,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     # Short timeouts: when Redis is down the API answers from the database instead.
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
-    db.count_cache = LargeCountCache(client, settings.redis_key_prefix)
+    db.count_cache = LargeCountCache(client, settings.redis_key_prefix, identity=db.identity)
     _install_outbox_publisher(app, db, client, settings.redis_key_prefix)
 
     init_jwt(

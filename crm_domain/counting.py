@@ -5,7 +5,12 @@ rows, a few milliseconds), without touching Redis. When it is larger, the exact 
 in Redis for `ttl` seconds per organization and filter set, and the process remembers that
 this list is large, so its next pages look in Redis first: a client paging through 100,000
 deals pays for one full count every `ttl` seconds, not one per page; such a total can lag
-writes by up to `ttl` seconds. Without Redis every total is exact."""
+writes by up to `ttl` seconds. Without Redis every total is exact.
+
+Keys are `<prefix>:<epoch>:count:<hash of the statement>`: the statement names the
+organization by id, so the database identity (crm_domain.installation) is part of the key and
+a total counted in another database (ids restart at 1 after a recreation) is never used.
+Without an identity (`identity=None`, or it cannot be read) nothing is cached."""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import redis
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from .installation import InstallationIdentity
+
 log = logging.getLogger(__name__)
 
 
@@ -26,11 +33,13 @@ class LargeCountCache:
         client: redis.Redis | None,
         prefix: str = "crm",
         *,
+        identity: InstallationIdentity | None = None,
         exact_below: int = 10_000,
         ttl: int = 10,
     ) -> None:
         self.client = client
         self.prefix = prefix
+        self.identity = identity
         self.exact_below = exact_below
         self.ttl = ttl
         # Lists (statement shape + values) this process found large: only those pay for
@@ -38,8 +47,11 @@ class LargeCountCache:
         self._large: set[Any] = set()
 
     def key(self, rows: Select[Any]) -> str:
+        epoch = self.identity.epoch() if self.identity is not None else None
+        if epoch is None:
+            raise LookupError("no database identity: totals are not cached")
         sql = str(rows.compile(compile_kwargs={"literal_binds": True}))
-        return f"{self.prefix}:count:{hashlib.sha1(sql.encode()).hexdigest()}"
+        return f"{self.prefix}:{epoch}:count:{hashlib.sha1(sql.encode()).hexdigest()}"
 
     def count(self, session: Session, rows: Select[Any]) -> int:
         """`rows` selects the matching rows' keys (filtered, unordered)."""
@@ -69,7 +81,7 @@ class LargeCountCache:
             return None
         try:
             return self.key(rows)
-        except Exception:  # a value SQLAlchemy cannot render literally: just count
+        except Exception:  # no identity, or a value SQLAlchemy cannot render literally: count
             return None
 
     def _get(self, key: str) -> int | None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from .installation import DEFAULT_CHECK_SECONDS, InstallationIdentity
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -41,13 +44,23 @@ class Database:
     """One engine and session factory per process (recreate after fork with `dispose`).
 
     `publisher`, when set, is called after each commit that recorded outbox events;
-    `count_cache`, when set, answers list totals (see crm_domain.counting)."""
+    `count_cache`, when set, answers list totals (see crm_domain.counting); `identity` is
+    the database's epoch that data kept in Redis is bound to (crm_domain.installation),
+    read again whenever the pool opens a new connection."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        publisher: Publisher | None = None,
+        identity_check_seconds: float = DEFAULT_CHECK_SECONDS,
+    ) -> None:
         self.url = url
         self.pool_size = pool_size
         self.publisher = publisher
         self.count_cache: object | None = None  # crm_domain.counting.LargeCountCache
+        self.identity = InstallationIdentity(self, identity_check_seconds)
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._factory: sessionmaker[Session] | None = None
@@ -69,7 +82,13 @@ class Database:
                         connect_args={"connect_timeout": 5},
                     )
                     self._factory = sessionmaker(self._engine, expire_on_commit=False)
+                    event.listen(self._engine, "connect", self._connected)
         return self._engine
+
+    def _connected(self, *_: Any) -> None:
+        # A new connection may reach another database than the last one did (the old one
+        # was dropped and recreated, or restored): check the identity before trusting Redis.
+        self.identity.invalidate()
 
     def new_session(self) -> Session:
         _ = self.engine

@@ -395,3 +395,18 @@ class OutboundEmail(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _now()
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Installation(Base):
+    """Exactly one row: the random identity of this database, created by migration 0005.
+
+    Everything derived from the database and kept outside it (Redis) is bound to this
+    identity (see crm_domain.installation), so a value from another database, or from this
+    one before a restore, is never served."""
+
+    __tablename__ = "installation"
+    __table_args__ = (CheckConstraint("singleton", name="singleton"),)
+
+    singleton: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    id: Mapped[uuid.UUID] = mapped_column(nullable=False, server_default=text("gen_random_uuid()"))
+    created_at: Mapped[dt.datetime] = _now()

@@ -89,6 +89,7 @@ class Settings:
     ratelimit_login_email: str = "100/hour"
     ratelimit_auth_address: str = "30/minute"
     trusted_proxies: int = 0
+    installation_check_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -120,6 +121,7 @@ class Settings:
             ratelimit_login_email=env.str("RATELIMIT_LOGIN_EMAIL", "100/hour"),
             ratelimit_auth_address=env.str("RATELIMIT_AUTH_ADDRESS", "30/minute"),
             trusted_proxies=env.int("TRUSTED_PROXIES", 0),
+            installation_check_seconds=env.float("INSTALLATION_CHECK_SECONDS", 5.0),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

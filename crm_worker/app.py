@@ -20,7 +20,11 @@ from .dispatch import SEND_MAIL_TASK, DrainFlag
 EMAIL_QUEUE = "email"
 
 settings = Settings.from_env()
-database = Database(settings.database_url, pool_size=2)
+database = Database(
+    settings.database_url,
+    pool_size=2,
+    identity_check_seconds=settings.installation_check_seconds,
+)
 _cache: AnalyticsCache | None = None
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from alembic import command
 from alembic.config import Config
 
@@ -26,16 +27,41 @@ os.environ.setdefault("MAIL_DIR", str(ROOT / ".data" / "test" / "mail"))
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402
+from crm_worker.app import celery_app  # noqa: E402
+
+# Celery's broker keys (queues, bindings) of this run get the run's name too, so tests that
+# publish through Celery on the shared Redis neither meet other runs' messages nor leave keys.
+celery_app.conf.broker_transport_options = {
+    **celery_app.conf.broker_transport_options,
+    "global_keyprefix": f"{_services.database_name}-celery:",
+}
 
 from .api import ApiClient  # noqa: E402
 from .mail import SmtpServer, smtp_server  # noqa: E402
+from .scratch import ScratchDatabase  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
+        delete_redis_keys(_services.redis_url, _services.database_name)
         _services.drop_database()
     finally:
         _services.stop()
+
+
+def delete_redis_keys(redis_url: str, name: str) -> int:
+    """Every key this run made in the shared Redis: its prefixes are the database's name
+    (`<name>:...`) or start with it (`<name>-count:...`, `<name>-scratch-...:...`)."""
+    client = redis.Redis.from_url(redis_url)
+    deleted = 0
+    try:
+        for pattern in (f"{name}:*", f"{name}-*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 500):
+                deleted += client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+    return deleted
 
 
 def _migrate() -> None:
@@ -72,3 +98,13 @@ def api(app) -> Iterator[ApiClient]:
 def smtp() -> Iterator[SmtpServer]:
     """A real SMTP server (aiosmtpd) on a free loopback port, plain text, no AUTH."""
     yield from smtp_server()
+
+
+@pytest.fixture
+def scratch(test_services, tmp_path) -> Iterator[ScratchDatabase]:
+    """A database of the test's own (created by the test: `scratch.create()`), dropped after."""
+    scratch = ScratchDatabase(test_services, tmp_path)
+    try:
+        yield scratch
+    finally:
+        scratch.drop()

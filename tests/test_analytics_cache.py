@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import update
+from sqlalchemy import delete, insert, update
 
 from crm_domain.models import Deal
 from crm_domain.services import analytics_cache
@@ -229,12 +229,56 @@ def test_days_variant_cached_on_miss_and_dropped_by_refresh(api: ApiClient, app)
     assert json.loads(_hash(cache, user.org_id)["summary:7"]) == week2
 
 
+def test_a_days_window_is_one_snapshot_even_when_the_stored_summary_lags(
+    api: ApiClient, app, db
+) -> None:
+    """Issue 8: right after a write (its refresh not yet run) `?days=7` answered
+    total_deals 3 with new_deals_last_n_days 4: the stored summary plus a live count."""
+    cache = _cache(app)
+    user = api.register()
+    deals = [api.deal(user, amount=amount) for amount in ("10.00", "20.00", "30.00")]
+    assert _summary(api, user)["total_deals"] == 3
+    # A committed write whose refresh has not happened yet (as when the worker is behind).
+    with db.transaction() as session:
+        session.execute(
+            insert(Deal).values(
+                organization_id=user.org_id,
+                contact_id=deals[0]["contact_id"],
+                owner_id=user.id,
+                title="Late",
+                amount=Decimal("40.00"),
+            )
+        )
+    assert json.loads(_hash(cache, user.org_id)["summary:30"])["total_deals"] == 3
+
+    week = _summary(api, user, days=7)
+    assert week["total_deals"] == 4
+    assert week["new_deals_last_n_days"] == 4
+    assert sum(v["count"] for v in week["by_status"].values()) == 4
+    assert _status(week, "new") == (4, Decimal("100.00"))
+    # The defaults were computed in the same scan and stored with it: one state, one as_of.
+    stored = _hash(cache, user.org_id)
+    default, funnel = json.loads(stored["summary:30"]), json.loads(stored["funnel"])
+    assert default["as_of"] == funnel["as_of"] == week["as_of"]
+    assert default["total_deals"] == 4
+    assert _stage_counts(funnel)["qualification"] == 4
+
+    # Rows gone without a refresh: the next window is consistent with the data too.
+    with db.transaction() as session:
+        session.execute(delete(Deal).where(Deal.id.in_([deals[1]["id"], deals[2]["id"]])))
+    fortnight = _summary(api, user, days=14)
+    assert fortnight["total_deals"] == fortnight["new_deals_last_n_days"] == 2
+    assert _status(fortnight, "new") == (2, Decimal("50.00"))
+
+
 # --- key layout ---------------------------------------------------------------------------------
 
 
-def test_keys_are_per_org_and_namespaced_by_prefix(api: ApiClient, app) -> None:
+def test_keys_are_per_org_and_namespaced_by_prefix_and_database(api: ApiClient, app, db) -> None:
     cache = _cache(app)
     assert cache.prefix == os.environ["REDIS_KEY_PREFIX"]
+    epoch = db.identity.epoch()
+    assert epoch is not None and re.fullmatch(r"[0-9a-f]{16}", epoch)
     a, b = api.register(), api.register()
     api.deal(a, amount="1234.56")
     api.deal(b, amount="6543.21")
@@ -244,7 +288,7 @@ def test_keys_are_per_org_and_namespaced_by_prefix(api: ApiClient, app) -> None:
         _funnel(api, user)
     assert cache.claim_refresh(a.org_id) is True  # makes a :scheduled key exist too
     try:
-        pattern = re.compile(rf"^{re.escape(cache.prefix)}:analytics:org:\d+(:scheduled)?$")
+        pattern = re.compile(rf"^{re.escape(cache.prefix)}:{epoch}:analytics:org:\d+(:scheduled)?$")
         keys = [k.decode() for k in cache.client.scan_iter(match=f"{cache.prefix}:*")]
         assert cache.org_key(a.org_id) in keys
         assert cache.org_key(b.org_id) in keys
@@ -253,7 +297,8 @@ def test_keys_are_per_org_and_namespaced_by_prefix(api: ApiClient, app) -> None:
     finally:
         cache.release_refresh(a.org_id)
 
-    assert cache.org_key(a.org_id) == f"{cache.prefix}:analytics:org:{a.org_id}"
+    assert cache.org_key(a.org_id) == f"{cache.prefix}:{epoch}:analytics:org:{a.org_id}"
+    assert cache.schedule_key(a.org_id) == f"{cache.org_key(a.org_id)}:scheduled"
     a_hash, b_hash = _hash(cache, a.org_id), _hash(cache, b.org_id)
     assert set(a_hash) == {"gen", "summary:30", "summary:3", "funnel"}
     a_text, b_text = json.dumps(a_hash), json.dumps(b_hash)
@@ -298,10 +343,8 @@ def test_slow_refresh_never_overwrites_a_newer_one(api: ApiClient, app, db) -> N
     class SlowCache(AnalyticsCache):
         overtaken = False
 
-        def compute_many(
-            self, organization_id: int, fields: list[str], base: Any = None
-        ) -> dict[str, Any]:
-            result = super().compute_many(organization_id, fields, base)
+        def compute_many(self, organization_id: int, fields: list[str], **kw: Any) -> Any:
+            result = super().compute_many(organization_id, fields, **kw)
             if not self.overtaken:
                 self.overtaken = True
                 # Meanwhile the deal changes and a newer refresh runs to completion.
@@ -328,11 +371,9 @@ def test_reader_miss_does_not_overwrite_a_refresh_that_happened_meanwhile(
     deal = api.deal(user, amount="5.00")
 
     class SlowReader(AnalyticsCache):
-        def compute_many(
-            self, organization_id: int, fields: list[str], base: Any = None
-        ) -> dict[str, Any]:
-            result = super().compute_many(organization_id, fields, base)
-            if fields == ["summary:14"]:
+        def compute_many(self, organization_id: int, fields: list[str], **kw: Any) -> Any:
+            result = super().compute_many(organization_id, fields, **kw)
+            if "summary:14" in fields:  # the miss computes the defaults with it
                 with db.transaction() as session:
                     session.execute(
                         update(Deal).where(Deal.id == deal["id"]).values(amount=Decimal("6"))

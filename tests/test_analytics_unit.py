@@ -7,11 +7,13 @@ import itertools
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import insert
 
 from crm_domain.db import Database
 from crm_domain.enums import STAGE_ORDER, DealStage, DealStatus
+from crm_domain.models import Contact, Deal
 from crm_domain.services import analytics
 
 from .api import ApiClient, User, error_code
@@ -278,3 +280,69 @@ def test_funnel_worked_example_via_api(api: ApiClient) -> None:
     body = r.get_json()
     assert dt.datetime.fromisoformat(body.pop("as_of")).tzinfo is not None
     assert body == analytics.funnel_from_counts(FUNNEL_EXAMPLE)
+
+
+# --- snapshot: new-deal windows from the same statement as the aggregates ---------------------
+
+DAY = dt.timedelta(days=1)
+MICROSECOND = dt.timedelta(microseconds=1)
+# How long before as_of a deal was created: on a day boundary, a microsecond either side of
+# one, or anywhere (negative: after as_of).
+ages = st.one_of(
+    st.builds(
+        lambda days, nudge: days * DAY + nudge * MICROSECOND,
+        st.integers(min_value=-2, max_value=370),
+        st.sampled_from([-1, 0, 1]),
+    ),
+    st.integers(min_value=-2 * 86_400_000_000, max_value=370 * 86_400_000_000).map(
+        lambda us: us * MICROSECOND
+    ),
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    created=st.lists(ages, max_size=12),
+    windows=st.lists(st.integers(min_value=1, max_value=365), min_size=1, max_size=4),
+)
+def test_snapshot_window_counts_match_a_direct_count(
+    api: ApiClient, db: Database, created: list[dt.timedelta], windows: list[int]
+) -> None:
+    user = api.register()
+    as_of = dt.datetime.now(dt.UTC)
+    with db.transaction() as session:
+        contact_id = session.scalar(
+            insert(Contact)
+            .values(organization_id=user.org_id, owner_id=user.id, name="C")
+            .returning(Contact.id)
+        )
+        if created:
+            session.execute(
+                insert(Deal),
+                [
+                    {
+                        "organization_id": user.org_id,
+                        "contact_id": contact_id,
+                        "owner_id": user.id,
+                        "title": f"D{i}",
+                        "amount": Decimal(i + 1),
+                        "created_at": as_of - age,
+                    }
+                    for i, age in enumerate(created)
+                ],
+            )
+    with db.transaction() as session:
+        snap = analytics.snapshot(session, user.org_id, as_of=as_of, windows=windows)
+        direct = {
+            d: analytics.new_deals_since(session, user.org_id, as_of - d * DAY) for d in windows
+        }
+    assert snap.new_deals == direct
+    assert snap.new_deals == {d: sum(age <= d * DAY for age in created) for d in windows}
+    for d in windows:
+        summary = snap.summary(d)
+        assert summary["days"] == d
+        assert summary["total_deals"] == len(created)
+        assert summary["new_deals_last_n_days"] == direct[d] <= len(created)
+    assert sum(s["count"] for s in snap.funnel()["stages"]) == len(created)

@@ -19,14 +19,20 @@ from .api import ApiClient
 def small_threshold(db: Database, test_services) -> Iterator[LargeCountCache]:
     """The app's Database with a count cache that calls anything above 5 rows large."""
     client = redis.Redis.from_url(test_services.redis_url)
-    cache = LargeCountCache(client, f"{test_services.database_name}-count", exact_below=5, ttl=60)
+    cache = LargeCountCache(
+        client,
+        f"{test_services.database_name}-count",
+        identity=db.identity,
+        exact_below=5,
+        ttl=60,
+    )
     previous = db.count_cache
     db.count_cache = cache
     try:
         yield cache
     finally:
         db.count_cache = previous
-        for key in client.scan_iter(f"{cache.prefix}:count:*"):
+        for key in client.scan_iter(f"{cache.prefix}:*:count:*"):
             client.delete(key)
 
 
@@ -78,6 +84,7 @@ def test_filters_have_their_own_totals(
 def test_without_redis_totals_are_exact(db: Database, api: ApiClient) -> None:
     cache = LargeCountCache(
         redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2),
+        identity=db.identity,
         exact_below=2,
     )
     user = api.register()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -24,19 +26,49 @@ def _money(value: Decimal | int | None) -> str:
 Aggregate = tuple[DealStage, DealStatus, str, int, Decimal]
 
 
-def aggregates(session: Session, organization_id: int) -> list[Aggregate]:
+@dataclass(frozen=True)
+class Snapshot:
+    """An organization's deal aggregates and its new-deal counts for some windows, read by
+    one statement: one consistent view of the data, as of `as_of`."""
+
+    as_of: dt.datetime
+    aggregates: list[Aggregate]
+    new_deals: dict[int, int]  # days -> deals created at or after as_of - days
+
+    def summary(self, days: int) -> dict[str, Any]:
+        return summary_from(self.aggregates, new_deals=self.new_deals[days], days=days)
+
+    def funnel(self) -> dict[str, Any]:
+        return funnel_from(self.aggregates)
+
+
+def snapshot(
+    session: Session, organization_id: int, *, as_of: dt.datetime, windows: Iterable[int] = ()
+) -> Snapshot:
+    """One scan of the organization's deals: the aggregates plus, per window of `days`, how
+    many deals were created since `as_of - days` (a FILTER count in the same statement, so
+    the counts always agree with the aggregates they are served with)."""
+    days = sorted(set(windows))
+    columns: list[Any] = [
+        Deal.stage,
+        Deal.status,
+        Deal.currency,
+        func.count(),
+        func.coalesce(func.sum(Deal.amount), 0),
+    ]
+    columns += [func.count().filter(Deal.created_at >= as_of - dt.timedelta(days=d)) for d in days]
     rows = session.execute(
-        select(
-            Deal.stage,
-            Deal.status,
-            Deal.currency,
-            func.count(),
-            func.coalesce(func.sum(Deal.amount), 0),
-        )
+        select(*columns)
         .where(Deal.organization_id == organization_id)
         .group_by(Deal.stage, Deal.status, Deal.currency)
     ).all()
-    return [(stage, status, cur, count, total) for stage, status, cur, count, total in rows]
+    aggs: list[Aggregate] = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    new_deals = {d: sum(r[5 + i] for r in rows) for i, d in enumerate(days)}
+    return Snapshot(as_of, aggs, new_deals)
+
+
+def aggregates(session: Session, organization_id: int) -> list[Aggregate]:
+    return snapshot(session, organization_id, as_of=dt.datetime.now(dt.UTC)).aggregates
 
 
 def new_deals_since(session: Session, organization_id: int, since: dt.datetime) -> int:
@@ -88,8 +120,7 @@ def summary(
     (null when nothing is won), deals created in the last `days` days (any status), and
     the same sums split by currency."""
     now = now or dt.datetime.now(dt.UTC)
-    new_deals = new_deals_since(session, organization_id, now - dt.timedelta(days=days))
-    return summary_from(aggregates(session, organization_id), new_deals=new_deals, days=days)
+    return snapshot(session, organization_id, as_of=now, windows=[days]).summary(days)
 
 
 def funnel_from(aggs: list[Aggregate]) -> dict[str, Any]:

@@ -1,17 +1,25 @@
 """Precomputed analytics per organization in Redis.
 
-One hash per organization, `<prefix>:analytics:org:<id>`, holds a generation counter `gen`
-and JSON results (`summary:<days>`, `funnel`), each stamped with `as_of`. A refresh bumps the
-generation first, computes from the database, then stores only if no newer refresh started
-meanwhile, so a slow computation never overwrites a fresher one. Readers compute and store on
-a miss (under the same generation check) and fall back to the database if Redis is down."""
+One hash per organization and database identity, `<prefix>:<epoch>:analytics:org:<id>`
+(the epoch names the database the figures come from, see crm_domain.installation: after the
+database is recreated or restored, the old hashes are simply never read again), holds a
+generation counter `gen` and JSON results (`summary:<days>`, `funnel`), each stamped with
+`as_of`. A refresh bumps the generation first, computes from the database, then stores only
+if no newer refresh started meanwhile, so a slow computation never overwrites a fresher one.
+Readers compute and store on a miss (under the same generation check) and fall back to the
+database if Redis is down.
+
+Every result comes from one statement (analytics.snapshot), so one response is one state of
+the data: a `days` window is computed with the default results in one scan when first asked
+for, never patched onto a stored result with a live count. A result is stored only under the
+epoch read in the same snapshot as its data, so it is never filed under another database."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -43,53 +51,66 @@ def summary_field(days: int) -> str:
     return f"summary:{days}"
 
 
+DEFAULT_FIELDS = (summary_field(DEFAULT_DAYS), FUNNEL_FIELD)
+
+
+class DerivedDataUnavailable(redis.RedisError):
+    """The database's identity cannot be read, so nothing in Redis can be trusted or stored.
+    A RedisError: every caller's "Redis is unavailable" path applies."""
+
+
+class Computed(NamedTuple):
+    epoch: str | None  # the identity of the database the results were read from
+    results: dict[str, dict[str, Any]]
+
+
 class AnalyticsCache:
-    """`prefix` namespaces the keys (one per deployment/database sharing a Redis)."""
+    """`prefix` namespaces the keys (one per deployment sharing a Redis); the database's
+    identity (`db.identity`) is part of every key."""
 
     def __init__(self, client: redis.Redis | None, db: Database, prefix: str = "crm") -> None:
         self.client = client
         self.db = db
         self.prefix = prefix
 
-    def org_key(self, organization_id: int) -> str:
-        return f"{self.prefix}:analytics:org:{organization_id}"
+    def epoch(self) -> str:
+        """This process's view of the database identity (cached, see installation.py)."""
+        epoch = self.db.identity.epoch()
+        if epoch is None:
+            raise DerivedDataUnavailable("database identity unknown")
+        return epoch
 
-    def schedule_key(self, organization_id: int) -> str:
-        return f"{self.prefix}:analytics:org:{organization_id}:scheduled"
+    def org_key(self, organization_id: int, epoch: str | None = None) -> str:
+        return f"{self.prefix}:{epoch or self.epoch()}:analytics:org:{organization_id}"
+
+    def schedule_key(self, organization_id: int, epoch: str | None = None) -> str:
+        return f"{self.org_key(organization_id, epoch)}:scheduled"
 
     def compute(self, organization_id: int, field: str) -> dict[str, Any]:
-        return self.compute_many(organization_id, [field])[field]
+        """One result from the database (nothing stored)."""
+        return self.compute_many(organization_id, [field], identify=False).results[field]
 
     def compute_many(
-        self, organization_id: int, fields: list[str], base: dict[str, Any] | None = None
-    ) -> dict[str, dict[str, Any]]:
-        """Results from the database: one scan of the organization's deals for all `fields`.
-
-        With `base` (a stored default summary), a summary of another `days` window is derived
-        from it: only the new-deals count differs, so one indexed count replaces the scan."""
+        self, organization_id: int, fields: list[str], *, identify: bool = True
+    ) -> Computed:
+        """Results from the database, all from one scan of the organization's deals, with
+        the database identity read in the same snapshot (`identify`)."""
         as_of = dt.datetime.now(dt.UTC)
-        results: dict[str, dict[str, Any]] = {}
+        windows = [int(f.split(":", 1)[1]) for f in fields if f != FUNNEL_FIELD]
         with self.db.transaction() as session:
-            aggs: list[analytics.Aggregate] | None = None
-            for field in fields:
-                if field == FUNNEL_FIELD:
-                    aggs = (
-                        aggs if aggs is not None else analytics.aggregates(session, organization_id)
-                    )
-                    results[field] = {**analytics.funnel_from(aggs), "as_of": as_of.isoformat()}
-                    continue
-                days = int(field.split(":", 1)[1])
-                if base is not None:
-                    since = dt.datetime.fromisoformat(base["as_of"]) - dt.timedelta(days=days)
-                    new_deals = analytics.new_deals_since(session, organization_id, since)
-                    results[field] = {**base, "new_deals_last_n_days": new_deals, "days": days}
-                    continue
-                aggs = aggs if aggs is not None else analytics.aggregates(session, organization_id)
-                since = as_of - dt.timedelta(days=days)
-                new_deals = analytics.new_deals_since(session, organization_id, since)
-                summary = analytics.summary_from(aggs, new_deals=new_deals, days=days)
-                results[field] = {**summary, "as_of": as_of.isoformat()}
-        return results
+            epoch = None
+            if identify:  # identity and deals from one snapshot
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                epoch = self.db.identity.read(session)
+            snap = analytics.snapshot(session, organization_id, as_of=as_of, windows=windows)
+        stamp = as_of.isoformat()
+        results: dict[str, dict[str, Any]] = {}
+        for field in fields:
+            if field == FUNNEL_FIELD:
+                results[field] = {**snap.funnel(), "as_of": stamp}
+            else:
+                results[field] = {**snap.summary(int(field.split(":", 1)[1])), "as_of": stamp}
+        return Computed(epoch, results)
 
     def _redis(self) -> redis.Redis:
         if self.client is None:
@@ -97,19 +118,41 @@ class AnalyticsCache:
         return self.client
 
     def _store(
-        self, organization_id: int, gen: str, fields: dict[str, Any], *, replace: bool
+        self,
+        organization_id: int,
+        gen: str,
+        fields: dict[str, Any],
+        *,
+        replace: bool,
+        epoch: str | None = None,
     ) -> bool:
         args: list[Any] = [gen, "1" if replace else "0", KEY_TTL_SECONDS]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        key = self.org_key(organization_id)
+        key = self.org_key(organization_id, epoch)
         return bool(self._redis().eval(_STORE_IF_CURRENT, 1, key, *args))
+
+    def _bump(self, key: str) -> str:
+        """A new generation (the hash expires even if the computation never stores)."""
+        pipe = self._redis().pipeline()
+        pipe.hincrby(key, "gen", 1)
+        pipe.expire(key, KEY_TTL_SECONDS)
+        gen, _ = pipe.execute()
+        return str(gen)
 
     def refresh(self, organization_id: int) -> bool:
         """Recompute the default results and drop the other cached variants."""
-        gen = str(self._redis().hincrby(self.org_key(organization_id), "gen", 1))
-        fields = self.compute_many(organization_id, [summary_field(DEFAULT_DAYS), FUNNEL_FIELD])
-        return self._store(organization_id, gen, fields, replace=True)
+        for _attempt in range(2):
+            epoch = self.epoch()
+            gen = self._bump(self.org_key(organization_id, epoch))
+            computed = self.compute_many(organization_id, list(DEFAULT_FIELDS))
+            if computed.epoch == epoch:
+                return self._store(
+                    organization_id, gen, computed.results, replace=True, epoch=epoch
+                )
+            # The database changed identity meanwhile (recreated, restored, rotated): the
+            # results belong under the new one; `compute_many` made it this process's epoch.
+        return False
 
     def get(self, organization_id: int, field: str) -> dict[str, Any]:
         """The cached result, or a fresh one (stored for the next reader)."""
@@ -119,18 +162,26 @@ class AnalyticsCache:
         """Like `get`, as the stored JSON document (served as is: no re-encoding)."""
         if self.client is not None:
             try:
-                default = summary_field(DEFAULT_DAYS)
-                cached, gen, base = self.client.hmget(
-                    self.org_key(organization_id), [field, "gen", default]
+                epoch = self.epoch()
+                cached, gen = self.client.hmget(
+                    self.org_key(organization_id, epoch), [field, "gen"]
                 )
                 if cached is not None:
                     return bytes(cached)
-                derive_from = json.loads(base) if field != FUNNEL_FIELD and base else None
-                result = self.compute_many(organization_id, [field], derive_from)[field]
-                self._store(organization_id, (gen or b"0").decode(), {field: result}, replace=False)
-                return json.dumps(result).encode()
-            except redis.RedisError:
-                log.warning("analytics cache unavailable; answering from the database")
+                # A miss: the defaults and this field from one scan, all stored.
+                fields = list(dict.fromkeys([*DEFAULT_FIELDS, field]))
+                computed = self.compute_many(organization_id, fields)
+                if computed.epoch == epoch:
+                    self._store(
+                        organization_id,
+                        (gen or b"0").decode(),
+                        computed.results,
+                        replace=False,
+                        epoch=epoch,
+                    )
+                return json.dumps(computed.results[field]).encode()
+            except redis.RedisError as exc:
+                log.warning("analytics cache unavailable (%s); answering from the database", exc)
         return json.dumps(self.compute(organization_id, field)).encode()
 
     def claim_refresh(self, organization_id: int) -> bool:

@@ -137,13 +137,15 @@ def build(session: Session, report_id: int) -> None:
         return
     days = (report.period_end - report.period_start).days + 1
     now = dt.datetime.combine(report.period_end + dt.timedelta(days=1), dt.time(), dt.UTC)
+    # Summary and funnel from one statement: they describe the same state of the deals.
+    deals = analytics.snapshot(session, report.organization_id, as_of=now, windows=[days])
     report.data = {
         "period": {
             "start": report.period_start.isoformat(),
             "end": report.period_end.isoformat(),
         },
-        "summary": analytics.summary(session, report.organization_id, days=days, now=now),
-        "funnel": analytics.funnel(session, report.organization_id),
+        "summary": deals.summary(days),
+        "funnel": deals.funnel(),
         "overdue_tasks": overdue_tasks(session, report.organization_id, utc_today()),
     }
     report.status = "ready"
