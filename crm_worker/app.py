@@ -14,11 +14,13 @@ from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
-from .dispatch import DrainFlag
+from .dispatch import SWEEP_WEBHOOKS_TASK, DrainFlag
+from .webhook_sender import Sender
 
 settings = Settings.from_env()
 database = Database(settings.database_url, pool_size=2)
 _cache: AnalyticsCache | None = None
+_sender: Sender | None = None
 
 
 def analytics_cache() -> AnalyticsCache:
@@ -32,6 +34,17 @@ def analytics_cache() -> AnalyticsCache:
     return _cache
 
 
+def webhook_sender() -> Sender:
+    """The process's webhook HTTP client (thread-safe; made after fork)."""
+    global _sender
+    if _sender is None:
+        _sender = Sender(
+            timeout=settings.webhook_timeout_seconds,
+            allow_private=settings.webhooks_allow_private,
+        )
+    return _sender
+
+
 def drain_flag() -> DrainFlag:
     cache = analytics_cache()
     assert cache.client is not None
@@ -41,6 +54,9 @@ def drain_flag() -> DrainFlag:
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
 celery_app.conf.update(
     task_default_queue="crm",
+    # Webhook deliveries wait on other people's servers: their own queue and workers, so a
+    # slow receiver never delays the timeline, analytics or reports.
+    task_routes={"crm.webhooks.*": {"queue": "webhooks"}},
     task_serializer="json",
     accept_content=["json"],
     result_backend=None,
@@ -79,6 +95,11 @@ celery_app.conf.update(
             "schedule": timedelta(seconds=settings.reminder_interval_seconds),
             "options": {"expires": settings.reminder_interval_seconds},
         },
+        "webhooks-sweep": {
+            "task": SWEEP_WEBHOOKS_TASK,
+            "schedule": timedelta(seconds=settings.webhook_dispatch_seconds),
+            "options": {"expires": settings.webhook_dispatch_seconds},
+        },
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",
             "schedule": crontab(minute=0, hour=6, day_of_week=1),
@@ -91,6 +112,7 @@ celery_app.conf.update(
 @worker_process_init.connect
 def _fresh_pool(**_: Any) -> None:
     """Pooled connections must not cross fork()."""
-    global _cache
+    global _cache, _sender
     database.dispose()
     _cache = None
+    _sender = None

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 from sqlalchemy.exc import OperationalError
@@ -25,13 +25,15 @@ from sqlalchemy.orm import Session
 
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
-from crm_domain.services import outbox
+from crm_domain.services import events, outbox, webhooks
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 log = logging.getLogger(__name__)
 
 DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
+SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in .app)
+SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
@@ -39,6 +41,7 @@ GATHER_SECONDS = 0.05
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
 
 OnDealChanged = Callable[[int], None]
+OnWebhooks = Callable[[Iterable[int]], None]  # endpoints with deliveries to send
 
 
 class DrainFlag:
@@ -61,17 +64,48 @@ def send_drain() -> None:
     celery_app.send_task(DRAIN_TASK, retry=False)
 
 
-def deliver(db: Database, on_deal_changed: OnDealChanged) -> int:
-    """Deliver every pending event. A batch's deal changes ask for one analytics refresh per
-    organization before the batch commits, so a failure to ask leaves the batch pending."""
+def deliver(
+    db: Database, on_deal_changed: OnDealChanged, on_webhooks: OnWebhooks | None = None
+) -> int:
+    """Deliver every pending event. One stream, several consumers: every domain event is
+    fanned out to the organization's webhook endpoints (one query per batch), and deal writes
+    also ask for one analytics refresh per organization before the batch commits (so a
+    failure to ask leaves the batch pending). Once the batches are committed, `on_webhooks`
+    is told which endpoints got deliveries (beat's sweep finds them if that fails)."""
+    to_send: set[int] = set()
 
-    def deal_changed(_session: Session, events: Sequence[OutboxEvent]) -> None:
-        for organization_id in sorted({ev.organization_id for ev in events}):
+    def deal_changed(_session: Session, batch: Sequence[OutboxEvent]) -> None:
+        for organization_id in sorted({ev.organization_id for ev in batch}):
             on_deal_changed(organization_id)
 
-    return outbox.deliver_pending(
-        db, {outbox.DEAL_CHANGED_TOPIC: deal_changed}, transient=TRANSIENT_ERRORS
-    )
+    def fan_out(session: Session, batch: Sequence[OutboxEvent]) -> None:
+        to_send.update(webhooks.fan_out_endpoints(session, batch))
+
+    def wake_senders(_session: Session, batch: Sequence[OutboxEvent]) -> None:
+        to_send.update(int(ev.payload["endpoint_id"]) for ev in batch)
+
+    handlers: outbox.Handlers = {
+        **{event_type: fan_out for event_type in events.EVENT_TYPES},
+        **{event_type: (fan_out, deal_changed) for event_type in events.DEAL_WRITE_TYPES},
+        outbox.DEAL_CHANGED_TOPIC: deal_changed,
+        outbox.WEBHOOK_SEND_TOPIC: wake_senders,
+    }
+    try:
+        return outbox.deliver_pending(db, handlers, transient=TRANSIENT_ERRORS)
+    finally:
+        if to_send and on_webhooks is not None:
+            try:
+                on_webhooks(sorted(to_send))
+            except Exception:
+                log.warning("could not wake webhook senders; beat's sweep will", exc_info=True)
+
+
+def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) -> None:
+    """One send task per endpoint, on the "webhooks" queue."""
+    from .app import celery_app
+
+    for endpoint_id in endpoint_ids:
+        celery_app.send_task(SEND_WEBHOOKS_TASK, args=[endpoint_id], expires=expires, retry=False)
 
 
 class DrainWaker:
@@ -151,7 +185,8 @@ def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
 
 
 def inline_publisher(db: Database, cache: AnalyticsCache) -> Publisher:
-    """Deliver right after the commit, in-process, refreshing analytics synchronously."""
+    """Deliver right after the commit, in-process, refreshing analytics synchronously.
+    Webhook deliveries are written but not sent (crm_worker.webhook_sender sends them)."""
 
     def refresh_now(organization_id: int) -> None:
         try:

@@ -21,6 +21,8 @@ os.environ["REDIS_URL"] = _services.redis_url
 os.environ["REDIS_KEY_PREFIX"] = _services.database_name
 os.environ.setdefault("BCRYPT_ROUNDS", "4")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs256")
+# Webhook receivers in the tests listen on 127.0.0.1 (the SSRF tests turn this off).
+os.environ.setdefault("WEBHOOKS_ALLOW_PRIVATE", "true")
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402

@@ -10,6 +10,7 @@ from . import (
     organizations,
     reports,
     tasks,
+    webhooks,
 )
 
 MODULES = (
@@ -22,4 +23,5 @@ MODULES = (
     analytics,
     reports,
     notifications,
+    webhooks,
 )

@@ -14,7 +14,7 @@ from ..context import Actor
 from ..models import Deal, Organization, Report, Task
 from ..pagination import Ordering, Page, PageRequest, paginate
 from ..rules import utc_today
-from . import analytics, outbox
+from . import analytics, events, outbox
 from ._common import get_in_org
 
 log = logging.getLogger(__name__)
@@ -133,3 +133,4 @@ def build(session: Session, report_id: int) -> None:
     }
     report.status = "ready"
     report.completed_at = dt.datetime.now(dt.UTC)
+    events.record_ready(session, "report", report)

@@ -1,4 +1,5 @@
-"""Deliver outbox events (timeline entries, analytics refresh requests, report builds)."""
+"""Deliver outbox events (timeline entries, analytics refreshes, report builds, webhook
+fan-out)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import logging
 from crm_domain.services import outbox
 
 from ..app import analytics_cache, celery_app, database, drain_flag, settings
-from ..dispatch import DRAIN_TASK, TRANSIENT_ERRORS, deliver, schedule_refresh, send_drain
+from ..dispatch import (
+    DRAIN_TASK,
+    TRANSIENT_ERRORS,
+    deliver,
+    schedule_refresh,
+    send_drain,
+    send_webhooks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +33,9 @@ log = logging.getLogger(__name__)
 def drain() -> int:
     """Deliver every pending event in batches; a redelivered batch writes nothing twice."""
     drain_flag().clear()  # commits from now on ask for another drain (see dispatch)
-    delivered = deliver(database, lambda org: schedule_refresh(analytics_cache(), org))
+    delivered = deliver(
+        database, lambda org: schedule_refresh(analytics_cache(), org), send_webhooks
+    )
     if delivered >= outbox.BATCH_SIZE * 50:  # deliver_pending's cap: more may be waiting
         send_drain()
     return delivered
