@@ -165,7 +165,13 @@ class Service:
 
 
 class Stack:
-    def __init__(self, database_url: str, workdir: Path, key_prefix: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        key_prefix: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.redis = PrivateRedis(workdir)
         self.port = free_port()
@@ -177,6 +183,7 @@ class Stack:
             "OUTBOX_REDISPATCH_SECONDS": "1",
             "BCRYPT_ROUNDS": "4",
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         self.web = Service(
             "web",
@@ -204,6 +211,10 @@ class Stack:
                 "worker",
                 "--loglevel=info",
                 "--concurrency=2",
+                # the default queue and the webhook deliveries' (a deployment runs a separate
+                # webhooks worker; one process pair is enough for the tests)
+                "-Q",
+                "crm,webhooks",
                 "--without-gossip",
                 "--without-mingle",
             ],
