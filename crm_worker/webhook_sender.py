@@ -284,15 +284,3 @@ def run_endpoint(
     # Checked after the release: deliveries whose wake-up found the lease held are seen here.
     with db.transaction() as session:
         return RunResult(sent, webhooks.has_due(session, endpoint_id))
-
-
-def send_all_due(db: Database, sender: Sender, policy: RetryPolicy) -> int:
-    """Every endpoint's due deliveries, in this thread (tools and tests)."""
-    total = 0
-    while True:
-        with db.transaction() as session:
-            endpoint_ids = webhooks.due_endpoints(session)
-        runs = [run_endpoint(db, endpoint_id, sender, policy) for endpoint_id in endpoint_ids]
-        total += sum(run.sent for run in runs)
-        if not any(run.more_due for run in runs):
-            return total

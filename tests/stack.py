@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from crm_domain.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PASSWORD = "StrongPassword123"
 
 
 def redis_server_binary() -> str:
@@ -250,6 +252,28 @@ class Stack:
         for service in (self.beat, self.worker, self.web):
             service.stop()
         self.redis.kill()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def register(self, name: str = "Worker Test", org_name: str = "Workers Inc") -> tuple[str, int]:
+        """A new user and organization through the running API: (access token, org id)."""
+        status, body = self.http(
+            "POST",
+            "/auth/register",
+            {
+                "email": f"w-{uuid.uuid4().hex[:10]}@example.com",
+                "password": PASSWORD,
+                "name": name,
+                "organization_name": org_name,
+            },
+        )
+        assert status == 201, body
+        return body["access_token"], body["organization"]["id"]
 
     def logs(self) -> str:
         return "\n".join(

@@ -5,7 +5,6 @@ SIGKILL, and a receiver that hangs delays neither other endpoints nor the timeli
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,14 +20,13 @@ from .stack import Stack, wait_until
 
 pytestmark = pytest.mark.worker
 
-PASSWORD = "StrongPassword123"
 TIMEOUT = 120
 SENDER_TIMEOUT = 5
 
 
 @pytest.fixture(scope="module")
 def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
-    s = Stack(
+    with Stack(
         test_services.database_url,
         tmp_path_factory.mktemp("webhook-stack"),
         key_prefix=f"{test_services.database_name}-webhooks",
@@ -38,12 +36,8 @@ def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
             "WEBHOOK_DISPATCH_SECONDS": "1",
             "WEBHOOK_TIMEOUT_SECONDS": str(SENDER_TIMEOUT),
         },
-    )
-    s.start()
-    try:
+    ) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
@@ -51,21 +45,6 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver().start()
     yield r
     r.stop()
-
-
-def register(stack: Stack) -> tuple[str, int]:
-    status, body = stack.http(
-        "POST",
-        "/auth/register",
-        {
-            "email": f"wh-{uuid.uuid4().hex[:10]}@example.com",
-            "password": PASSWORD,
-            "name": "Webhook Owner",
-            "organization_name": "Hooks Inc",
-        },
-    )
-    assert status == 201, body
-    return body["access_token"], body["organization"]["id"]
 
 
 def endpoint(stack: Stack, token: str, org: int, url: str) -> dict[str, Any]:
@@ -89,7 +68,7 @@ def endpoint_deliveries(db: Database, endpoint_id: int) -> list[WebhookDelivery]
 def test_receiver_down_across_a_worker_kill_gets_every_event_once_per_endpoint(
     stack: Stack, db: Database, receiver: Receiver
 ) -> None:
-    token, org = register(stack)
+    token, org = stack.register("Webhook Owner", "Hooks Inc")
     first = endpoint(stack, token, org, receiver.url + "?endpoint=first")
     second = endpoint(stack, token, org, receiver.url + "?endpoint=second")
     secrets = {"first": first["secret"], "second": second["secret"]}
@@ -150,7 +129,7 @@ def test_a_hanging_receiver_delays_neither_other_endpoints_nor_the_timeline(
     hanging.delay = 3 * SENDER_TIMEOUT  # answers long after the sender gave up
     hanging.start()
     try:
-        token, org = register(stack)
+        token, org = stack.register("Webhook Owner", "Hooks Inc")
         slow = endpoint(stack, token, org, hanging.url)
         endpoint(stack, token, org, receiver.url)
         status, contact = stack.http("POST", "/contacts", {"name": "C"}, token, org)

@@ -32,7 +32,7 @@ from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from .. import egress, rules
+from .. import egress, representation, rules
 from ..context import Actor
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..models import OutboxEvent, WebhookDelivery, WebhookEndpoint
@@ -83,8 +83,8 @@ def list_endpoints(session: Session, actor: Actor, request: PageRequest) -> Page
 def get_endpoint(
     session: Session, actor: Actor, endpoint_id: int, *, for_update: bool = False
 ) -> WebhookEndpoint:
-    rules.ensure_can_manage_webhooks(actor.role)
-    return get_in_org(
+    """404 (another organization's id, as everywhere), then 403 below owner/admin."""
+    endpoint = get_in_org(
         session,
         WebhookEndpoint,
         actor.organization_id,
@@ -92,6 +92,8 @@ def get_endpoint(
         name="webhook",
         for_update=for_update,
     )
+    rules.ensure_can_manage_webhooks(actor.role)
+    return endpoint
 
 
 def create_endpoint(
@@ -227,20 +229,26 @@ def redeliver(
     session: Session, actor: Actor, endpoint_id: int, delivery_id: int
 ) -> WebhookDelivery:
     """Send a delivery again now (same `webhook-id`, same body), with a fresh set of
-    attempts: `attempts` starts again from 0."""
-    endpoint = get_endpoint(session, actor, endpoint_id)
-    _ensure_enabled(endpoint)
-    delivery = session.scalar(
-        select(WebhookDelivery)
+    attempts: `attempts` starts again from 0. Check order: 404, 403, 409 (disabled)."""
+    found = session.execute(
+        select(WebhookDelivery, WebhookEndpoint)
+        .join(
+            WebhookEndpoint,
+            (WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            & (WebhookEndpoint.organization_id == WebhookDelivery.organization_id),
+        )
         .where(
             WebhookDelivery.id == delivery_id,
-            WebhookDelivery.endpoint_id == endpoint.id,
+            WebhookDelivery.endpoint_id == endpoint_id,
             WebhookDelivery.organization_id == actor.organization_id,
         )
-        .with_for_update()
-    )
-    if delivery is None:
+        .with_for_update(of=WebhookDelivery)
+    ).first()
+    if found is None:
         raise NotFound("Delivery not found", code="WEBHOOK_DELIVERY_NOT_FOUND")
+    delivery, endpoint = found
+    rules.ensure_can_manage_webhooks(actor.role)
+    _ensure_enabled(endpoint)
     delivery.status = PENDING
     delivery.attempts = 0
     delivery.next_attempt_at = dt.datetime.now(dt.UTC)
@@ -296,9 +304,17 @@ def webhook_body(event: OutboxEvent) -> str:
             "type": event.topic,
             "timestamp": event.created_at.astimezone(dt.UTC).isoformat(),
             "organization_id": event.organization_id,
-            "data": event.payload,
+            "data": _in_api_order(event.topic, event.payload),
         }
     )
+
+
+def _in_api_order(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The resource's fields in the API's order (JSONB, where the outbox keeps the payload,
+    reorders keys), then `changes`."""
+    names = representation.FIELDS_BY_KIND.get(event_type.split(".", 1)[0], ())
+    ordered = {name: data[name] for name in names if name in data}
+    return {**ordered, **{k: v for k, v in data.items() if k not in ordered}}
 
 
 def fan_out_endpoints(session: Session, batch: Sequence[OutboxEvent]) -> set[int]:

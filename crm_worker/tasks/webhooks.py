@@ -4,8 +4,6 @@ sweep as the safety net for everything due (retries included: no countdowns on t
 
 from __future__ import annotations
 
-from sqlalchemy.exc import OperationalError
-
 from crm_domain.services import webhooks
 
 from ..app import celery_app, database, settings, webhook_sender
@@ -13,17 +11,11 @@ from ..dispatch import SEND_WEBHOOKS_TASK, SWEEP_WEBHOOKS_TASK, send_webhooks
 from ..webhook_sender import policy_from, run_endpoint
 
 
-@celery_app.task(
-    name=SEND_WEBHOOKS_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=5,
-)
+@celery_app.task(name=SEND_WEBHOOKS_TASK, acks_late=True, reject_on_worker_lost=True)
 def send(endpoint_id: int) -> int:
-    """Send this endpoint's due deliveries; requeue it behind the others if more are due."""
+    """Send this endpoint's due deliveries; requeue it behind the others if more are due.
+    Nothing to retry here: a run that fails (the database is away) leaves its deliveries due,
+    and beat's sweep asks again."""
     run = run_endpoint(database, endpoint_id, webhook_sender(), policy_from(settings))
     if run.more_due:
         send_webhooks([endpoint_id])
