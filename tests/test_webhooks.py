@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import ipaddress
 import json
 import socket
 import time
@@ -231,6 +232,34 @@ def test_private_and_non_http_urls_are_refused(
     assert r.status_code == 400, r.get_json()
     assert error_code(r) == code
     assert r.get_json()["error"]["details"]["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.215.14", True),
+        ("2606:4700:4700::1111", True),
+        ("10.0.0.1", False),
+        ("172.16.5.4", False),
+        ("192.168.1.1", False),
+        ("100.100.100.200", False),  # shared address space (a cloud's metadata service)
+        ("169.254.169.254", False),
+        ("fd00:ec2::254", False),  # unique local (EC2's IPv6 metadata)
+        ("fe80::1", False),
+        ("224.0.0.251", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("198.51.100.7", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("::ffff:93.184.215.14", False),  # a mapped address is never a destination
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("2002:a9fe:a9fe::", False),  # 6to4 of 169.254.169.254
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo
+        ("::", False),
+    ],
+)
+def test_only_public_unicast_addresses_pass(address: str, public: bool) -> None:
+    assert egress.is_public(ipaddress.ip_address(address)) is public
 
 
 def test_a_host_resolving_to_a_private_address_is_refused(
