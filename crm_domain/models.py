@@ -27,7 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base
@@ -410,3 +410,89 @@ class Installation(Base):
     singleton: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
     id: Mapped[uuid.UUID] = mapped_column(nullable=False, server_default=text("gen_random_uuid()"))
     created_at: Mapped[dt.datetime] = _now()
+
+
+class WebhookEndpoint(Base):
+    """Where an organization wants its events POSTed (Standard Webhooks). An empty
+    `event_types` subscribes to every event type, present and future."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        UniqueConstraint("id", "organization_id"),
+        Index("ix_webhook_endpoints_org_id", "organization_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    description: Mapped[str | None] = mapped_column(String(500))
+    event_types: Mapped[list[str]] = mapped_column(
+        ARRAY(String(64)), nullable=False, server_default=text("'{}'::varchar[]")
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    # `whsec_` + base64 of random bytes; needed in clear to sign, never returned by a GET.
+    secret: Mapped[str] = mapped_column(String(128), nullable=False)
+    # After a rotation the old secret signs too (a second signature) until it expires.
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Failure streak since the last successful delivery (auto-disable, see services.webhooks).
+    failing_since: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_events: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # One sender at a time per endpoint: a lease renewed with every attempt.
+    sender_lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the exact body sent, the attempts, the next retry.
+    (endpoint_id, event_id) is unique, so fanning an event out twice writes it once."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        ForeignKeyConstraint(
+            ["endpoint_id", "organization_id"],
+            ["webhook_endpoints.id", "webhook_endpoints.organization_id"],
+            ondelete="CASCADE",
+            name="fk_webhook_deliveries_endpoint_same_org",
+        ),
+        CheckConstraint(
+            "status IN ('pending', 'succeeded', 'failed')", name="webhook_delivery_status"
+        ),
+        Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
+        # What the senders claim: due deliveries of one endpoint, oldest first.
+        Index(
+            "ix_webhook_deliveries_due",
+            "endpoint_id",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    endpoint_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The outbox event's key (or a ping's own id): the `webhook-id` header of every attempt.
+    event_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)  # exactly the bytes signed and sent
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # Due time of the next attempt (now when written; null once succeeded or failed).
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_response_body: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -86,11 +86,18 @@ def ensure_due_date(due_date: dt.date, today: dt.date | None = None) -> None:
         )
 
 
-def ensure_can_manage_members(role: Role) -> None:
+def ensure_settings_role(role: Role, what: str) -> None:
+    """Organization settings (members, webhooks) are for owner and admin."""
     if role not in SETTINGS_ROLES:
-        raise Forbidden(
-            "Only owner or admin can manage organization members", code="SETTINGS_FORBIDDEN"
-        )
+        raise Forbidden(f"Only owner or admin can manage {what}", code="SETTINGS_FORBIDDEN")
+
+
+def ensure_can_manage_members(role: Role) -> None:
+    ensure_settings_role(role, "organization members")
+
+
+def ensure_can_manage_webhooks(role: Role) -> None:
+    ensure_settings_role(role, "webhooks")
 
 
 def ensure_can_touch_membership(

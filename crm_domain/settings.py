@@ -12,6 +12,9 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "postgresql+psycopg://root@127.0.0.1:5432/crm"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 INSECURE_SECRET = "dev-insecure-secret-change-me-0123456789abcdef"
+# Seconds before each retry of a webhook delivery (jitter is added): 5 s, 5 min, 30 min, 2 h,
+# 5 h, 10 h; the first attempt is immediate, so 7 attempts over about 17.6 hours.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 
 
 def normalize_db_url(url: str) -> str:
@@ -90,6 +93,13 @@ class Settings:
     ratelimit_auth_address: str = "30/minute"
     trusted_proxies: int = 0
     installation_check_seconds: float = 5.0
+    # Outbound webhooks (see crm_domain.services.webhooks and crm_worker.webhook_sender).
+    webhooks_allow_private: bool = False
+    webhook_timeout_seconds: float = 5.0
+    webhook_retry_schedule: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_SCHEDULE
+    webhook_dispatch_seconds: float = 5.0
+    webhook_disable_after_hours: float = 120.0
+    webhook_disable_after_failed_events: int = 50
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -122,7 +132,21 @@ class Settings:
             ratelimit_auth_address=env.str("RATELIMIT_AUTH_ADDRESS", "30/minute"),
             trusted_proxies=env.int("TRUSTED_PROXIES", 0),
             installation_check_seconds=env.float("INSTALLATION_CHECK_SECONDS", 5.0),
+            webhooks_allow_private=env.bool("WEBHOOKS_ALLOW_PRIVATE", False),
+            webhook_timeout_seconds=env.float("WEBHOOK_TIMEOUT_SECONDS", 5.0),
+            webhook_retry_schedule=tuple(
+                env.list(
+                    "WEBHOOK_RETRY_SCHEDULE",
+                    list(DEFAULT_WEBHOOK_RETRY_SCHEDULE),
+                    subcast=float,
+                )
+            ),
+            webhook_dispatch_seconds=env.float("WEBHOOK_DISPATCH_SECONDS", 5.0),
+            webhook_disable_after_hours=env.float("WEBHOOK_DISABLE_AFTER_HOURS", 120.0),
+            webhook_disable_after_failed_events=env.int("WEBHOOK_DISABLE_AFTER_FAILED_EVENTS", 50),
         )
+        if any(delay < 0 for delay in settings.webhook_retry_schedule):
+            raise RuntimeError("WEBHOOK_RETRY_SCHEDULE must list non-negative seconds")
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":
                 raise RuntimeError("SECRET_KEY must be set when CRM_ENV=production")

@@ -15,7 +15,8 @@ from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import quiet
-from .dispatch import SEND_MAIL_TASK, DrainFlag
+from .dispatch import SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK, DrainFlag
+from .webhook_sender import Sender
 
 EMAIL_QUEUE = "email"
 
@@ -26,6 +27,7 @@ database = Database(
     identity_check_seconds=settings.installation_check_seconds,
 )
 _cache: AnalyticsCache | None = None
+_sender: Sender | None = None
 
 
 def analytics_cache() -> AnalyticsCache:
@@ -37,6 +39,17 @@ def analytics_cache() -> AnalyticsCache:
         )
         _cache = AnalyticsCache(client, database, settings.redis_key_prefix)
     return _cache
+
+
+def webhook_sender() -> Sender:
+    """The process's webhook HTTP client (thread-safe; made after fork)."""
+    global _sender
+    if _sender is None:
+        _sender = Sender(
+            timeout=settings.webhook_timeout_seconds,
+            allow_private=settings.webhooks_allow_private,
+        )
+    return _sender
 
 
 def drain_flag() -> DrainFlag:
@@ -54,6 +67,8 @@ QUEUE_ROUTES = {
     "crm.reports.*": "bulk",
     "crm.reminders.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
+    # Webhook deliveries wait on other people's servers: a worker of their own.
+    "crm.webhooks.*": "webhooks",
 }
 
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
@@ -103,6 +118,11 @@ celery_app.conf.update(
             "schedule": timedelta(minutes=5),
             "options": {"expires": 300},
         },
+        "webhooks-sweep": {
+            "task": SWEEP_WEBHOOKS_TASK,
+            "schedule": timedelta(seconds=settings.webhook_dispatch_seconds),
+            "options": {"expires": settings.webhook_dispatch_seconds},
+        },
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",
             "schedule": crontab(minute=0, hour=6, day_of_week=1),
@@ -130,6 +150,7 @@ def _quiet_housekeeping(**_: Any) -> None:
 @worker_process_init.connect
 def _fresh_pool(**_: Any) -> None:
     """Pooled connections must not cross fork()."""
-    global _cache
+    global _cache, _sender
     database.dispose()
     _cache = None
+    _sender = None

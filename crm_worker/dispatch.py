@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 from sqlalchemy.exc import OperationalError
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
-from crm_domain.services import invitations, outbox, report_emails, reports
+from crm_domain.services import events, invitations, outbox, report_emails, webhooks
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
 REPORT_BUILD_TASK = "crm.reports.build"
 SEND_MAIL_TASK = "crm.email.send_pending"
+SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in .app)
+SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
@@ -41,6 +43,7 @@ GATHER_SECONDS = 0.05
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
 
 OnDealChanged = Callable[[int], None]
+OnWebhooks = Callable[[Iterable[int]], None]  # endpoints with deliveries to send
 
 
 class DrainFlag:
@@ -68,42 +71,63 @@ def deliver(
     on_deal_changed: OnDealChanged,
     on_report_requested: Callable[[int], None] | None = None,
     on_mail_queued: Callable[[], None] | None = None,
+    on_webhooks: OnWebhooks | None = None,
 ) -> int:
-    """Deliver every pending event. A batch's deal changes ask for one analytics refresh per
-    organization, and its report requests for a build (without `on_report_requested`: built
-    right here), before the batch commits, so a failure to ask leaves the batch pending.
-    Events that queue e-mail (invitations, weekly reports) write `outbound_emails` rows in
-    the batch; afterwards `on_mail_queued` wakes the sender (beat's sweep, if it cannot)."""
+    """Deliver every pending event. One stream, several consumers:
+    - every domain event is fanned out to the organization's webhook endpoints (one query per
+      batch); once the batches are committed, `on_webhooks` is told which endpoints got
+      deliveries (beat's sweep finds them if that fails);
+    - deal writes ask for one analytics refresh per organization, and report requests for a
+      build (without `on_report_requested`: built right here), before the batch commits, so
+      a failure to ask leaves the batch pending;
+    - events that queue e-mail (invitations, weekly reports ready) write `outbound_emails`
+      rows in the batch; afterwards `on_mail_queued` wakes the sender (beat's sweep, if it
+      cannot)."""
+    to_send: set[int] = set()
     mail_queued = False
 
-    def deal_changed(_session: Session, events: Sequence[OutboxEvent]) -> None:
-        for organization_id in sorted({ev.organization_id for ev in events}):
+    def deal_changed(_session: Session, batch: Sequence[OutboxEvent]) -> None:
+        for organization_id in sorted({ev.organization_id for ev in batch}):
             on_deal_changed(organization_id)
 
+    def fan_out(session: Session, batch: Sequence[OutboxEvent]) -> None:
+        to_send.update(webhooks.fan_out_endpoints(session, batch))
+
+    def wake_senders(_session: Session, batch: Sequence[OutboxEvent]) -> None:
+        to_send.update(int(ev.payload["endpoint_id"]) for ev in batch)
+
     def queues_mail(handler: outbox.BatchHandler) -> outbox.BatchHandler:
-        def run(session: Session, events: Sequence[OutboxEvent]) -> None:
+        def run(session: Session, batch: Sequence[OutboxEvent]) -> None:
             nonlocal mail_queued
-            handler(session, events)
+            handler(session, batch)
             mail_queued = True
 
         return run
 
-    handlers: dict[str, outbox.BatchHandler] = {
+    handlers: dict[str, outbox.BatchHandler | tuple[outbox.BatchHandler, ...]] = {
+        **{event_type: fan_out for event_type in events.EVENT_TYPES},
+        **{event_type: (fan_out, deal_changed) for event_type in events.DEAL_WRITE_TYPES},
+        events.REPORT_READY: (fan_out, queues_mail(report_emails.queue_emails)),
         outbox.DEAL_CHANGED_TOPIC: deal_changed,
+        outbox.WEBHOOK_SEND_TOPIC: wake_senders,
         invitations.INVITATION_TOPIC: queues_mail(invitations.queue_emails),
-        reports.REPORT_READY_TOPIC: queues_mail(report_emails.queue_emails),
     }
     if on_report_requested is not None:
         report_requested = on_report_requested
 
-        def reports_requested(_session: Session, events: Sequence[OutboxEvent]) -> None:
-            for ev in events:
+        def reports_requested(_session: Session, batch: Sequence[OutboxEvent]) -> None:
+            for ev in batch:
                 report_requested(ev.payload["report_id"])
 
         handlers[outbox.REPORT_TOPIC] = reports_requested
     try:
         return outbox.deliver_pending(db, handlers, transient=TRANSIENT_ERRORS)
     finally:
+        if to_send and on_webhooks is not None:
+            try:
+                on_webhooks(sorted(to_send))
+            except Exception:
+                log.warning("could not wake webhook senders; beat's sweep will", exc_info=True)
         if mail_queued and on_mail_queued is not None:
             try:
                 on_mail_queued()
@@ -116,6 +140,14 @@ def send_mail_task() -> None:
     from .app import celery_app
 
     celery_app.send_task(SEND_MAIL_TASK, retry=False)
+
+
+def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) -> None:
+    """One send task per endpoint, on the "webhooks" queue."""
+    from .app import celery_app
+
+    for endpoint_id in endpoint_ids:
+        celery_app.send_task(SEND_WEBHOOKS_TASK, args=[endpoint_id], expires=expires, retry=False)
 
 
 class DrainWaker:
@@ -202,7 +234,8 @@ def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
 
 
 def inline_publisher(db: Database, cache: AnalyticsCache) -> Publisher:
-    """Deliver right after the commit, in-process, refreshing analytics synchronously."""
+    """Deliver right after the commit, in-process, refreshing analytics synchronously.
+    Webhook deliveries are written but not sent (crm_worker.webhook_sender sends them)."""
 
     def refresh_now(organization_id: int) -> None:
         try:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.procfile import Process, process_env, stop_all  # noqa: E402
 
-PROCESSES = ("web", "worker", "worker-bulk", "beat", "flower")
+PROCESSES = ("web", "worker", "worker-bulk", "webhooks", "beat", "flower")
 # Development defaults, used only where neither the environment nor .env says otherwise.
 DEV_DEFAULTS = {
     "GUNICORN_BIND": f"127.0.0.1:{os.environ.get('PORT', '8000')}",
@@ -30,6 +30,8 @@ DEV_DEFAULTS = {
     "FLOWER_BASIC_AUTH": "admin:admin",
     "BEAT_SCHEDULE_FILE": str(DATA / "celerybeat-schedule"),
     "PUBLIC_BASE_URL": f"http://127.0.0.1:{os.environ.get('PORT', '8000')}",  # links in e-mails
+    # Local receivers (http://localhost:...) are the usual webhook targets in development.
+    "WEBHOOKS_ALLOW_PRIVATE": "true",
 }
 
 

@@ -24,6 +24,8 @@ os.environ.setdefault("BCRYPT_ROUNDS", "4")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs256")
 # E-mail sent without an SMTP server (in-process workers) lands here, not in .data/mail.
 os.environ.setdefault("MAIL_DIR", str(ROOT / ".data" / "test" / "mail"))
+# Webhook receivers in the tests listen on 127.0.0.1 (the SSRF tests turn this off).
+os.environ.setdefault("WEBHOOKS_ALLOW_PRIVATE", "true")
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from scripts.procfile import Process, process_env, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PASSWORD = "StrongPassword123"
 
 
 def redis_server_binary() -> str:
@@ -97,7 +99,7 @@ class PrivateRedis:
 
 
 class Stack:
-    """The Procfile's web, worker, worker-bulk and beat on a private Redis (see
+    """The Procfile's web, worker, worker-bulk, webhooks and beat on a private Redis (see
     scripts/procfile.py). The bulk worker also loads tests.slow_tasks."""
 
     def __init__(
@@ -134,6 +136,7 @@ class Stack:
             extra_args=["--include", "tests.slow_tasks"],
             log_path=workdir / "bulk.log",
         )
+        self.webhooks = Process("webhooks", self.env, log_path=workdir / "webhooks.log")
         self.beat = Process("beat", self.env, log_path=workdir / "beat.log")
 
     @property
@@ -142,7 +145,7 @@ class Stack:
 
     @property
     def processes(self) -> list[Process]:
-        return [self.web, self.worker, self.bulk, self.beat]
+        return [self.web, self.worker, self.bulk, self.webhooks, self.beat]
 
     def start(self) -> None:
         self.redis.start()
@@ -153,6 +156,28 @@ class Stack:
     def stop(self) -> None:
         stop_all(self.processes)
         self.redis.kill()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def register(self, name: str = "Worker Test", org_name: str = "Workers Inc") -> tuple[str, int]:
+        """A new user and organization through the running API: (access token, org id)."""
+        status, body = self.http(
+            "POST",
+            "/auth/register",
+            {
+                "email": f"w-{uuid.uuid4().hex[:10]}@example.com",
+                "password": PASSWORD,
+                "name": name,
+                "organization_name": org_name,
+            },
+        )
+        assert status == 201, body
+        return body["access_token"], body["organization"]["id"]
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from crm_domain.embedded import free_port
 from crm_domain.mail import transport
 from crm_domain.models import Invitation, OutboundEmail, OutboxEvent, Report, Task
-from crm_domain.services import digests, outbound_email, outbox, reports
+from crm_domain.services import digests, events, outbound_email, outbox
 from crm_domain.services.invitations import hash_token
 from crm_domain.settings import MailSettings
 from crm_worker.app import EMAIL_QUEUE, celery_app
@@ -178,8 +178,8 @@ def test_weekly_report_goes_to_owners_and_admins(api: ApiClient, db, smtp: SmtpS
         session.execute(
             update(OutboxEvent)
             .where(
-                OutboxEvent.topic == reports.REPORT_READY_TOPIC,
-                OutboxEvent.payload["report_id"].as_integer() == report_id,
+                OutboxEvent.topic == events.REPORT_READY,
+                OutboxEvent.payload["id"].as_integer() == report_id,
             )
             .values(delivered_at=None)
         )

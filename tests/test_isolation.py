@@ -116,6 +116,24 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/notifications"),
     Route("POST", "/notifications/{notification}/read", snapshot="/notifications"),
     Route("POST", "/notifications/read-all", snapshot="/notifications"),
+    # webhooks (owner/admin)
+    Route("GET", "/webhooks"),
+    Route("POST", "/webhooks", body=lambda ids: {"url": "http://127.0.0.1:9/intruder"}),
+    Route("GET", "/webhooks/{webhook}"),
+    Route(
+        "PATCH",
+        "/webhooks/{webhook}",
+        body=lambda ids: {"url": "http://127.0.0.1:9/hacked", "enabled": False},
+    ),
+    Route("DELETE", "/webhooks/{webhook}"),
+    Route("POST", "/webhooks/{webhook}/rotate-secret", snapshot="/webhooks/{webhook}"),
+    Route("GET", "/webhooks/{webhook}/deliveries"),
+    Route(
+        "POST",
+        "/webhooks/{webhook}/deliveries/{webhook_delivery}/redeliver",
+        snapshot="/webhooks/{webhook}/deliveries",
+    ),
+    Route("POST", "/webhooks/{webhook}/test", snapshot="/webhooks/{webhook}/deliveries"),
 )
 
 # How to see that an entity exists for its own org: a single GET, or a list holding its id.
@@ -125,6 +143,8 @@ ENTITY_LOOKUP = {
     "task": "/tasks/{task}",
     "report": "/reports/{report}",
     "notification": "/notifications",
+    "webhook": "/webhooks/{webhook}",
+    "webhook_delivery": "/webhooks/{webhook}/deliveries",
 }
 
 ENTITY_ROUTES = tuple(r for r in ROUTES if r.entity is not None)
@@ -178,14 +198,24 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
     activity = r.get_json()["id"]
     r = api.post("/reports", user=owner, org=owner.org_id)
     assert r.status_code == 202, r.get_json()
+    report = r.get_json()["id"]
+    r = api.post(
+        "/webhooks", user=owner, org=owner.org_id, json={"url": f"http://127.0.0.1:9/{label}"}
+    )
+    assert r.status_code == 201, r.get_json()
+    webhook = r.get_json()["id"]
+    r = api.post(f"/webhooks/{webhook}/test", user=owner, org=owner.org_id)
+    assert r.status_code == 202, r.get_json()
     org.ids = {
         "contact": contact["id"],
         "deal_contact": deal_contact["id"],
         "deal": deal["id"],
         "task": task["id"],
         "activity": activity,
-        "report": r.get_json()["id"],
+        "report": report,
         "notification": _notify(db, owner),
+        "webhook": webhook,
+        "webhook_delivery": r.get_json()["id"],
     }
     return org
 

@@ -88,7 +88,9 @@ def test_events_are_inserted_at_commit_and_not_on_rollback(quiet_db: Database, d
         pass
 
     with pytest.raises(Boom), quiet_db.transaction() as s:
-        outbox.record_deal_changed(s, organization_id=deal["organization_id"], deal_id=deal["id"])
+        outbox.record(
+            s, deal["organization_id"], outbox.DEAL_CHANGED_TOPIC, {"deal_id": deal["id"]}
+        )
         raise Boom
     assert record_status_changes(quiet_db, deal, 0) == []
     assert len(record_status_changes(quiet_db, deal, 3)) == 3

@@ -11,6 +11,7 @@ from . import (
     organizations,
     reports,
     tasks,
+    webhooks,
 )
 
 MODULES = (
@@ -24,4 +25,5 @@ MODULES = (
     analytics,
     reports,
     notifications,
+    webhooks,
 )

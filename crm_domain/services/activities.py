@@ -12,7 +12,7 @@ from ..enums import ActivityType
 from ..errors import ValidationFailed
 from ..models import Activity
 from ..pagination import Ordering, Page, PageRequest, paginate
-from . import deals
+from . import deals, events
 
 MAX_COMMENT_LENGTH = 10_000
 ORDERING = Ordering("created_at", Activity.created_at, Activity.id, descending=True)
@@ -61,4 +61,5 @@ def add_comment(
     )
     session.add(activity)
     session.flush()
+    events.record_created(session, "activity", activity)
     return activity

@@ -12,7 +12,7 @@ from ..context import Actor
 from ..errors import Conflict
 from ..models import Contact, Deal
 from ..pagination import Ordering, Page, PageRequest, paginate
-from . import organizations
+from . import events, organizations
 from ._common import Precondition, apply_changes, get_in_org
 
 ORDERING = Ordering("id", Contact.id, Contact.id, descending=True)
@@ -64,6 +64,7 @@ def create_contact(
     )
     session.add(contact)
     session.flush()
+    events.record_created(session, "contact", contact)
     return contact
 
 
@@ -83,8 +84,10 @@ def update_contact(
     new_owner = changes.get("owner_id")
     if new_owner is not None and new_owner != contact.owner_id:
         organizations.ensure_assignable_owner(session, actor, new_owner)
-    if apply_changes(contact, changes):
+    changed = apply_changes(contact, changes)
+    if changed:
         session.flush()
+        events.record_updated(session, "contact", contact, changed)
     return contact
 
 
@@ -103,5 +106,6 @@ def delete_contact(
             code="CONTACT_HAS_DEALS",
             details={"contact_id": contact.id},
         )
+    events.record_deleted(session, "contact", contact)
     session.delete(contact)
     session.flush()

@@ -14,7 +14,7 @@ from ..context import Actor
 from ..enums import ActivityType, DealStage, DealStatus
 from ..models import Deal
 from ..pagination import Ordering, Page, PageRequest, paginate
-from . import contacts, organizations, outbox
+from . import contacts, events, organizations, outbox
 from ._common import Precondition, apply_changes, get_in_org
 
 # Changes that go to the timeline: {"old_<field>": ..., "new_<field>": ...}.
@@ -88,7 +88,7 @@ def create_deal(
     )
     session.add(deal)
     session.flush()
-    outbox.record_deal_changed(session, organization_id=deal.organization_id, deal_id=deal.id)
+    events.record_created(session, "deal", deal)
     return deal
 
 
@@ -119,7 +119,6 @@ def update_deal(
     changed = apply_changes(deal, changes)
     if not changed:
         return deal
-    outbox.record_deal_changed(session, organization_id=deal.organization_id, deal_id=deal.id)
     for field, activity_type in TIMELINE_FIELDS:
         if field in changed:
             old, new = changed[field]
@@ -132,6 +131,7 @@ def update_deal(
                 payload={f"old_{field}": old.value, f"new_{field}": new.value},
             )
     session.flush()
+    events.record_updated(session, "deal", deal, changed)
     return deal
 
 
@@ -142,6 +142,6 @@ def delete_deal(
     rules.ensure_can_modify(actor.role, owner_id=deal.owner_id, user_id=actor.user_id, what="deals")
     if precondition:
         precondition(deal)
+    events.record_deleted(session, "deal", deal)
     session.delete(deal)
     session.flush()
-    outbox.record_deal_changed(session, organization_id=actor.organization_id, deal_id=deal_id)

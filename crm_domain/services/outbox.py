@@ -9,7 +9,11 @@ Delivery claims pending events in batches (`FOR UPDATE SKIP LOCKED`, so concurre
 deliverers share the work), applies each topic's handler to all of its events at once and
 marks the batch delivered, all in one transaction. It is idempotent twice over: only
 undelivered events are claimed, and every consumer writes with the event's unique key
-(`ON CONFLICT DO NOTHING`), so a batch delivered again writes nothing new."""
+(`ON CONFLICT DO NOTHING`), so a batch delivered again writes nothing new.
+
+One event stream, several consumers: a topic may have several handlers, and a handler that
+serves several topics is called once per batch with all of their events (the webhook fan-out
+looks the batch's endpoints up in one query whatever the mix of event types)."""
 
 from __future__ import annotations
 
@@ -31,8 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TIMELINE_TOPIC = "timeline.activity"  # {deal_id, author_id, type, payload} -> an activity
-DEAL_CHANGED_TOPIC = "deal.changed"  # {deal_id} -> refresh the organization's analytics
+# Before the deal.* domain events (services.events) a deal write recorded this to refresh the
+# organization's analytics; events of that kind still waiting after an upgrade do just that.
+DEAL_CHANGED_TOPIC = "deal.changed"
 REPORT_TOPIC = "report.requested"  # {report_id} -> build the report
+WEBHOOK_SEND_TOPIC = "webhooks.send"  # {endpoint_id} -> wake that endpoint's sender
 _PENDING_KEY = "crm_outbox_new"
 _COMMITTED_KEY = "crm_outbox_committed"
 
@@ -41,8 +48,10 @@ BATCH_SIZE = 200
 # instead of being retried with every batch.
 MAX_ATTEMPTS = 10
 
-# A batch handler applies all events of one topic inside the delivering transaction.
+# A batch handler applies its events (of one or more topics) inside the delivering transaction.
 BatchHandler = Callable[[Session, Sequence[OutboxEvent]], None]
+# topic -> its handler, or its handlers when several consumers want the topic.
+Handlers = Mapping[str, BatchHandler | Sequence[BatchHandler]]
 
 
 def record(session: Session, organization_id: int, topic: str, payload: dict[str, Any]) -> None:
@@ -67,10 +76,6 @@ def record_activity(
         TIMELINE_TOPIC,
         {"deal_id": deal_id, "author_id": author_id, "type": type.value, "payload": payload},
     )
-
-
-def record_deal_changed(session: Session, *, organization_id: int, deal_id: int) -> None:
-    record(session, organization_id, DEAL_CHANGED_TOPIC, {"deal_id": deal_id})
 
 
 @event.listens_for(Session, "before_commit")
@@ -119,22 +124,27 @@ def claim(session: Session, limit: int = BATCH_SIZE) -> list[OutboxEvent]:
 def apply(
     session: Session,
     events: Sequence[OutboxEvent],
-    handlers: Mapping[str, BatchHandler] | None = None,
+    handlers: Handlers | None = None,
 ) -> None:
     """Apply and mark delivered `events` (already locked by `claim`) in the caller's
-    transaction. `handlers` add to (or override) this package's database handlers."""
+    transaction. `handlers` add topics to (or replace the handlers of topics in) this
+    package's database handlers. Each distinct handler is called once, with all the events
+    of the topics it serves, in claim order."""
     table = {**_database_handlers(), **(handlers or {})}
-    by_topic: dict[str, list[OutboxEvent]] = {}
+    calls: dict[BatchHandler, list[OutboxEvent]] = {}
+    unknown: dict[str, int] = {}
     for ev in events:
-        by_topic.setdefault(ev.topic, []).append(ev)
-    for topic, group in by_topic.items():
-        handler = table.get(topic)
-        if handler is None:
-            log.error("outbox topic %r has no handler; marking %d events", topic, len(group))
-            for ev in group:
-                ev.last_error = f"unknown topic {topic}"
-        else:
-            handler(session, group)
+        entry = table.get(ev.topic)
+        if entry is None:
+            unknown[ev.topic] = unknown.get(ev.topic, 0) + 1
+            ev.last_error = f"unknown topic {ev.topic}"
+            continue
+        for handler in (entry,) if callable(entry) else entry:
+            calls.setdefault(handler, []).append(ev)
+    for topic, count in unknown.items():
+        log.error("outbox topic %r has no handler; marking %d events", topic, count)
+    for handler, group in calls.items():
+        handler(session, group)
     now = dt.datetime.now(dt.UTC)
     for ev in events:
         ev.attempts += 1
@@ -143,7 +153,7 @@ def apply(
 
 def deliver_pending(
     db: Database,
-    handlers: Mapping[str, BatchHandler] | None = None,
+    handlers: Handlers | None = None,
     *,
     batch_size: int = BATCH_SIZE,
     max_batches: int = 50,
@@ -153,28 +163,33 @@ def deliver_pending(
     returns how many were delivered. A batch that fails is retried event by event, so one
     bad event cannot hold back the others; the bad one keeps its error and attempt count.
     `transient` errors (a database or Redis outage) are raised instead: they are nobody's
-    fault and cost no attempt; the caller retries later."""
+    fault and cost no attempt; the caller retries later. Events that handlers record (a
+    timeline entry's `activity.created`, a built report's `report.ready`) are delivered by
+    the next round of the same call."""
     delivered = 0
     for _ in range(max_batches):
+        more = False
         try:
             with db.transaction() as session:
                 batch = claim(session, batch_size)
                 apply(session, batch, handlers)
                 delivered += len(batch)
+                more = len(batch) == batch_size or bool(session.info.get(_PENDING_KEY))
         except transient:
             raise
         except Exception:
             log.warning("outbox batch failed; delivering its events one by one", exc_info=True)
+            # Stop here: another round would claim the bad event again. What the events
+            # delivered one by one recorded waits for the next drain (beat re-dispatches).
             delivered += _deliver_one_by_one(db, handlers, batch_size, transient)
-            batch = []
-        if len(batch) < batch_size:
+        if not more:
             break
     return delivered
 
 
 def _deliver_one_by_one(
     db: Database,
-    handlers: Mapping[str, BatchHandler] | None,
+    handlers: Handlers | None,
     limit: int,
     transient: tuple[type[BaseException], ...],
 ) -> int:
@@ -205,23 +220,30 @@ def _deliver_one_by_one(
     return delivered
 
 
-def _database_handlers() -> dict[str, BatchHandler]:
-    from . import reports
+def _database_handlers() -> dict[str, BatchHandler | Sequence[BatchHandler]]:
+    from . import events as domain_events
+    from . import reports, webhooks
 
     def build_reports(session: Session, events: Sequence[OutboxEvent]) -> None:
         for ev in events:
             reports.build(session, ev.payload["report_id"])
 
+    def nothing(_session: Session, _events: Sequence[OutboxEvent]) -> None:
+        """Topics whose only consumers need Celery or Redis (see crm_worker.dispatch)."""
+
     return {
         TIMELINE_TOPIC: apply_activities,
-        DEAL_CHANGED_TOPIC: lambda _session, _events: None,  # see crm_worker.dispatch
+        DEAL_CHANGED_TOPIC: nothing,
         REPORT_TOPIC: build_reports,
+        WEBHOOK_SEND_TOPIC: nothing,
+        **{event_type: webhooks.fan_out for event_type in domain_events.EVENT_TYPES},
     }
 
 
 def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     """Write the timeline entries in one statement; the event key makes a second delivery
-    write nothing. Events of deals deleted before delivery have nothing to attach to."""
+    write nothing. Events of deals deleted before delivery have nothing to attach to. Each
+    entry written records its `activity.created` event."""
     wanted = {(ev.payload["deal_id"], ev.organization_id) for ev in events}
     existing = {
         (deal_id, org_id)
@@ -248,11 +270,21 @@ def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
                 "created_at": ev.created_at,
             }
         )
-    if rows:
-        session.connection().execute(
-            pg_insert(Activity).on_conflict_do_nothing(index_elements=["event_key"]),
-            rows,
-        )
+    if not rows:
+        return
+    written = session.connection().execute(
+        pg_insert(Activity)
+        .on_conflict_do_nothing(index_elements=["event_key"])
+        .returning(Activity.id, Activity.event_key),
+        rows,
+    )
+    ids = {event_key: activity_id for activity_id, event_key in written}
+    from . import events as domain_events
+
+    for row in rows:
+        if row["event_key"] in ids:
+            entry = Activity(**row, id=ids[row["event_key"]])  # transient: only dumped
+            domain_events.record_created(session, "activity", entry)
 
 
 def oldest_pending_age(session: Session) -> dt.timedelta | None:

@@ -29,7 +29,11 @@ STATUS_LABELS = {
 
 
 def queue_emails(session: Session, events: Sequence[OutboxEvent]) -> None:
-    """Outbox handler: one e-mail per report and owner/admin (keyed by event and user)."""
+    """Outbox handler for `report.ready`: one e-mail per weekly report and owner/admin (keyed
+    by event and user); on-demand reports are only for whoever asked."""
+    events = [ev for ev in events if ev.payload.get("kind") == "weekly"]
+    if not events:
+        return
     org_ids = {ev.organization_id for ev in events}
     recipients: dict[int, list[tuple[int, str]]] = {}
     for org_id, user_id, email in session.execute(
@@ -51,7 +55,7 @@ def queue_emails(session: Session, events: Sequence[OutboxEvent]) -> None:
                 "organization_id": ev.organization_id,
                 "user_id": user_id,
                 "to_address": email,
-                "params": {"report_id": ev.payload["report_id"]},
+                "params": {"report_id": ev.payload["id"]},
             }
             for ev in events
             for user_id, email in recipients.get(ev.organization_id, [])

@@ -14,7 +14,7 @@ from ..context import Actor
 from ..models import Deal, Organization, Report, Task
 from ..pagination import Ordering, Page, PageRequest, paginate
 from ..rules import utc_today
-from . import analytics, outbox
+from . import analytics, events, outbox
 from ._common import get_in_org
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 WEEKLY = "weekly"
 ON_DEMAND = "on_demand"
 # {report_id}: a weekly report is ready -> e-mail it to the owners and admins (report_emails)
-REPORT_READY_TOPIC = "report.ready"
 OVERDUE_LIMIT = 100
 
 
@@ -150,5 +149,5 @@ def build(session: Session, report_id: int) -> None:
     }
     report.status = "ready"
     report.completed_at = dt.datetime.now(dt.UTC)
-    if report.kind == WEEKLY:
-        outbox.record(session, report.organization_id, REPORT_READY_TOPIC, {"report_id": report.id})
+    # One event for webhooks (`report.ready`) and the weekly e-mail (weekly reports only).
+    events.record_ready(session, "report", report)

@@ -13,7 +13,7 @@ from ..context import Actor
 from ..enums import ActivityType
 from ..models import Deal, Task
 from ..pagination import Ordering, Page, PageRequest, paginate
-from . import deals, outbox
+from . import deals, events, outbox
 from ._common import Precondition, apply_changes, get_in_org
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
@@ -76,6 +76,7 @@ def create_task(
     )
     session.add(task)
     session.flush()
+    events.record_created(session, "task", task)
     outbox.record_activity(
         session,
         organization_id=actor.organization_id,
@@ -100,8 +101,10 @@ def update_task(
         precondition(task)
     if "due_date" in changes and changes["due_date"] != task.due_date:
         rules.ensure_due_date(changes["due_date"])
-    if apply_changes(task, changes):
+    changed = apply_changes(task, changes)
+    if changed:
         session.flush()
+        events.record_updated(session, "task", task, changed)
     return task
 
 
@@ -112,5 +115,6 @@ def delete_task(
     _ensure_own_deal(session, actor, deals.get_deal(session, actor, task.deal_id))
     if precondition:
         precondition(task)
+    events.record_deleted(session, "task", task)
     session.delete(task)
     session.flush()

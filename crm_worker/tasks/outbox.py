@@ -1,4 +1,5 @@
-"""Deliver outbox events (timeline entries, analytics refresh requests, report builds)."""
+"""Deliver outbox events (timeline entries, analytics refreshes, report builds, webhook
+fan-out)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..dispatch import (
     send_drain,
     send_mail_task,
     send_report_build,
+    send_webhooks,
 )
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ def drain() -> int:
         lambda org: schedule_refresh(analytics_cache(), org),
         on_report_requested=send_report_build,
         on_mail_queued=send_mail_task,
+        on_webhooks=send_webhooks,
     )
     if delivered >= outbox.BATCH_SIZE * 50:  # deliver_pending's cap: more may be waiting
         send_drain()
