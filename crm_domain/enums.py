@@ -41,3 +41,22 @@ class ActivityType(enum.StrEnum):
     TASK_CREATED = "task_created"
     TASK_REMINDER = "task_reminder"
     SYSTEM = "system"
+
+
+class ImportKind(enum.StrEnum):
+    CONTACTS = "contacts"
+    DEALS = "deals"
+
+
+class ImportStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class OnDuplicate(enum.StrEnum):
+    """What a contacts import does with a row whose e-mail an existing contact has."""
+
+    SKIP = "skip"
+    UPDATE = "update"

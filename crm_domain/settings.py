@@ -39,6 +39,9 @@ class Settings:
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
     body_read_timeout: float = 10.0
+    import_max_bytes: int = 20 * 1024 * 1024
+    import_batch_size: int = 500
+    import_stall_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +63,9 @@ class Settings:
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
             body_read_timeout=env.float("BODY_READ_TIMEOUT", 10.0),
+            import_max_bytes=env.int("IMPORT_MAX_BYTES", 20 * 1024 * 1024),
+            import_batch_size=env.int("IMPORT_BATCH_SIZE", 500),
+            import_stall_seconds=env.float("IMPORT_STALL_SECONDS", 60.0),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":

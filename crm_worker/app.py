@@ -9,12 +9,13 @@ import redis
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import worker_process_init
+from kombu import Queue
 
 from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
-from .dispatch import DrainFlag
+from .dispatch import IMPORT_QUEUE, IMPORT_TASK, DrainFlag
 
 settings = Settings.from_env()
 database = Database(settings.database_url, pool_size=2)
@@ -41,6 +42,10 @@ def drain_flag() -> DrainFlag:
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
 celery_app.conf.update(
     task_default_queue="crm",
+    # A worker started without -Q consumes both; production runs imports on a worker of
+    # their own (`-Q imports`, Procfile `importer`) so a long import never delays the rest.
+    task_queues=(Queue("crm"), Queue(IMPORT_QUEUE)),
+    task_routes={IMPORT_TASK: {"queue": IMPORT_QUEUE}},
     task_serializer="json",
     accept_content=["json"],
     result_backend=None,
@@ -78,6 +83,11 @@ celery_app.conf.update(
             "task": "crm.reminders.send_due",
             "schedule": timedelta(seconds=settings.reminder_interval_seconds),
             "options": {"expires": settings.reminder_interval_seconds},
+        },
+        "imports-requeue-stalled": {
+            "task": "crm.imports.requeue_stalled",
+            "schedule": timedelta(seconds=max(1.0, settings.import_stall_seconds / 2)),
+            "options": {"expires": max(1.0, settings.import_stall_seconds / 2)},
         },
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",

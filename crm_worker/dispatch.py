@@ -25,13 +25,15 @@ from sqlalchemy.orm import Session
 
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
-from crm_domain.services import outbox
+from crm_domain.services import imports, outbox
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 log = logging.getLogger(__name__)
 
 DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
+IMPORT_TASK = "crm.imports.run"
+IMPORT_QUEUE = "imports"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
@@ -39,6 +41,7 @@ GATHER_SECONDS = 0.05
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
 
 OnDealChanged = Callable[[int], None]
+OnImport = Callable[[int], object]
 
 
 class DrainFlag:
@@ -61,17 +64,31 @@ def send_drain() -> None:
     celery_app.send_task(DRAIN_TASK, retry=False)
 
 
-def deliver(db: Database, on_deal_changed: OnDealChanged) -> int:
+def deliver(db: Database, on_deal_changed: OnDealChanged, on_import: OnImport | None = None) -> int:
     """Deliver every pending event. A batch's deal changes ask for one analytics refresh per
-    organization before the batch commits, so a failure to ask leaves the batch pending."""
+    organization, and its import requests for one run each, before the batch commits, so a
+    failure to ask leaves the batch pending."""
 
     def deal_changed(_session: Session, events: Sequence[OutboxEvent]) -> None:
         for organization_id in sorted({ev.organization_id for ev in events}):
             on_deal_changed(organization_id)
 
+    def import_requested(_session: Session, events: Sequence[OutboxEvent]) -> None:
+        for job_id in sorted({ev.payload["import_id"] for ev in events}):
+            (on_import or send_import)(job_id)
+
     return outbox.deliver_pending(
-        db, {outbox.DEAL_CHANGED_TOPIC: deal_changed}, transient=TRANSIENT_ERRORS
+        db,
+        {outbox.DEAL_CHANGED_TOPIC: deal_changed, imports.IMPORT_TOPIC: import_requested},
+        transient=TRANSIENT_ERRORS,
     )
+
+
+def send_import(job_id: int) -> None:
+    """Ask the "imports" queue to run a job (the run claims it from the database)."""
+    from .app import celery_app
+
+    celery_app.send_task(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE, retry=False)
 
 
 class DrainWaker:
@@ -150,8 +167,12 @@ def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
         )
 
 
-def inline_publisher(db: Database, cache: AnalyticsCache) -> Publisher:
-    """Deliver right after the commit, in-process, refreshing analytics synchronously."""
+def inline_publisher(
+    db: Database, cache: AnalyticsCache, run_import: OnImport | None = None
+) -> Publisher:
+    """Deliver right after the commit, in-process, refreshing analytics synchronously and
+    running requested imports once the delivery is over (`run_import`, else they are left
+    to beat's re-queueing)."""
 
     def refresh_now(organization_id: int) -> None:
         try:
@@ -160,6 +181,10 @@ def inline_publisher(db: Database, cache: AnalyticsCache) -> Publisher:
             log.warning("analytics refresh skipped: Redis unavailable", exc_info=True)
 
     def publish() -> None:
-        deliver(db, refresh_now)
+        requested: list[int] = []
+        deliver(db, refresh_now, requested.append)
+        for job_id in requested:
+            if run_import is not None:
+                run_import(job_id)
 
     return publish

@@ -6,6 +6,7 @@ from . import (
     auth,
     contacts,
     deals,
+    imports,
     notifications,
     organizations,
     reports,
@@ -21,5 +22,6 @@ MODULES = (
     activities,
     analytics,
     reports,
+    imports,
     notifications,
 )

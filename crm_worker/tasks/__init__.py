@@ -1,5 +1,5 @@
 """Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import analytics, outbox, reminders, reports
+from . import analytics, imports, outbox, reminders, reports
 
-__all__ = ["analytics", "outbox", "reminders", "reports"]
+__all__ = ["analytics", "imports", "outbox", "reminders", "reports"]
