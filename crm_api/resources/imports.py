@@ -65,6 +65,16 @@ EXAMPLE_JOB = {
 }
 
 
+PENDING = {
+    "status": "pending",
+    "rows_done": 0,
+    "created": 0,
+    "skipped": 0,
+    "error_rows": 0,
+    "started_at": None,
+}
+
+
 class ImportUploadSchema(Schema):
     file = Upload(required=True, metadata={"description": "the CSV file (UTF-8, header row)"})
     kind = fields.Enum(ImportKind, by_value=True, required=True)
@@ -161,7 +171,18 @@ class _Detail:
 class Imports(MethodView):
     @blp.tenant_required
     @blp.arguments(PageArgs, location="query")
-    @blp.response(200, page_of(ImportSchema))
+    @blp.response(
+        200,
+        page_of(ImportSchema),
+        example={
+            "items": [EXAMPLE_JOB],
+            "total": 1,
+            "page": 1,
+            "page_size": 20,
+            "pages": 1,
+            "next_cursor": None,
+        },
+    )
     def get(self, args: dict[str, Any]) -> Any:
         """The organization's imports, newest first"""
         with transaction() as session:
@@ -169,11 +190,19 @@ class Imports(MethodView):
 
     @blp.tenant_required
     @large_upload
-    @blp.arguments(ImportUploadSchema, location="multipart")
+    @blp.arguments(
+        ImportUploadSchema,
+        location="multipart",
+        example={
+            "file": "contacts.csv (the file's bytes)",
+            "kind": "contacts",
+            "on_duplicate": "skip",
+        },
+    )
     @blp.response(
         202,
         ImportSchema,
-        example={**EXAMPLE_JOB, "status": "pending", "rows_done": 0, "created": 0, "skipped": 0},
+        example={**EXAMPLE_JOB, **PENDING},
         headers={"Location": {"schema": {"type": "string"}, "description": "the job"}},
     )
     @blp.alt_response(413, description="The body is larger than IMPORT_MAX_BYTES (20 MiB)")
@@ -258,7 +287,7 @@ class ImportErrors(MethodView):
 @blp.route("/<int:import_id>/retry")
 class ImportRetry(MethodView):
     @blp.tenant_required
-    @blp.response(202, ImportSchema, example={**EXAMPLE_JOB, "status": "pending"})
+    @blp.response(202, ImportSchema, example={**EXAMPLE_JOB, **PENDING, "error": None})
     @blp.alt_response(404, description="Not found in this organization")
     @blp.alt_response(409, description="Only a failed import can be retried")
     def post(self, import_id: int) -> Any:
