@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy import Enum, String, any_, bindparam, cast, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -71,19 +71,32 @@ class _Checks:
             return None
 
 
+def _array(values: Sequence[Any], column: Any) -> Any:
+    """One typed array parameter (for unnest / = ANY): a short statement, whatever the batch
+    size, instead of one placeholder per value."""
+    element = String() if isinstance(column.type, Enum) else column.type
+    return cast(bindparam(None, list(values)), ARRAY(element))
+
+
 def _insert(session: Session, model: type[Contact] | type[Deal], rows: list[dict[str, Any]]) -> int:
-    """One multi-row INSERT; rows of this import already written are left alone."""
+    """One INSERT ... SELECT FROM unnest(one array per column); rows of this import already
+    written (same job and row) are left alone. Returns how many rows were inserted."""
     if not rows:
         return 0
+    table = model.__table__
+    names = list(rows[0])
+    arrays = [_array([r[n] for r in rows], table.c[n]) for n in names]  # type: ignore[attr-defined]
+    source = func.unnest(*arrays).table_valued(*names).render_derived()
     stmt = (
-        pg_insert(model.__table__)  # type: ignore[arg-type]
+        pg_insert(table)  # type: ignore[arg-type]
+        .from_select(names, select(*source.c))
         .on_conflict_do_nothing(
             index_elements=["import_job_id", "import_row"],
             index_where=text("import_job_id IS NOT NULL"),
         )
-        .returning(model.__table__.c.id)  # type: ignore[attr-defined]
+        .returning(table.c.id)  # type: ignore[attr-defined]
     )
-    return len(session.connection().execute(stmt, rows).all())
+    return len(session.execute(stmt).all())
 
 
 def write(
@@ -110,7 +123,10 @@ def _existing_by_email(
     lowered = func.lower(Contact.email)
     rows = session.execute(
         select(lowered, Contact.id, Contact.owner_id)
-        .where(Contact.organization_id == organization_id, lowered.in_(sorted(emails)))
+        .where(
+            Contact.organization_id == organization_id,
+            lowered == any_(_array(sorted(emails), Contact.__table__.c.email)),
+        )
         .order_by(lowered, Contact.id)
         .ext(distinct_on(lowered))
     )
@@ -201,7 +217,8 @@ def _contacts_for(
         found = set(
             session.scalars(
                 select(Contact.id).where(
-                    Contact.organization_id == organization_id, Contact.id.in_(sorted(ids))
+                    Contact.organization_id == organization_id,
+                    Contact.id == any_(_array(sorted(ids), Contact.__table__.c.id)),
                 )
             )
         )
