@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from werkzeug.exceptions import RequestTimeout
+from werkzeug.exceptions import ClientDisconnected, RequestTimeout
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -87,7 +87,11 @@ def read_deadline(environ: dict[str, Any], timeout: float) -> Iterator[None]:
     sock.settimeout(timeout)
     try:
         yield
-    except TimeoutError as exc:
-        raise BodyReadTimeout() from exc
+    except (TimeoutError, ClientDisconnected) as exc:
+        # werkzeug reports a failed read of the body as a disconnected client (400), raised
+        # while it handles the read's error
+        if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+            raise BodyReadTimeout() from exc
+        raise
     finally:
         sock.settimeout(None)
