@@ -7,6 +7,7 @@ Rows are numbered as a spreadsheet numbers them: the header is row 1. Blank rows
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterable, Iterator, Sequence
@@ -76,7 +77,7 @@ class Reader:
             raise ValidationFailed(
                 "The file is not UTF-8 text (save it as CSV UTF-8)",
                 code="CSV_NOT_UTF8",
-                details={"row": self._row + 1, "reason": exc.reason},
+                details={"reason": exc.reason},
             ) from exc
         except csv.Error as exc:
             raise ValidationFailed(
@@ -135,11 +136,32 @@ def inspect(binary: IO[bytes], kind: ImportKind) -> Layout:
     try:
         reader = Reader(text, kind)
         rows = sum(1 for _ in reader.rows())
+    except ValidationFailed as exc:
+        if exc.code == "CSV_NOT_UTF8":
+            exc.details.update(_first_bad_byte(binary))
+        raise
     finally:
         text.detach()
     if rows == 0:
         raise ValidationFailed("The file has a header but no rows", code="CSV_NO_ROWS")
     return Layout(header=reader.header, rows=rows)
+
+
+def _first_bad_byte(binary: IO[bytes]) -> dict[str, int]:
+    """Where the first byte that is not UTF-8 is: {"byte": offset, "line": 1-based line}."""
+    binary.seek(0)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    while chunk := binary.read(_TEXT_CHUNK):
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            # positions count from the bytes of an unfinished character the decoder held back
+            before = exc.start - len(decoder.getstate()[0])
+            return {"byte": offset + before, "line": lines + chunk[: max(0, before)].count(b"\n")}
+        offset += len(chunk)
+        lines += chunk.count(b"\n")
+    return {}
 
 
 def cell(value: Any) -> str:

@@ -70,6 +70,14 @@ def test_bad_files_are_400(
     assert _jobs(db, owner) == before
 
 
+def test_bad_bytes_are_located(api: ApiClient, owner: User) -> None:
+    content = "name,email\r\nAnn,a@example.com\r\nMüller,m@example.com\r\n".encode("latin-1")
+    r = api.upload(owner, content)
+    assert error_code(r) == "CSV_NOT_UTF8"
+    details = r.get_json()["error"]["details"]
+    assert (details["line"], details["byte"]) == (3, content.index(b"\xfc"))
+
+
 def test_malformed_csv_names_the_row(api: ApiClient, owner: User) -> None:
     content = b'name\r\nAnn\r\nBob\r\n"Cid\r\n'
     r = api.upload(owner, content)
@@ -128,6 +136,7 @@ def test_a_file_over_the_limit_is_413(api: ApiClient, db: Database, owner: User)
     r = api.upload(owner, content)
     assert r.status_code == 413, r.get_json()
     assert error_code(r) == "PAYLOAD_TOO_LARGE"
+    assert r.get_json()["error"]["message"] == "An upload may be at most 20971520 bytes (20 MiB)"
     assert _jobs(db, owner) == before
 
 

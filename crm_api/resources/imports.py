@@ -10,6 +10,7 @@ from flask.views import MethodView
 from flask_smorest.fields import Upload
 from marshmallow import fields
 from werkzeug.datastructures import CombinedMultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from crm_domain import csvio
 from crm_domain.enums import ImportKind, ImportStatus, OnDuplicate
@@ -148,9 +149,15 @@ def large_upload(func: Any) -> Any:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         settings = _settings()
-        request.max_content_length = settings.import_max_bytes
-        with read_deadline(request.environ, settings.body_read_timeout):
-            return func(*args, **kwargs)
+        limit = settings.import_max_bytes
+        request.max_content_length = limit
+        try:
+            with read_deadline(request.environ, settings.body_read_timeout):
+                return func(*args, **kwargs)
+        except RequestEntityTooLarge as exc:
+            raise RequestEntityTooLarge(
+                f"An upload may be at most {limit} bytes ({limit / 2**20:g} MiB)"
+            ) from exc
 
     return wrapper
 
