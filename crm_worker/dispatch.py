@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from sqlalchemy.exc import OperationalError
@@ -39,6 +40,15 @@ DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
 # Outages that cost an event no delivery attempt: delivery is retried when they are over.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
+# Celery options of tasks that must survive a dying worker and ride out an outage.
+RESILIENT_TASK: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 8,
+}
 
 OnDealChanged = Callable[[int], None]
 OnImport = Callable[[int], object]

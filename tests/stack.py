@@ -15,7 +15,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +247,21 @@ class Stack:
             f"--- {s.name} ---\n{s.log_tail()}" for s in (self.web, self.worker, self.beat)
         )
 
+    def register(self, label: str) -> tuple[str, int]:
+        """A new user with a new organization, through the running API: (token, org id)."""
+        status, body = self.http(
+            "POST",
+            "/auth/register",
+            {
+                "email": f"{label}-{uuid.uuid4().hex[:10]}@example.com",
+                "password": "StrongPassword123",
+                "name": label.capitalize(),
+                "organization_name": f"{label.capitalize()} Inc",
+            },
+        )
+        assert status == 201, body
+        return body["access_token"], body["organization"]["id"]
+
     def http(
         self,
         method: str,
@@ -270,3 +287,17 @@ class Stack:
             return error.code, json.loads(raw) if raw else None
         except (urllib.error.URLError, ConnectionError):
             return 0, None
+
+
+@contextmanager
+def running_stack(test_services: Any, workdir: Path, name: str, **env: str) -> Iterator[Stack]:
+    """A started Stack on the test database (Redis keys under its own prefix), stopped after."""
+    stack = Stack(
+        test_services.database_url, workdir, key_prefix=f"{test_services.database_name}-{name}"
+    )
+    stack.env.update(env)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

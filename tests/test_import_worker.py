@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from crm_domain.db import Database
 from crm_domain.models import Contact
 
-from .stack import Stack, wait_until
+from .stack import Stack, running_stack, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -26,33 +26,16 @@ STALL_SECONDS = 3
 
 @pytest.fixture(scope="module")
 def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
-    s = Stack(
-        test_services.database_url,
-        tmp_path_factory.mktemp("import-stack"),
-        key_prefix=f"{test_services.database_name}-imports",
-    )
-    s.env.update({"IMPORT_STALL_SECONDS": str(STALL_SECONDS), "IMPORT_BATCH_SIZE": "200"})
-    s.start()
-    try:
+    workdir = tmp_path_factory.mktemp("import-stack")
+    env = {"IMPORT_STALL_SECONDS": str(STALL_SECONDS), "IMPORT_BATCH_SIZE": "200"}
+    with running_stack(test_services, workdir, "imports", **env) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
 def tenant(stack: Stack) -> dict[str, Any]:
-    status, body = stack.http(
-        "POST",
-        "/auth/register",
-        {
-            "email": f"i-{uuid.uuid4().hex[:10]}@example.com",
-            "password": "StrongPassword123",
-            "name": "Importer",
-            "organization_name": "Imports Inc",
-        },
-    )
-    assert status == 201, body
-    return {"token": body["access_token"], "org": body["organization"]["id"]}
+    token, org = stack.register("importer")
+    return {"token": token, "org": org}
 
 
 def upload(stack: Stack, tenant: dict[str, Any], content: bytes, kind: str) -> dict[str, Any]:

@@ -69,6 +69,19 @@ def _stalled_body(base: str) -> socket.socket:
     return sock
 
 
+def _answer(sock: socket.socket) -> tuple[bytes, float]:
+    """The server's whole answer on `sock`, and how long it took to come."""
+    sock.settimeout(BODY_READ_TIMEOUT + 10)
+    start = time.monotonic()
+    raw = b""
+    while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        raw += chunk
+    return raw, time.monotonic() - start
+
+
 def test_five_stalled_bodies_do_not_stall_the_server(server: str) -> None:
     slow = [_stalled_body(server) for _ in range(5)]
     try:
@@ -84,15 +97,7 @@ def test_five_stalled_bodies_do_not_stall_the_server(server: str) -> None:
 def test_a_stalled_body_is_answered_408_after_the_read_timeout(server: str) -> None:
     sock = _stalled_body(server)
     try:
-        sock.settimeout(BODY_READ_TIMEOUT + 10)
-        start = time.monotonic()
-        raw = b""
-        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-        waited = time.monotonic() - start
+        raw, waited = _answer(sock)
     finally:
         sock.close()
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -133,15 +138,7 @@ def test_a_stalled_large_upload_is_answered_408_too(app, server: str) -> None:
             "Content-Type: text/csv\r\n\r\nname\r\n"
         )
         sock.sendall(head.encode() + part.encode() + b"Ann\r\n" * 300_000)  # 1.5 MB, then nothing
-        sock.settimeout(BODY_READ_TIMEOUT + 10)
-        start = time.monotonic()
-        raw = b""
-        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-        waited = time.monotonic() - start
+        raw, waited = _answer(sock)
     finally:
         sock.close()
     head_line, _, answer = raw.partition(b"\r\n\r\n")

@@ -10,7 +10,6 @@ import datetime as dt
 import itertools
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,43 +21,23 @@ from crm_domain.db import Database
 from crm_domain.embedded import free_port
 from crm_domain.models import Activity, OutboxEvent
 
-from .stack import BIN, Service, Stack, wait_until
+from .stack import BIN, Service, Stack, running_stack, wait_until
 
 pytestmark = pytest.mark.worker
 
-PASSWORD = "StrongPassword123"
 DELIVERY_TIMEOUT = 120  # generous: reconnect back-off after a broker outage can take a while
 
 
 @pytest.fixture(scope="module")
 def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
-    s = Stack(
-        test_services.database_url,
-        tmp_path_factory.mktemp("stack"),
-        key_prefix=f"{test_services.database_name}-stack",
-    )
-    s.start()
-    try:
+    with running_stack(test_services, tmp_path_factory.mktemp("stack"), "stack") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
 def tenant(stack: Stack) -> dict[str, Any]:
     """A fresh organization with one contact and one deal, created through the running API."""
-    status, body = stack.http(
-        "POST",
-        "/auth/register",
-        {
-            "email": f"w-{uuid.uuid4().hex[:10]}@example.com",
-            "password": PASSWORD,
-            "name": "Worker Test",
-            "organization_name": "Workers Inc",
-        },
-    )
-    assert status == 201, body
-    token, org = body["access_token"], body["organization"]["id"]
+    token, org = stack.register("worker")
     status, contact = stack.http("POST", "/contacts", {"name": "C"}, token, org)
     assert status == 201, contact
     status, deal = stack.http(

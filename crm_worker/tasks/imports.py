@@ -9,7 +9,7 @@ import logging
 from crm_domain.services import imports
 
 from ..app import celery_app, database, drain_flag, settings
-from ..dispatch import IMPORT_TASK, TRANSIENT_ERRORS, send_drain, send_import
+from ..dispatch import IMPORT_TASK, RESILIENT_TASK, send_drain, send_import
 from ..importing import run_import
 
 log = logging.getLogger(__name__)
@@ -21,18 +21,8 @@ def _announce() -> None:
         send_drain()
 
 
-@celery_app.task(
-    name=IMPORT_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-    # A 20 MiB file takes minutes, not hours; beat resumes a run that dies anyway.
-    soft_time_limit=1800,
-    time_limit=1900,
-)
+# A 20 MiB file takes a minute or two, not half an hour; beat resumes a run that dies anyway.
+@celery_app.task(name=IMPORT_TASK, soft_time_limit=1800, time_limit=1900, **RESILIENT_TASK)
 def run(job_id: int) -> str | None:
     """Claim the job (FOR UPDATE SKIP LOCKED) and import it; a duplicate message finds it
     claimed or finished and does nothing."""
