@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
     db.count_cache = LargeCountCache(client, settings.redis_key_prefix, identity=db.identity)
-    _install_outbox_publisher(app, db, client, settings.redis_key_prefix)
+    _install_outbox_publisher(app, db, client, settings)
 
     init_jwt(
         app, access_minutes=settings.access_token_minutes, refresh_days=settings.refresh_token_days
@@ -143,18 +143,23 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     return app
 
 
-def _install_outbox_publisher(app: Flask, db: Database, client: redis.Redis, prefix: str) -> None:
+def _install_outbox_publisher(
+    app: Flask, db: Database, client: redis.Redis, settings: Settings
+) -> None:
     """How committed outbox events reach delivery: "celery" (wake a worker's drain task, the
-    default), "inline" (delivered in-process right after the commit) or "none" (beat
-    re-dispatch only)."""
+    default), "inline" (delivered in-process right after the commit; imports run there too)
+    or "none" (beat re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
         from crm_worker.dispatch import inline_publisher
+        from crm_worker.importing import run_import
 
-        db.publisher = inline_publisher(db, app.extensions["crm_analytics"])
+        db.publisher = inline_publisher(
+            db, app.extensions["crm_analytics"], lambda job_id: run_import(db, job_id, settings)
+        )
     elif mode == "celery":
         from crm_worker.dispatch import DrainFlag, DrainWaker
 
-        db.publisher = DrainWaker(DrainFlag(client, prefix))
+        db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix))
     else:
         db.publisher = None

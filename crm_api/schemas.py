@@ -95,6 +95,8 @@ class PageArgs(ma.Schema):
         },
     )
 
+    PAGE_FIELDS = ("page", "page_size", "cursor")
+
     @staticmethod
     def page_request(args: dict[str, Any]) -> PageRequest:
         return PageRequest(

@@ -12,8 +12,11 @@ from __future__ import annotations
 import io
 import json
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from werkzeug.exceptions import ClientDisconnected, RequestTimeout
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -66,3 +69,29 @@ class BodyDeadline:
 def _content_length(environ: dict[str, Any]) -> int | None:
     raw = environ.get("CONTENT_LENGTH") or ""
     return int(raw) if raw.isdigit() else None
+
+
+class BodyReadTimeout(RequestTimeout):
+    description = "The request body did not arrive in time"
+
+
+@contextmanager
+def read_deadline(environ: dict[str, Any], timeout: float) -> Iterator[None]:
+    """The same bound for a body the middleware leaves to the application (a large upload,
+    read as a stream): each pause in the body may last `timeout` seconds; a longer one is a
+    408 (BodyReadTimeout) instead of a thread held until the client goes away."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None or timeout <= 0:
+        yield
+        return
+    sock.settimeout(timeout)
+    try:
+        yield
+    except (TimeoutError, ClientDisconnected) as exc:
+        # werkzeug reports a failed read of the body as a disconnected client (400), raised
+        # while it handles the read's error
+        if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+            raise BodyReadTimeout() from exc
+        raise
+    finally:
+        sock.settimeout(None)

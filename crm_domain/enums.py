@@ -48,3 +48,22 @@ class EmailStatus(enum.StrEnum):
     SENT = "sent"
     SKIPPED = "skipped"  # nothing to send any more (e.g. the invitation was revoked)
     FAILED = "failed"  # refused for good, or out of attempts
+
+
+class ImportKind(enum.StrEnum):
+    CONTACTS = "contacts"
+    DEALS = "deals"
+
+
+class ImportStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class OnDuplicate(enum.StrEnum):
+    """What a contacts import does with a row whose e-mail an existing contact has."""
+
+    SKIP = "skip"
+    UPDATE = "update"

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -31,7 +32,16 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base
-from .enums import ActivityType, DealStage, DealStatus, EmailStatus, Role
+from .enums import (
+    ActivityType,
+    DealStage,
+    DealStatus,
+    EmailStatus,
+    ImportKind,
+    ImportStatus,
+    OnDuplicate,
+    Role,
+)
 
 AMOUNT = Numeric(12, 2)
 
@@ -51,6 +61,18 @@ def _str_enum(cls: type[enum.StrEnum], name: str) -> Enum:
 
 def _now() -> Any:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+def _import_row_key(table: str) -> Index:
+    """(import job, CSV row) of a row written by a CSV import: a re-run of the same rows
+    writes nothing twice. Partial, so rows made through the API cost no index entry."""
+    return Index(
+        f"uq_{table}_import_row",
+        "import_job_id",
+        "import_row",
+        unique=True,
+        postgresql_where=text("import_job_id IS NOT NULL"),
+    )
 
 
 class Organization(Base):
@@ -120,6 +142,9 @@ class Contact(Base):
         UniqueConstraint("id", "organization_id"),
         Index("ix_contacts_org_id", "organization_id", "id"),
         Index("ix_contacts_org_owner_id", "organization_id", "owner_id", "id"),
+        # Imports match contacts by e-mail, case-insensitively, a batch at a time.
+        Index("ix_contacts_org_lower_email", "organization_id", func.lower(text("email"))),
+        _import_row_key("contacts"),
         # Trigram indexes for `search` (name/email ILIKE) are created by migration 0003 where
         # the server has pg_trgm.
     )
@@ -132,6 +157,8 @@ class Contact(Base):
     name: Mapped[str] = mapped_column(String(255), nullable=False)
     email: Mapped[str | None] = mapped_column(String(320))
     phone: Mapped[str | None] = mapped_column(String(50))
+    import_job_id: Mapped[int | None] = mapped_column(Integer)
+    import_row: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -159,6 +186,7 @@ class Deal(Base):
         Index("ix_deals_org_stage_created_id", "organization_id", "stage", "created_at", "id"),
         Index("ix_deals_org_owner_created_id", "organization_id", "owner_id", "created_at", "id"),
         Index("ix_deals_contact", "contact_id"),
+        _import_row_key("deals"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -178,6 +206,8 @@ class Deal(Base):
         nullable=False,
         server_default=DealStage.QUALIFICATION.value,
     )
+    import_job_id: Mapped[int | None] = mapped_column(Integer)
+    import_row: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -496,3 +526,80 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _now()
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImportJob(Base):
+    """A CSV import: the upload's settings, its progress and its outcome.
+
+    `last_row` is the CSV row (the header being row 1) up to which every row is written;
+    it is committed with each batch, so a re-run resumes right after it. `lease` names the
+    run that holds the job: a run that finds another lease stops (it was taken over)."""
+
+    __tablename__ = "import_jobs"
+    __table_args__ = (
+        Index("ix_import_jobs_org_id", "organization_id", "id"),
+        Index(
+            "ix_import_jobs_unfinished",
+            "status",
+            "heartbeat_at",
+            postgresql_where=text("status IN ('pending', 'running')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    kind: Mapped[ImportKind] = mapped_column(_str_enum(ImportKind, "import_kind"), nullable=False)
+    on_duplicate: Mapped[OnDuplicate] = mapped_column(
+        _str_enum(OnDuplicate, "import_on_duplicate"), nullable=False
+    )
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    status: Mapped[ImportStatus] = mapped_column(
+        _str_enum(ImportStatus, "import_status"),
+        nullable=False,
+        server_default=ImportStatus.PENDING.value,
+    )
+    rows_total: Mapped[int] = mapped_column(Integer, nullable=False)
+    rows_done: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_row: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    created_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    updated_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    skipped_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    error_rows: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    lease: Mapped[uuid.UUID | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = _now()
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImportFile(Base):
+    """The uploaded CSV, kept in the database until its job is done (see README)."""
+
+    __tablename__ = "import_files"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("import_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class ImportRowError(Base):
+    """One problem of one CSV row (written with the batch that met it)."""
+
+    __tablename__ = "import_row_errors"
+    __table_args__ = (Index("ix_import_row_errors_job_row", "job_id", "row", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("import_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    row: Mapped[int] = mapped_column(Integer, nullable=False)
+    field: Mapped[str] = mapped_column(String(64), nullable=False)
+    code: Mapped[str] = mapped_column(String(64), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)

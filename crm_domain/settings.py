@@ -100,6 +100,9 @@ class Settings:
     webhook_dispatch_seconds: float = 5.0
     webhook_disable_after_hours: float = 120.0
     webhook_disable_after_failed_events: int = 50
+    import_max_bytes: int = 20 * 1024 * 1024
+    import_batch_size: int = 500
+    import_stall_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -144,6 +147,9 @@ class Settings:
             webhook_dispatch_seconds=env.float("WEBHOOK_DISPATCH_SECONDS", 5.0),
             webhook_disable_after_hours=env.float("WEBHOOK_DISABLE_AFTER_HOURS", 120.0),
             webhook_disable_after_failed_events=env.int("WEBHOOK_DISABLE_AFTER_FAILED_EVENTS", 50),
+            import_max_bytes=env.int("IMPORT_MAX_BYTES", 20 * 1024 * 1024),
+            import_batch_size=env.int("IMPORT_BATCH_SIZE", 500),
+            import_stall_seconds=env.float("IMPORT_STALL_SECONDS", 60.0),
         )
         if any(delay < 0 for delay in settings.webhook_retry_schedule):
             raise RuntimeError("WEBHOOK_RETRY_SCHEDULE must list non-negative seconds")

@@ -15,7 +15,7 @@ from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import quiet
-from .dispatch import SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK, DrainFlag
+from .dispatch import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK, DrainFlag
 from .webhook_sender import Sender
 
 EMAIL_QUEUE = "email"
@@ -69,6 +69,8 @@ QUEUE_ROUTES = {
     "crm.email.*": EMAIL_QUEUE,
     # Webhook deliveries wait on other people's servers: a worker of their own.
     "crm.webhooks.*": "webhooks",
+    # Imports run long: a worker of their own (Procfile `importer`).
+    "crm.imports.*": IMPORT_QUEUE,
 }
 
 celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
@@ -122,6 +124,11 @@ celery_app.conf.update(
             "task": SWEEP_WEBHOOKS_TASK,
             "schedule": timedelta(seconds=settings.webhook_dispatch_seconds),
             "options": {"expires": settings.webhook_dispatch_seconds},
+        },
+        "imports-requeue-stalled": {
+            "task": "crm.imports.requeue_stalled",
+            "schedule": timedelta(seconds=max(1.0, settings.import_stall_seconds / 2)),
+            "options": {"expires": max(1.0, settings.import_stall_seconds / 2)},
         },
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import redis
 from sqlalchemy.exc import OperationalError
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
-from crm_domain.services import events, invitations, outbox, report_emails, webhooks
+from crm_domain.services import events, imports, invitations, outbox, report_emails, webhooks
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,26 @@ REPORT_BUILD_TASK = "crm.reports.build"
 SEND_MAIL_TASK = "crm.email.send_pending"
 SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in .app)
 SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
+IMPORT_TASK = "crm.imports.run"
+IMPORT_QUEUE = "imports"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
 # Outages that cost an event no delivery attempt: delivery is retried when they are over.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
+# Celery options of tasks that must survive a dying worker and ride out an outage.
+RESILIENT_TASK: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 8,
+}
 
 OnDealChanged = Callable[[int], None]
 OnWebhooks = Callable[[Iterable[int]], None]  # endpoints with deliveries to send
+OnImport = Callable[[int], object]
 
 
 class DrainFlag:
@@ -72,6 +85,7 @@ def deliver(
     on_report_requested: Callable[[int], None] | None = None,
     on_mail_queued: Callable[[], None] | None = None,
     on_webhooks: OnWebhooks | None = None,
+    on_import: OnImport | None = None,
 ) -> int:
     """Deliver every pending event. One stream, several consumers:
     - every domain event is fanned out to the organization's webhook endpoints (one query per
@@ -80,6 +94,7 @@ def deliver(
     - deal writes ask for one analytics refresh per organization, and report requests for a
       build (without `on_report_requested`: built right here), before the batch commits, so
       a failure to ask leaves the batch pending;
+    - import requests ask for one run each (`on_import`, else the "imports" queue);
     - events that queue e-mail (invitations, weekly reports ready) write `outbound_emails`
       rows in the batch; afterwards `on_mail_queued` wakes the sender (beat's sweep, if it
       cannot)."""
@@ -112,6 +127,12 @@ def deliver(
         outbox.WEBHOOK_SEND_TOPIC: wake_senders,
         invitations.INVITATION_TOPIC: queues_mail(invitations.queue_emails),
     }
+
+    def import_requested(_session: Session, batch: Sequence[OutboxEvent]) -> None:
+        for job_id in sorted({ev.payload["import_id"] for ev in batch}):
+            (on_import or send_import)(job_id)
+
+    handlers[imports.IMPORT_TOPIC] = import_requested
     if on_report_requested is not None:
         report_requested = on_report_requested
 
@@ -148,6 +169,13 @@ def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) 
 
     for endpoint_id in endpoint_ids:
         celery_app.send_task(SEND_WEBHOOKS_TASK, args=[endpoint_id], expires=expires, retry=False)
+
+
+def send_import(job_id: int) -> None:
+    """Ask the "imports" queue to run a job (the run claims it from the database)."""
+    from .app import celery_app
+
+    celery_app.send_task(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE, retry=False)
 
 
 class DrainWaker:
@@ -233,9 +261,13 @@ def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
         )
 
 
-def inline_publisher(db: Database, cache: AnalyticsCache) -> Publisher:
-    """Deliver right after the commit, in-process, refreshing analytics synchronously.
-    Webhook deliveries are written but not sent (crm_worker.webhook_sender sends them)."""
+def inline_publisher(
+    db: Database, cache: AnalyticsCache, run_import: OnImport | None = None
+) -> Publisher:
+    """Deliver right after the commit, in-process, refreshing analytics synchronously and
+    running requested imports once the delivery is over (`run_import`, else they are left
+    to beat's re-queueing). Webhook deliveries are written but not sent
+    (crm_worker.webhook_sender sends them)."""
 
     def refresh_now(organization_id: int) -> None:
         try:
@@ -244,6 +276,10 @@ def inline_publisher(db: Database, cache: AnalyticsCache) -> Publisher:
             log.warning("analytics refresh skipped: Redis unavailable", exc_info=True)
 
     def publish() -> None:
-        deliver(db, refresh_now)
+        requested: list[int] = []
+        deliver(db, refresh_now, on_import=requested.append)
+        for job_id in requested:
+            if run_import is not None:
+                run_import(job_id)
 
     return publish

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.procfile import Process, process_env, stop_all  # noqa: E402
 
-PROCESSES = ("web", "worker", "worker-bulk", "webhooks", "beat", "flower")
+PROCESSES = ("web", "worker", "worker-bulk", "webhooks", "importer", "beat", "flower")
 # Development defaults, used only where neither the environment nor .env says otherwise.
 DEV_DEFAULTS = {
     "GUNICORN_BIND": f"127.0.0.1:{os.environ.get('PORT', '8000')}",

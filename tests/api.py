@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,31 @@ class ApiClient:
 
     def delete(self, path: str, **kw: Any) -> TestResponse:
         return self.call("DELETE", path, **kw)
+
+    def upload(
+        self,
+        user: User,
+        content: bytes | str,
+        *,
+        kind: str = "contacts",
+        on_duplicate: str | None = None,
+        org: int | None = None,
+        filename: str = "data.csv",
+    ) -> TestResponse:
+        """POST /imports with a multipart body (the file and the form fields)."""
+        raw = content.encode() if isinstance(content, str) else content
+        data: dict[str, Any] = {"kind": kind, "file": (io.BytesIO(raw), filename)}
+        if on_duplicate is not None:
+            data["on_duplicate"] = on_duplicate
+        return self.client.post(
+            PREFIX + "/imports",
+            data=data,
+            content_type="multipart/form-data",
+            headers={
+                "Authorization": f"Bearer {user.token}",
+                "X-Organization-Id": str(org or user.org_id),
+            },
+        )
 
     # --- builders ---------------------------------------------------------------------------
 

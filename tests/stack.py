@@ -13,7 +13,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ class PrivateRedis:
 
 
 class Stack:
-    """The Procfile's web, worker, worker-bulk, webhooks and beat on a private Redis (see
+    """The Procfile's web, worker, worker-bulk, webhooks, importer and beat on a private Redis (see
     scripts/procfile.py). The bulk worker also loads tests.slow_tasks."""
 
     def __init__(
@@ -137,6 +138,7 @@ class Stack:
             log_path=workdir / "bulk.log",
         )
         self.webhooks = Process("webhooks", self.env, log_path=workdir / "webhooks.log")
+        self.importer = Process("importer", self.env, log_path=workdir / "importer.log")
         self.beat = Process("beat", self.env, log_path=workdir / "beat.log")
 
     @property
@@ -145,7 +147,7 @@ class Stack:
 
     @property
     def processes(self) -> list[Process]:
-        return [self.web, self.worker, self.bulk, self.webhooks, self.beat]
+        return [self.web, self.worker, self.bulk, self.webhooks, self.importer, self.beat]
 
     def start(self) -> None:
         self.redis.start()
@@ -207,3 +209,17 @@ class Stack:
             return error.code, json.loads(raw) if raw else None
         except (urllib.error.URLError, ConnectionError):
             return 0, None
+
+
+@contextmanager
+def running_stack(test_services: Any, workdir: Path, name: str, **env: str) -> Iterator[Stack]:
+    """A started Stack on the test database (Redis keys under its own prefix), stopped after."""
+    stack = Stack(
+        test_services.database_url, workdir, key_prefix=f"{test_services.database_name}-{name}"
+    )
+    stack.env.update(env)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -70,12 +70,14 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     # contacts
     Route("GET", "/contacts", query={"search": "e"}),
+    Route("GET", "/contacts/export.csv", query={"search": "e"}),
     Route("POST", "/contacts", body=lambda ids: {"name": "Intruder", "email": "x@example.com"}),
     Route("GET", "/contacts/{contact}"),
     Route("PATCH", "/contacts/{contact}", body=lambda ids: {"name": "Hacked", "phone": "666"}),
     Route("DELETE", "/contacts/{contact}"),
     # deals
     Route("GET", "/deals"),
+    Route("GET", "/deals/export.csv"),
     Route(
         "POST",
         "/deals",
@@ -112,6 +114,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/reports"),
     Route("POST", "/reports"),
     Route("GET", "/reports/{report}"),
+    # imports (a JSON body is no upload: every rejection below comes before the body)
+    Route("GET", "/imports"),
+    Route("POST", "/imports", body=lambda ids: {"kind": "contacts"}),
+    Route("GET", "/imports/{import}"),
+    Route("GET", "/imports/{import}/errors.csv", snapshot="/imports/{import}"),
+    Route("POST", "/imports/{import}/retry", snapshot="/imports/{import}"),
     # notifications (the caller's own, in the header's org)
     Route("GET", "/notifications"),
     Route("POST", "/notifications/{notification}/read", snapshot="/notifications"),
@@ -142,6 +150,7 @@ ENTITY_LOOKUP = {
     "deal": "/deals/{deal}",
     "task": "/tasks/{task}",
     "report": "/reports/{report}",
+    "import": "/imports/{import}",
     "notification": "/notifications",
     "webhook": "/webhooks/{webhook}",
     "webhook_delivery": "/webhooks/{webhook}/deliveries",
@@ -205,6 +214,8 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
     assert r.status_code == 201, r.get_json()
     webhook = r.get_json()["id"]
     r = api.post(f"/webhooks/{webhook}/test", user=owner, org=owner.org_id)
+    webhook_delivery = r.get_json()["id"]
+    r = api.upload(owner, f"name,email\r\n{label} Imported,imported-{label}@example.com\r\n")
     assert r.status_code == 202, r.get_json()
     org.ids = {
         "contact": contact["id"],
@@ -213,9 +224,10 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
         "task": task["id"],
         "activity": activity,
         "report": report,
+        "import": r.get_json()["id"],
         "notification": _notify(db, owner),
         "webhook": webhook,
-        "webhook_delivery": r.get_json()["id"],
+        "webhook_delivery": webhook_delivery,
     }
     return org
 

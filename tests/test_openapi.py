@@ -416,3 +416,27 @@ def test_invitation_and_email_routes_have_examples(
             assert error["content"]["application/json"]["example"]["error"]["code"].startswith(
                 "INVITATION_"
             )
+
+
+def test_csv_import_and_export_routes_have_examples(spec: dict[str, Any]) -> None:
+    csv_ops = [
+        (m, p, op) for m, p, op in operations(spec) if "/imports" in p or p.endswith("export.csv")
+    ]
+    assert len(csv_ops) == 7
+    for method, path, op in csv_ops:
+        success = [r for s, r in op["responses"].items() if s.startswith("2")]
+        contents = [c for r in success for c in _resolve(spec, r).get("content", {}).values()]
+        assert contents and all("example" in c for c in contents), (method, path)
+    upload = spec["paths"][f"{PREFIX}/imports"]["post"]["requestBody"]["content"]
+    assert set(upload) == {"multipart/form-data"}
+    assert upload["multipart/form-data"]["example"]["kind"] == "contacts"
+    schema = _resolve(spec, upload["multipart/form-data"]["schema"])
+    assert schema["properties"]["file"] == {
+        "description": "the CSV file (UTF-8, header row)",
+        "type": "string",
+        "format": "binary",
+    }
+    assert set(schema["required"]) == {"file", "kind"}
+    for kind in ("contacts", "deals"):
+        ok = spec["paths"][f"{PREFIX}/{kind}/export.csv"]["get"]["responses"]["200"]
+        assert set(ok["content"]) == {"text/csv"}

@@ -67,6 +67,19 @@ def _stalled_body(base: str) -> socket.socket:
     return sock
 
 
+def _answer(sock: socket.socket) -> tuple[bytes, float]:
+    """The server's whole answer on `sock`, and how long it took to come."""
+    sock.settimeout(BODY_READ_TIMEOUT + 10)
+    start = time.monotonic()
+    raw = b""
+    while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        raw += chunk
+    return raw, time.monotonic() - start
+
+
 def test_five_stalled_bodies_do_not_stall_the_server(server: str) -> None:
     slow = [_stalled_body(server) for _ in range(5)]
     try:
@@ -82,18 +95,51 @@ def test_five_stalled_bodies_do_not_stall_the_server(server: str) -> None:
 def test_a_stalled_body_is_answered_408_after_the_read_timeout(server: str) -> None:
     sock = _stalled_body(server)
     try:
-        sock.settimeout(BODY_READ_TIMEOUT + 10)
-        start = time.monotonic()
-        raw = b""
-        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-        waited = time.monotonic() - start
+        raw, waited = _answer(sock)
     finally:
         sock.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), head
     assert json.loads(body)["error"]["code"] == "REQUEST_TIMEOUT"
+    assert BODY_READ_TIMEOUT - 0.5 <= waited < BODY_READ_TIMEOUT + 5
+
+
+def test_a_stalled_large_upload_is_answered_408_too(app, server: str) -> None:
+    """POST /imports takes bodies above the usual 1 MiB; they are streamed, not read ahead,
+    and each read still waits at most BODY_READ_TIMEOUT."""
+    request = urllib.request.Request(
+        server + "/api/v1/auth/register",
+        data=json.dumps(
+            {
+                "email": f"slow-{time.monotonic_ns()}@example.com",
+                "password": "StrongPassword123",
+                "name": "Slow",
+                "organization_name": "Slow Inc",
+            }
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        body = json.loads(r.read())
+    host, port = server.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    try:
+        head = (
+            "POST /api/v1/imports HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: multipart/form-data; boundary=b0undary\r\n"
+            f"Authorization: Bearer {body['access_token']}\r\n"
+            f"X-Organization-Id: {body['organization']['id']}\r\n"
+            "Content-Length: 3000000\r\n\r\n"
+        )
+        part = (
+            '--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n'
+            "Content-Type: text/csv\r\n\r\nname\r\n"
+        )
+        sock.sendall(head.encode() + part.encode() + b"Ann\r\n" * 300_000)  # 1.5 MB, then nothing
+        raw, waited = _answer(sock)
+    finally:
+        sock.close()
+    head_line, _, answer = raw.partition(b"\r\n\r\n")
+    assert head_line.startswith(b"HTTP/1.1 408"), raw[:600]
+    assert json.loads(answer)["error"]["code"] == "REQUEST_TIMEOUT"
     assert BODY_READ_TIMEOUT - 0.5 <= waited < BODY_READ_TIMEOUT + 5

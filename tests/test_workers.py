@@ -23,7 +23,7 @@ from crm_domain.embedded import free_port
 from crm_domain.models import Activity, OutboxEvent
 from scripts.procfile import Process
 
-from .stack import Stack, wait_until
+from .stack import Stack, running_stack, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -32,11 +32,7 @@ DELIVERY_TIMEOUT = 120  # generous: reconnect back-off after a broker outage can
 
 @pytest.fixture(scope="module")
 def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
-    with Stack(
-        test_services.database_url,
-        tmp_path_factory.mktemp("stack"),
-        key_prefix=f"{test_services.database_name}-stack",
-    ) as s:
+    with running_stack(test_services, tmp_path_factory.mktemp("stack"), "stack") as s:
         yield s
 
 

@@ -6,6 +6,7 @@ from . import (
     auth,
     contacts,
     deals,
+    imports,
     invitations,
     notifications,
     organizations,
@@ -24,6 +25,7 @@ MODULES = (
     activities,
     analytics,
     reports,
+    imports,
     notifications,
     webhooks,
 )

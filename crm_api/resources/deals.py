@@ -9,8 +9,10 @@ from marshmallow import ValidationError, fields, pre_load, validate, validates_s
 
 from crm_domain.enums import DealStage, DealStatus
 from crm_domain.services import deals as service
+from crm_domain.services import exports
 
 from ..by_id import ByIdDocs, register_by_id
+from ..exports import csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, amount_field, id_field, name_field, page_of, query_id_field
 
@@ -91,6 +93,26 @@ class DealListArgs(PageArgs):
 
 
 schema = DealSchema()
+
+
+@blp.route("/export.csv")
+class DealsExport(MethodView):
+    @blp.tenant_required
+    @blp.arguments(DealListArgs(exclude=PageArgs.PAGE_FIELDS), location="query")
+    @blp.doc(
+        responses=csv_response_doc(
+            "title,amount,currency,status,stage,contact_id,contact_email,owner_email\r\n"
+            "Website redesign,10000.00,EUR,won,closed,12,john.doe@example.com,"
+            "owner@example.com\r\n"
+        )
+    )
+    def get(self, args: dict[str, Any]) -> Any:
+        """Export deals as CSV (the list's filters and order; the import's columns)
+
+        Columns: title, amount, currency, status, stage, contact_id, contact_email,
+        owner_email. Streamed: any size, little memory."""
+        args["statuses"] = args.pop("status", ())
+        return csv_download(exports.deals_export(current_actor(), **args), "deals.csv")
 
 
 @blp.route("")

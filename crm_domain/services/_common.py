@@ -34,8 +34,13 @@ def get_in_org(
         stmt = stmt.with_for_update()
     obj = session.scalar(stmt)
     if obj is None:
-        raise NotFound(f"{name.capitalize()} not found", code=f"{name.upper()}_NOT_FOUND")
+        raise not_found(name)
     return obj
+
+
+def not_found(name: str) -> NotFound:
+    """The error for a `name` (contact, deal, ...) that is not in the caller's organization."""
+    return NotFound(f"{name.capitalize()} not found", code=f"{name.upper()}_NOT_FOUND")
 
 
 def apply_changes(obj: object, changes: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import Select, exists, or_, select
 from sqlalchemy.orm import Session
 
 from .. import rules
@@ -26,6 +26,13 @@ def list_contacts(
     search: str | None = None,
     owner_id: int | None = None,
 ) -> Page[Contact]:
+    return paginate(session, filtered(actor, search=search, owner_id=owner_id), request, ORDERING)
+
+
+def filtered(
+    actor: Actor, *, search: str | None = None, owner_id: int | None = None
+) -> Select[Contact]:
+    """The contacts a list (or an export) with these filters shows, not yet ordered."""
     stmt = select(Contact).where(Contact.organization_id == actor.organization_id)
     if owner_id is not None:
         rules.ensure_can_filter_by_owner(actor.role)
@@ -37,7 +44,7 @@ def list_contacts(
                 Contact.email.icontains(search, autoescape=True),
             )
         )
-    return paginate(session, stmt, request, ORDERING)
+    return stmt
 
 
 def get_contact(

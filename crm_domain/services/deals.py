@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from .. import rules
@@ -28,10 +28,14 @@ DEFAULT_CURRENCY = "USD"
 ORDERABLE = {"created_at": Deal.created_at, "amount": Deal.amount, "updated_at": Deal.updated_at}
 
 
-def list_deals(
-    session: Session,
+def list_deals(session: Session, actor: Actor, request: PageRequest, **filters: Any) -> Page[Deal]:
+    """One page of deals; `filters` are those of `filtered`."""
+    stmt, ordering = filtered(actor, **filters)
+    return paginate(session, stmt, request, ordering)
+
+
+def filtered(
     actor: Actor,
-    request: PageRequest,
     *,
     statuses: Sequence[DealStatus] = (),
     stage: DealStage | None = None,
@@ -40,7 +44,9 @@ def list_deals(
     owner_id: int | None = None,
     order_by: str = "created_at",
     order: str = "desc",
-) -> Page[Deal]:
+) -> tuple[Select[Deal], Ordering]:
+    """The deals a list (or an export) with these filters shows (not yet ordered), and the
+    order to show them in."""
     stmt = select(Deal).where(Deal.organization_id == actor.organization_id)
     if owner_id is not None:
         rules.ensure_can_filter_by_owner(actor.role)
@@ -53,8 +59,7 @@ def list_deals(
         stmt = stmt.where(Deal.amount >= min_amount)
     if max_amount is not None:
         stmt = stmt.where(Deal.amount <= max_amount)
-    ordering = Ordering(order_by, ORDERABLE[order_by], Deal.id, descending=order != "asc")
-    return paginate(session, stmt, request, ordering)
+    return stmt, Ordering(order_by, ORDERABLE[order_by], Deal.id, descending=order != "asc")
 
 
 def get_deal(session: Session, actor: Actor, deal_id: int, *, for_update: bool = False) -> Deal:

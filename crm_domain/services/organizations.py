@@ -156,8 +156,20 @@ def ensure_assignable_owner(session: Session, actor: Actor, owner_id: int) -> No
 def ensure_member(session: Session, organization_id: int, user_id: int) -> None:
     """An assigned owner must belong to the organization (else: a cross-org link, 404)."""
     if role_in(session, organization_id, user_id) is None:
-        raise NotFound(
-            "The owner is not a member of this organization",
-            code="OWNER_NOT_FOUND",
-            details={"owner_id": user_id},
-        )
+        raise owner_not_found({"owner_id": user_id})
+
+
+def owner_not_found(details: dict[str, object]) -> NotFound:
+    return NotFound(
+        "The owner is not a member of this organization", code="OWNER_NOT_FOUND", details=details
+    )
+
+
+def member_ids_by_email(session: Session, organization_id: int) -> dict[str, int]:
+    """{lower-case e-mail: user id} of the organization's members."""
+    rows = session.execute(
+        select(User.email, User.id)
+        .join(OrganizationMember, OrganizationMember.user_id == User.id)
+        .where(OrganizationMember.organization_id == organization_id)
+    )
+    return {email.lower(): user_id for email, user_id in rows}

@@ -1,5 +1,5 @@
 """Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import analytics, mail, outbox, reminders, reports, webhooks
+from . import analytics, imports, mail, outbox, reminders, reports, webhooks
 
-__all__ = ["analytics", "mail", "outbox", "reminders", "reports", "webhooks"]
+__all__ = ["analytics", "imports", "mail", "outbox", "reminders", "reports", "webhooks"]

@@ -11,7 +11,7 @@ from crm_domain.services import outbox
 from ..app import analytics_cache, celery_app, database, drain_flag, settings
 from ..dispatch import (
     DRAIN_TASK,
-    TRANSIENT_ERRORS,
+    RESILIENT_TASK,
     deliver,
     schedule_refresh,
     send_drain,
@@ -23,15 +23,7 @@ from ..dispatch import (
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(
-    name=DRAIN_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+@celery_app.task(name=DRAIN_TASK, **RESILIENT_TASK)
 def drain() -> int:
     """Deliver every pending event in batches; a redelivered batch writes nothing twice."""
     drain_flag().clear()  # commits from now on ask for another drain (see dispatch)

@@ -1,0 +1,304 @@
+"""CSV imports: upload (202, run by a worker), progress, per-row errors, retry."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from flask import current_app, request, url_for
+from flask.views import MethodView
+from flask_smorest.fields import Upload
+from marshmallow import fields
+from werkzeug.datastructures import CombinedMultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from crm_domain import csvio
+from crm_domain.enums import ImportKind, ImportStatus, OnDuplicate
+from crm_domain.services import imports as service
+from crm_domain.settings import Settings
+
+from ..exports import csv_download, csv_response_doc
+from ..extensions import Blueprint, Parser, current_actor, transaction
+from ..schemas import PageArgs, Schema, page_of
+from ..slow_clients import read_deadline
+
+
+class MultipartParser(Parser):
+    """Adds the `multipart` location: the form fields and the files of one multipart body,
+    loaded by one schema (and documented as one multipart/form-data request body)."""
+
+    __location_map__ = {**Parser.__location_map__, "multipart": "load_multipart"}
+
+    def load_multipart(self, req: Any, schema: Any) -> Any:
+        return CombinedMultiDict([req.files, req.form])
+
+
+class ImportsBlueprint(Blueprint):
+    ARGUMENTS_PARSER = MultipartParser()
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {
+        **Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+        "multipart": "multipart/form-data",
+    }
+
+
+blp = ImportsBlueprint(
+    "imports", __name__, url_prefix="/imports", description="CSV imports of contacts and deals"
+)
+
+EXAMPLE_JOB = {
+    "id": 7,
+    "organization_id": 1,
+    "kind": "contacts",
+    "on_duplicate": "skip",
+    "filename": "contacts.csv",
+    "status": "running",
+    "rows_total": 50000,
+    "rows_done": 12500,
+    "created": 12400,
+    "updated": 0,
+    "skipped": 95,
+    "error_rows": 5,
+    "error": None,
+    "created_by": 3,
+    "created_at": "2026-11-23T10:00:00+00:00",
+    "started_at": "2026-11-23T10:00:01+00:00",
+    "finished_at": None,
+}
+
+
+PENDING = {
+    "status": "pending",
+    "rows_done": 0,
+    "created": 0,
+    "skipped": 0,
+    "error_rows": 0,
+    "started_at": None,
+}
+
+
+class ImportUploadSchema(Schema):
+    file = Upload(required=True, metadata={"description": "the CSV file (UTF-8, header row)"})
+    kind = fields.Enum(ImportKind, by_value=True, required=True)
+    on_duplicate = fields.Enum(
+        OnDuplicate,
+        by_value=True,
+        load_default=OnDuplicate.SKIP,
+        metadata={
+            "description": "contacts whose e-mail the organization already has (ignored for "
+            "deals): skip them, or update the oldest contact with that e-mail"
+        },
+    )
+
+
+class RowErrorSchema(Schema):
+    row = fields.Integer(metadata={"description": "row in the file; the header is row 1"})
+    field = fields.String(metadata={"description": "the column ('' for the whole row)"})
+    code = fields.String(metadata={"example": "OWNER_NOT_FOUND"})
+    message = fields.String()
+
+
+class ImportSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    organization_id = fields.Integer(dump_only=True)
+    kind = fields.Enum(ImportKind, by_value=True, dump_only=True)
+    on_duplicate = fields.Enum(OnDuplicate, by_value=True, dump_only=True)
+    filename = fields.String(dump_only=True)
+    status = fields.Enum(
+        ImportStatus,
+        by_value=True,
+        dump_only=True,
+        metadata={"description": "pending -> running -> done | failed"},
+    )
+    rows_total = fields.Integer(dump_only=True, metadata={"description": "non-blank rows"})
+    rows_done = fields.Integer(dump_only=True, metadata={"description": "rows processed so far"})
+    created = fields.Integer(attribute="created_count", dump_only=True)
+    updated = fields.Integer(attribute="updated_count", dump_only=True)
+    skipped = fields.Integer(
+        attribute="skipped_count",
+        dump_only=True,
+        metadata={"description": "duplicates left alone (on_duplicate=skip)"},
+    )
+    error_rows = fields.Integer(dump_only=True, metadata={"description": "rows not written"})
+    error = fields.String(
+        dump_only=True, allow_none=True, metadata={"description": "why a failed job stopped"}
+    )
+    created_by = fields.Integer(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+    started_at = fields.DateTime(dump_only=True, allow_none=True)
+    finished_at = fields.DateTime(dump_only=True, allow_none=True)
+
+
+class ImportDetailSchema(ImportSchema):
+    errors_total = fields.Integer(dump_only=True)
+    errors = fields.List(
+        fields.Nested(RowErrorSchema),
+        dump_only=True,
+        metadata={"description": f"the first {service.ERRORS_SHOWN}; all in errors.csv"},
+    )
+
+
+def _settings() -> Settings:
+    return current_app.extensions["crm_settings"]  # type: ignore[no-any-return]
+
+
+def large_upload(func: Any) -> Any:
+    """This route alone takes bodies up to IMPORT_MAX_BYTES (413 above), read under the
+    same per-read timeout as other bodies. Placed under tenant_required: nobody's body is
+    read before their token and organization are checked."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings = _settings()
+        limit = settings.import_max_bytes
+        request.max_content_length = limit
+        try:
+            with read_deadline(request.environ, settings.body_read_timeout):
+                return func(*args, **kwargs)
+        except RequestEntityTooLarge as exc:
+            raise RequestEntityTooLarge(
+                f"An upload may be at most {limit} bytes ({limit / 2**20:g} MiB)"
+            ) from exc
+
+    return wrapper
+
+
+class _Detail:
+    """A job with its error count and first errors, for ImportDetailSchema."""
+
+    def __init__(self, session: Any, job: Any) -> None:
+        self.job = job
+        self.errors_total = service.error_count(session, job.id)
+        self.errors = service.first_errors(session, job.id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.job, name)
+
+
+@blp.route("")
+class Imports(MethodView):
+    @blp.tenant_required
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(
+        200,
+        page_of(ImportSchema),
+        example={
+            "items": [EXAMPLE_JOB],
+            "total": 1,
+            "page": 1,
+            "page_size": 20,
+            "pages": 1,
+            "next_cursor": None,
+        },
+    )
+    def get(self, args: dict[str, Any]) -> Any:
+        """The organization's imports, newest first"""
+        with transaction() as session:
+            return service.list_jobs(session, current_actor(), PageArgs.page_request(args))
+
+    @blp.tenant_required
+    @large_upload
+    @blp.arguments(
+        ImportUploadSchema,
+        location="multipart",
+        example={
+            "file": "contacts.csv (the file's bytes)",
+            "kind": "contacts",
+            "on_duplicate": "skip",
+        },
+    )
+    @blp.response(
+        202,
+        ImportSchema,
+        example={**EXAMPLE_JOB, **PENDING},
+        headers={"Location": {"schema": {"type": "string"}, "description": "the job"}},
+    )
+    @blp.alt_response(413, description="The body is larger than IMPORT_MAX_BYTES (20 MiB)")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Upload a CSV of contacts or deals; a worker imports it (poll GET /imports/{id}).
+
+        The file is checked now: UTF-8 (a BOM is fine), well-formed CSV, the kind's header
+        (contacts: name, email, phone, owner_email; deals: title, amount, currency, status,
+        stage, contact_id, contact_email, owner_email), at least one row; each of these is a
+        400 (CSV_EMPTY, CSV_NOT_UTF8, CSV_MALFORMED, CSV_MISSING_COLUMNS,
+        CSV_UNKNOWN_COLUMNS, CSV_DUPLICATE_COLUMNS, CSV_NO_ROWS). Rows are validated by the
+        worker like POST /contacts and /deals; rows that fail are reported with their row
+        number and skipped. Members import rows owned by themselves (owner_email may name
+        only them); manager and above may name any member."""
+        upload = data["file"]
+        layout = csvio.inspect(upload.stream, data["kind"])
+        upload.stream.seek(0)
+        content = upload.stream.read()
+        with transaction() as session:
+            job = service.create(
+                session,
+                current_actor(),
+                kind=data["kind"],
+                on_duplicate=data["on_duplicate"],
+                filename=upload.filename or "upload.csv",
+                content=content,
+                rows_total=layout.rows,
+            )
+        return job, 202, {"Location": url_for("imports.ImportById", import_id=job.id)}
+
+
+@blp.route("/<int:import_id>")
+class ImportById(MethodView):
+    @blp.tenant_required
+    @blp.response(
+        200,
+        ImportDetailSchema,
+        example={
+            **EXAMPLE_JOB,
+            "errors_total": 5,
+            "errors": [
+                {
+                    "row": 14,
+                    "field": "email",
+                    "code": "VALIDATION_ERROR",
+                    "message": "Not a valid email address.",
+                },
+                {
+                    "row": 20,
+                    "field": "owner_email",
+                    "code": "OWNER_NOT_FOUND",
+                    "message": "The owner is not a member of this organization",
+                },
+            ],
+        },
+    )
+    @blp.alt_response(404, description="Not found in this organization")
+    def get(self, import_id: int) -> Any:
+        """An import's status, progress, counts and its first row errors"""
+        with transaction() as session:
+            return _Detail(session, service.get(session, current_actor(), import_id))
+
+
+@blp.route("/<int:import_id>/errors.csv")
+class ImportErrors(MethodView):
+    @blp.tenant_required
+    @blp.doc(
+        responses=csv_response_doc(
+            "row,field,code,message\r\n"
+            "14,email,VALIDATION_ERROR,Not a valid email address.\r\n"
+            "20,owner_email,OWNER_NOT_FOUND,The owner is not a member of this organization\r\n"
+        )
+    )
+    @blp.alt_response(404, description="Not found in this organization")
+    def get(self, import_id: int) -> Any:
+        """Every row error of an import as CSV: row, field, code, message"""
+        with transaction() as session:
+            service.get(session, current_actor(), import_id)
+        return csv_download(service.error_report(import_id), f"import-{import_id}-errors.csv")
+
+
+@blp.route("/<int:import_id>/retry")
+class ImportRetry(MethodView):
+    @blp.tenant_required
+    @blp.response(202, ImportSchema, example={**EXAMPLE_JOB, **PENDING, "error": None})
+    @blp.alt_response(404, description="Not found in this organization")
+    @blp.alt_response(409, description="Only a failed import can be retried")
+    def post(self, import_id: int) -> Any:
+        """Run a failed import again: it resumes after the last row written (nothing twice).
+        Members may retry only their own imports."""
+        with transaction() as session:
+            return service.retry(session, current_actor(), import_id)
