@@ -9,6 +9,7 @@ import redis
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import after_setup_logger, worker_process_init
+from kombu import Queue
 
 from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
@@ -77,6 +78,9 @@ celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks
 celery_app.conf.update(
     task_default_queue="crm",
     task_routes={pattern: {"queue": queue} for pattern, queue in QUEUE_ROUTES.items()},
+    # Declared, so a worker started without --queues (development, a quick try) consumes
+    # every queue; the Procfile's workers each take their own with --queues.
+    task_queues=[Queue(name) for name in dict.fromkeys(["crm", *QUEUE_ROUTES.values()])],
     task_serializer="json",
     accept_content=["json"],
     result_backend=None,

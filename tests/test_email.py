@@ -474,19 +474,3 @@ def test_email_tasks_are_routed_to_the_email_queue() -> None:
     assert route["queue"].name == EMAIL_QUEUE
     assert celery_app.amqp.router.route({}, "crm.email.schedule_digests")["queue"].name == "email"
     assert celery_app.amqp.router.route({}, "crm.outbox.drain")["queue"].name == "outbox"
-
-
-def test_every_routed_queue_has_a_worker_in_the_procfile() -> None:
-    """A routed queue nobody consumes fills silently: each one is in some worker's --queues."""
-    import re
-
-    from crm_worker.app import QUEUE_ROUTES
-    from scripts.procfile import read_procfile
-
-    consumed = {
-        queue
-        for command in read_procfile().values()
-        for listed in re.findall(r"--queues=(\S+)", command)
-        for queue in listed.split(",")
-    }
-    assert set(QUEUE_ROUTES.values()) | {"crm"} <= consumed
