@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from crm_domain.db import Database
 from crm_domain.models import Organization
-from crm_domain.services import reminders, reports
+from crm_domain.services import outbox, reminders, reports
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 crm = AppGroup("crm", help="Run the CRM's background jobs now, in this process.")
@@ -66,5 +66,11 @@ def drain_outbox() -> None:
     from crm_worker.dispatch import inline_publisher
 
     db = _db()
-    inline_publisher(db, current_app.extensions["crm_analytics"])()
-    click.echo("outbox drained")
+    publish = inline_publisher(db, current_app.extensions["crm_analytics"])
+    while True:
+        publish()  # one delivery pass (capped); repeat until nothing deliverable is left
+        with db.transaction() as session:
+            if outbox.oldest_pending_age(session) is None:
+                break
+    with db.transaction() as session:
+        click.echo(f"outbox drained; parked after repeated failures: {outbox.stuck_count(session)}")
