@@ -1,6 +1,6 @@
 """gunicorn settings (read automatically from the working directory; env-tunable).
 
-Default: `gthread` workers (one process per core, WEB_THREADS threads each) with keep-alive,
+Default: `gthread` workers (cores + 1 processes, WEB_THREADS threads each) with keep-alive,
 the application preloaded in the master so a new or recycled worker is fast from its first
 request. Measured against sync workers and other thread counts in docs/PERFORMANCE.md.
 
@@ -14,7 +14,7 @@ import multiprocessing
 import os
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1))
 threads = int(os.environ.get("WEB_THREADS", "8"))
 worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread" if threads > 1 else "sync")
 keepalive = int(os.environ.get("WEB_KEEPALIVE", "15"))
