@@ -266,3 +266,32 @@ def test_the_background_waker_merges_wake_ups(flag: DrainFlag) -> None:
         waker()
     assert sent.acquire(timeout=5)
     assert not sent.acquire(timeout=0.3)  # one drain for all twenty commits
+
+
+def test_timeline_entries_record_activity_created_only_where_an_endpoint_wants_it(
+    quiet_db: Database, api: ApiClient
+) -> None:
+    """`activity.created` is for webhooks: an organization without an endpoint gets none (and
+    so no second delivery pass); one with an endpoint subscribed to it gets one per entry."""
+    plain, hooked = api.register(), api.register()
+    r = api.post(
+        "/webhooks",
+        user=hooked,
+        org=hooked.org_id,
+        json={"url": "http://127.0.0.1:9/hook", "event_types": ["activity.created"]},
+    )
+    assert r.status_code == 201, r.get_json()
+    deals = {user.org_id: api.deal(user) for user in (plain, hooked)}
+    for deal in deals.values():
+        record_status_changes(quiet_db, deal, 2)
+    outbox.deliver_pending(quiet_db)
+    with quiet_db.transaction() as s:
+        counts = dict(
+            s.execute(
+                select(OutboxEvent.organization_id, func.count())
+                .where(OutboxEvent.topic == "activity.created")
+                .where(OutboxEvent.organization_id.in_(list(deals)))
+                .group_by(OutboxEvent.organization_id)
+            ).all()
+        )
+    assert counts == {hooked.org_id: 2}

@@ -243,7 +243,7 @@ def _database_handlers() -> dict[str, BatchHandler | Sequence[BatchHandler]]:
 def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     """Write the timeline entries in one statement; the event key makes a second delivery
     write nothing. Events of deals deleted before delivery have nothing to attach to. Each
-    entry written records its `activity.created` event."""
+    entry written records its `activity.created` event where a webhook endpoint wants it."""
     wanted = {(ev.payload["deal_id"], ev.organization_id) for ev in events}
     existing = {
         (deal_id, org_id)
@@ -280,9 +280,15 @@ def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     )
     ids = {event_key: activity_id for activity_id, event_key in written}
     from . import events as domain_events
+    from . import webhooks
 
+    # `activity.created` exists for webhooks only: recorded where an endpoint wants it, so
+    # an organization without one costs no second delivery pass.
+    wanted_by = webhooks.subscribed_organizations(
+        session, {row["organization_id"] for row in rows}, domain_events.ACTIVITY_CREATED
+    )
     for row in rows:
-        if row["event_key"] in ids:
+        if row["event_key"] in ids and row["organization_id"] in wanted_by:
             entry = Activity(**row, id=ids[row["event_key"]])  # transient: only dumped
             domain_events.record_created(session, "activity", entry)
 

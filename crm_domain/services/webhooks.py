@@ -317,6 +317,24 @@ def _in_api_order(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     return {**ordered, **{k: v for k, v in data.items() if k not in ordered}}
 
 
+def subscribed_organizations(session: Session, org_ids: set[int], event_type: str) -> set[int]:
+    """Which of `org_ids` have an enabled endpoint that wants `event_type` (one query)."""
+    if not org_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(WebhookEndpoint.organization_id)
+            .where(
+                WebhookEndpoint.organization_id.in_(sorted(org_ids)),
+                WebhookEndpoint.enabled.is_(True),
+                (func.cardinality(WebhookEndpoint.event_types) == 0)
+                | WebhookEndpoint.event_types.contains([event_type]),
+            )
+            .distinct()
+        )
+    )
+
+
 def fan_out_endpoints(session: Session, batch: Sequence[OutboxEvent]) -> set[int]:
     """Write a delivery for every (enabled endpoint, event it subscribes to) of the batch;
     returns the endpoints that got deliveries. One SELECT, and one INSERT if anything
