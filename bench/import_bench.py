@@ -13,32 +13,19 @@ the default queue (the outbox drain that starts the job)."""
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
+import sys
 import threading
 import time
 import uuid
-from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def request(
-    base: str,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    url = urlsplit(base)
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=120)
-    try:
-        conn.request(method, "/api/v1" + path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        raw = response.read()
-        return response.status, json.loads(raw) if raw else None
-    finally:
-        conn.close()
+from bench.client import Client
+from bench.config import PASSWORD
+from bench.report import percentile
 
 
 def generate(rows: int) -> bytes:
@@ -61,26 +48,16 @@ def multipart(fields: dict[str, str], content: bytes) -> tuple[bytes, str]:
     return b"".join([*parts, content, f"\r\n--{boundary}--\r\n".encode()]), boundary
 
 
-def reader(base: str, headers: dict[str, str], stop: threading.Event, out: list[float]) -> None:
-    """Back-to-back cheap GETs on one keep-alive connection; latencies in ms into `out`."""
-    url = urlsplit(base)
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=30)
+def reader(client: Client, stop: threading.Event, out: list[float]) -> None:
+    """Back-to-back cheap GETs on one keep-alive connection; latencies in ms into `out`
+    (infinity for a failure)."""
     while not stop.is_set():
-        start = time.perf_counter()
         try:
-            conn.request("GET", "/api/v1/contacts?page_size=1", headers=headers)
-            response = conn.getresponse()
-            response.read()
-            ok = response.status == 200
-        except (OSError, http.client.HTTPException):
-            ok = False
-            conn.close()
-        out.append((time.perf_counter() - start) * 1000 if ok else float("inf"))
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+            resp = client.request("GET", "/contacts", params={"page_size": 1})
+            out.append(resp.elapsed * 1000 if resp.status == 200 else float("inf"))
+        except Exception:
+            out.append(float("inf"))
+    client.close()
 
 
 def main() -> None:
@@ -89,33 +66,31 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--readers", type=int, default=2)
     args = parser.parse_args()
+    url = urlsplit(args.base)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
 
-    email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
-    status, body = request(
-        args.base,
+    owner = Client(port, host=host)
+    body = owner.call(
         "POST",
         "/auth/register",
-        json.dumps(
-            {
-                "email": email,
-                "password": "BenchPassword123",
-                "name": "Bench",
-                "organization_name": "Import bench",
-            }
-        ).encode(),
-        {"Content-Type": "application/json"},
+        body={
+            "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
+            "password": PASSWORD,
+            "name": "Bench",
+            "organization_name": "Import bench",
+        },
     )
-    assert status == 201, body
-    auth = {
-        "Authorization": f"Bearer {body['access_token']}",
-        "X-Organization-Id": str(body["organization"]["id"]),
-    }
+    owner.token, owner.org_id = body["access_token"], body["organization"]["id"]
+
+    def client() -> Client:
+        return Client(port, host=host, token=owner.token, org_id=owner.org_id, timeout=30)
+
     content = generate(args.rows)
     payload, boundary = multipart({"kind": "contacts"}, content)
 
     idle: list[float] = []
     stop = threading.Event()
-    probe = threading.Thread(target=reader, args=(args.base, auth, stop, idle))
+    probe = threading.Thread(target=reader, args=(client(), stop, idle))
     probe.start()
     time.sleep(3)
     stop.set()
@@ -124,27 +99,25 @@ def main() -> None:
     busy: list[float] = []
     stop = threading.Event()
     threads = [
-        threading.Thread(target=reader, args=(args.base, auth, stop, busy))
-        for _ in range(args.readers)
+        threading.Thread(target=reader, args=(client(), stop, busy)) for _ in range(args.readers)
     ]
     for t in threads:
         t.start()
     started = time.perf_counter()
-    status, job = request(
-        args.base,
+    resp = owner.request(
         "POST",
         "/imports",
-        payload,
-        {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=payload,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     uploaded = time.perf_counter() - started
-    assert status == 202, job
+    assert resp.status == 202, resp.body
+    job = resp.body
     loads = []
     while job["status"] not in ("done", "failed"):
         time.sleep(0.25)
         loads.append(os.getloadavg()[0])
-        status, job = request(args.base, "GET", f"/imports/{job['id']}", headers=auth)
-        assert status == 200, job
+        job = owner.call("GET", f"/imports/{job['id']}")
     elapsed = time.perf_counter() - started
     stop.set()
     for t in threads:
@@ -160,10 +133,11 @@ def main() -> None:
         f"created {job['created']}, errors {job['error_rows']}"
     )
     for label, values in (("idle", idle), (f"during import ({args.readers} readers)", ok)):
+        ordered = sorted(values)
         print(
             f"GET /contacts?page_size=1 {label}: n={len(values)} "
-            f"p50={percentile(values, 50):.1f} ms p95={percentile(values, 95):.1f} ms "
-            f"p99={percentile(values, 99):.1f} ms max={max(values):.1f} ms"
+            f"p50={percentile(ordered, 50):.1f} ms p95={percentile(ordered, 95):.1f} ms "
+            f"p99={percentile(ordered, 99):.1f} ms max={max(values, default=0):.1f} ms"
         )
     print(f"failed GETs during import: {failed}")
     peak = max(loads, default=0.0)

@@ -1,8 +1,8 @@
 """Per-endpoint aggregated cProfile profiles of the API, for `bench/run.py --profile`.
 
-`gunicorn bench.profiling:app` serves `wsgi:app`; when BENCH_PROFILE_DIR is set every request
-is profiled into one cProfile.Profile per endpoint ("GET /api/v1/deals/{id}"), and the
-directory receives, every 60 s and when the worker exits:
+bench/gunicorn_profile.py wraps each gunicorn worker's application in ProfilingMiddleware:
+every request is profiled into one cProfile.Profile per endpoint ("GET /api/v1/deals/{id}"),
+and the directory BENCH_PROFILE_DIR receives, every 60 s and when the worker exits:
 
 - `<endpoint>.prof` (pstats format: `python -m pstats`, snakeviz, ...) and `all.prof`;
 - `summary.txt`: server-side time per endpoint, then the top functions overall and per
@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-
-from wsgi import app as _wsgi_app
 
 _ID = re.compile(r"/\d+(?=/|$)")
 DUMP_EVERY_SECONDS = 60.0
@@ -110,17 +108,12 @@ class ProfilingMiddleware:
                 combined.stream = out  # type: ignore[attr-defined]
                 combined.sort_stats(sort).print_stats(TOP)
         for key, _ in ranked:
-            profile = profiles.get(key)
-            if profile is None:
+            if key not in profiles:
                 continue
             try:
-                stats = pstats.Stats(profile, stream=out)
+                stats = pstats.Stats(profiles[key], stream=out)
             except (TypeError, ValueError):
                 continue
             out.write(f"\n=== {key}: top {TOP} by cumulative ===\n")
             stats.strip_dirs().sort_stats("cumulative").print_stats(TOP)
         (self.out / "summary.txt").write_text(out.getvalue())
-
-
-_profile_dir = os.environ.get("BENCH_PROFILE_DIR")
-app: Any = ProfilingMiddleware(_wsgi_app, _profile_dir) if _profile_dir else _wsgi_app
