@@ -18,6 +18,8 @@ from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .metrics import init_metrics
+from .observability import init_observability
 from .resources import MODULES
 from .slow_clients import BodyDeadline
 
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         timeout=settings.body_read_timeout,
         max_length=app.config["MAX_CONTENT_LENGTH"],
     )
+    init_observability(app)  # outermost: request id, metrics and access-log fields
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     for module in MODULES:
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.blp.url_prefix}")
     app.register_blueprint(health.bp)
+    init_metrics(app, settings, db, app.extensions["crm_analytics"])
 
     @app.route(f"{SWAGGER_ASSETS}<path:filename>")
     def swagger_assets(filename: str) -> Any:

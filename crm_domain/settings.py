@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from environs import Env
+from marshmallow.validate import OneOf
+
+from .logs import FORMATS as LOG_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ class Settings:
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
     body_read_timeout: float = 10.0
+    log_format: str = "text"
+    metrics_token: str = ""
+    metrics_cache_seconds: float = 5.0
+    worker_metrics_dir: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,9 +67,21 @@ class Settings:
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
             body_read_timeout=env.float("BODY_READ_TIMEOUT", 10.0),
+            log_format=log_format_from_env(env),
+            metrics_token=env.str("METRICS_TOKEN", ""),
+            metrics_cache_seconds=env.float("METRICS_CACHE_SECONDS", 5.0),
+            worker_metrics_dir=env.str("WORKER_METRICS_DIR", ""),
         )
         if settings.secret_key == INSECURE_SECRET:
             if settings.environment == "production":
                 raise RuntimeError("SECRET_KEY must be set when CRM_ENV=production")
             log.warning("SECRET_KEY is not set: using an insecure development key")
         return settings
+
+
+def log_format_from_env(env: Env | None = None) -> str:
+    """LOG_FORMAT: "text" (default) or "json" (gunicorn.conf.py reads only this)."""
+    if env is None:
+        env = Env()
+        env.read_env(override=False)
+    return str(env.str("LOG_FORMAT", "text", validate=OneOf(LOG_FORMATS)))

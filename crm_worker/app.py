@@ -14,6 +14,7 @@ from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
+from . import observability  # noqa: F401  (logging and request-id signal handlers)
 from .dispatch import DrainFlag
 
 settings = Settings.from_env()

@@ -23,10 +23,13 @@ import redis
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from crm_domain import request_id
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
 from crm_domain.services import outbox
 from crm_domain.services.analytics_cache import AnalyticsCache
+
+from .observability import MeteredDelivery
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +66,23 @@ def send_drain() -> None:
 
 def deliver(db: Database, on_deal_changed: OnDealChanged) -> int:
     """Deliver every pending event. A batch's deal changes ask for one analytics refresh per
-    organization before the batch commits, so a failure to ask leaves the batch pending."""
+    organization before the batch commits, so a failure to ask leaves the batch pending.
+    The refresh task carries the request id of the organization's latest change."""
 
     def deal_changed(_session: Session, events: Sequence[OutboxEvent]) -> None:
-        for organization_id in sorted({ev.organization_id for ev in events}):
-            on_deal_changed(organization_id)
+        latest = {ev.organization_id: ev.request_id for ev in events}
+        for organization_id in sorted(latest):
+            token = request_id.bind(latest[organization_id])
+            try:
+                on_deal_changed(organization_id)
+            finally:
+                request_id.reset(token)
 
     return outbox.deliver_pending(
-        db, {outbox.DEAL_CHANGED_TOPIC: deal_changed}, transient=TRANSIENT_ERRORS
+        db,
+        {outbox.DEAL_CHANGED_TOPIC: deal_changed},
+        transient=TRANSIENT_ERRORS,
+        observer=MeteredDelivery(),
     )
 
 

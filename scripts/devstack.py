@@ -55,11 +55,15 @@ def main() -> int:
     port = os.environ.get("PORT", "8000")
     flower_port = os.environ.get("FLOWER_PORT", "5555")
     os.environ.setdefault("FLOWER_BASIC_AUTH", "admin:admin")
+    os.environ.setdefault("METRICS_ROOT", str(DATA / "metrics"))
+    with_metrics = str(ROOT / "scripts" / "with-metrics-dir")  # a fresh directory per start
     log("applying migrations")
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, check=True)
 
     commands = {
         "web": [
+            with_metrics,
+            "web",
             str(BIN / "gunicorn"),
             "wsgi:app",
             "--bind",
@@ -70,6 +74,8 @@ def main() -> int:
             "-",
         ],
         "worker": [
+            with_metrics,
+            "worker",
             str(BIN / "celery"),
             "-A",
             "celery_app",
@@ -101,6 +107,7 @@ def main() -> int:
     for name, cmd in commands.items():
         procs[name] = subprocess.Popen(cmd, cwd=ROOT)
     log(f"API     http://127.0.0.1:{port}/api/v1  (Swagger UI: /api/v1/docs)")
+    log(f"Metrics http://127.0.0.1:{port}/metrics  (Prometheus; open on loopback here)")
     log(f"Flower  http://127.0.0.1:{flower_port}  (basic auth from FLOWER_BASIC_AUTH)")
 
     stopping = False

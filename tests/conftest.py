@@ -21,6 +21,8 @@ os.environ["REDIS_URL"] = _services.redis_url
 os.environ["REDIS_KEY_PREFIX"] = _services.database_name
 os.environ.setdefault("BCRYPT_ROUNDS", "4")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs256")
+# In-process metrics are this process's own (the stacks' processes get their directories).
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402

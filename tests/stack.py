@@ -164,11 +164,26 @@ class Service:
             return ""
 
 
+WITH_METRICS_DIR = str(ROOT / "scripts" / "with-metrics-dir")
+
+
 class Stack:
-    def __init__(self, database_url: str, workdir: Path, key_prefix: str) -> None:
+    """`web_workers` gunicorn processes; `env` adds to (or overrides) the processes'
+    environment (e.g. LOG_FORMAT). Metric files live under `workdir/metrics`."""
+
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        key_prefix: str,
+        *,
+        web_workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.redis = PrivateRedis(workdir)
         self.port = free_port()
+        self.metrics_root = workdir / "metrics"
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -177,16 +192,21 @@ class Stack:
             "OUTBOX_REDISPATCH_SECONDS": "1",
             "BCRYPT_ROUNDS": "4",
             "PYTHONUNBUFFERED": "1",
+            "METRICS_ROOT": str(self.metrics_root),
+            "WORKER_METRICS_DIR": str(self.metrics_root / "worker"),
+            **(env or {}),
         }
         self.web = Service(
             "web",
             [
+                WITH_METRICS_DIR,
+                "web",
                 str(BIN / "gunicorn"),
                 "wsgi:app",
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--workers",
-                "1",
+                str(web_workers),
                 "--threads",
                 "4",
                 "--timeout",
@@ -198,6 +218,8 @@ class Stack:
         self.worker = Service(
             "worker",
             [
+                WITH_METRICS_DIR,
+                "worker",
                 str(BIN / "celery"),
                 "-A",
                 "celery_app",

@@ -16,6 +16,7 @@ from crm_domain.services import auth as auth_service
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
 from ..jwt import issue_tokens, new_session_id
+from ..metrics import count_login
 from ..schemas import Schema, Trimmed, name_field
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Authentication")
@@ -118,6 +119,7 @@ class Register(MethodView):
 
 @blp.route("/login")
 class Login(MethodView):
+    @count_login
     @blp.public
     @blp.arguments(LoginSchema)
     @blp.response(200, TokensSchema)

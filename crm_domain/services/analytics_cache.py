@@ -4,7 +4,11 @@ One hash per organization, `<prefix>:analytics:org:<id>`, holds a generation cou
 and JSON results (`summary:<days>`, `funnel`), each stamped with `as_of`. A refresh bumps the
 generation first, computes from the database, then stores only if no newer refresh started
 meanwhile, so a slow computation never overwrites a fresher one. Readers compute and store on
-a miss (under the same generation check) and fall back to the database if Redis is down."""
+a miss (under the same generation check) and fall back to the database if Redis is down.
+
+Every stored refresh also records its `as_of` in one sorted set per deployment,
+`<prefix>:analytics:refreshed` (organization id -> time), so the age of the stalest
+organization's figures is one `ZRANGE` away (the API's /metrics reports it)."""
 
 from __future__ import annotations
 
@@ -53,6 +57,10 @@ class AnalyticsCache:
 
     def org_key(self, organization_id: int) -> str:
         return f"{self.prefix}:analytics:org:{organization_id}"
+
+    @property
+    def refreshed_key(self) -> str:
+        return f"{self.prefix}:analytics:refreshed"
 
     def schedule_key(self, organization_id: int) -> str:
         return f"{self.prefix}:analytics:org:{organization_id}:scheduled"
@@ -109,7 +117,16 @@ class AnalyticsCache:
         """Recompute the default results and drop the other cached variants."""
         gen = str(self._redis().hincrby(self.org_key(organization_id), "gen", 1))
         fields = self.compute_many(organization_id, [summary_field(DEFAULT_DAYS), FUNNEL_FIELD])
-        return self._store(organization_id, gen, fields, replace=True)
+        stored = self._store(organization_id, gen, fields, replace=True)
+        if stored:
+            as_of = dt.datetime.fromisoformat(fields[FUNNEL_FIELD]["as_of"])
+            self._redis().zadd(self.refreshed_key, {str(organization_id): as_of.timestamp()})
+        return stored
+
+    def oldest_refresh(self) -> dt.datetime | None:
+        """When the organization refreshed longest ago was refreshed (None: none recorded)."""
+        oldest = self._redis().zrange(self.refreshed_key, 0, 0, withscores=True)
+        return dt.datetime.fromtimestamp(oldest[0][1], dt.UTC) if oldest else None
 
     def get(self, organization_id: int, field: str) -> dict[str, Any]:
         """The cached result, or a fresh one (stored for the next reader)."""

@@ -9,19 +9,26 @@ Delivery claims pending events in batches (`FOR UPDATE SKIP LOCKED`, so concurre
 deliverers share the work), applies each topic's handler to all of its events at once and
 marks the batch delivered, all in one transaction. It is idempotent twice over: only
 undelivered events are claimed, and every consumer writes with the event's unique key
-(`ON CONFLICT DO NOTHING`), so a batch delivered again writes nothing new."""
+(`ON CONFLICT DO NOTHING`), so a batch delivered again writes nothing new.
+
+Each event keeps the request id of the request that recorded it, and a `DeliveryObserver`
+hears of every event once its batch committed (one log line per event with that request
+id; crm_worker counts them too), so one request can be followed from the API's logs to the
+worker line that applied its event."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from .. import request_id
 from ..enums import ActivityType
 from ..models import Activity, Deal, OutboxEvent
 
@@ -48,7 +55,12 @@ BatchHandler = Callable[[Session, Sequence[OutboxEvent]], None]
 def record(session: Session, organization_id: int, topic: str, payload: dict[str, Any]) -> None:
     """Queue an event; it is inserted with the transaction's other changes at commit."""
     session.info.setdefault(_PENDING_KEY, []).append(
-        {"organization_id": organization_id, "topic": topic, "payload": payload}
+        {
+            "organization_id": organization_id,
+            "topic": topic,
+            "payload": payload,
+            "request_id": request_id.current(),
+        }
     )
 
 
@@ -102,6 +114,43 @@ def _forget_after_rollback(session: Session, previous_transaction: Any) -> None:
 # --- delivery -----------------------------------------------------------------------------
 
 
+class DeliveryObserver:
+    """Told about events after the fact: `delivered` once their batch committed, `failed`
+    once a failed attempt was recorded. This one logs a line per event with the request id
+    of the request that recorded it; crm_worker's also counts them."""
+
+    def delivered(self, events: Sequence[OutboxEvent]) -> None:
+        for ev in events:
+            log.info(
+                "outbox event %s delivered (%s)",
+                ev.id,
+                ev.topic,
+                extra=_log_fields(ev.id, ev.topic, ev.organization_id, ev.request_id),
+            )
+
+    def failed(
+        self, event_id: int, topic: str | None, request_id: str | None, error: BaseException
+    ) -> None:
+        log.error(
+            "outbox event %s failed (%s)",
+            event_id,
+            topic,
+            exc_info=error,
+            extra=_log_fields(event_id, topic, None, request_id),
+        )
+
+
+def _log_fields(
+    event_id: int, topic: str | None, organization_id: int | None, request_id: str | None
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "topic": topic,
+        "organization_id": organization_id,
+        "request_id": request_id,
+    }
+
+
 def claim(session: Session, limit: int = BATCH_SIZE) -> list[OutboxEvent]:
     """Lock up to `limit` undelivered events, oldest first, skipping those another
     deliverer holds and those that failed MAX_ATTEMPTS times."""
@@ -148,24 +197,27 @@ def deliver_pending(
     batch_size: int = BATCH_SIZE,
     max_batches: int = 50,
     transient: tuple[type[BaseException], ...] = (),
+    observer: DeliveryObserver | None = None,
 ) -> int:
     """Deliver undelivered events batch by batch until none is left (or `max_batches`);
     returns how many were delivered. A batch that fails is retried event by event, so one
     bad event cannot hold back the others; the bad one keeps its error and attempt count.
     `transient` errors (a database or Redis outage) are raised instead: they are nobody's
     fault and cost no attempt; the caller retries later."""
+    observer = observer or DeliveryObserver()
     delivered = 0
     for _ in range(max_batches):
         try:
             with db.transaction() as session:
                 batch = claim(session, batch_size)
                 apply(session, batch, handlers)
-                delivered += len(batch)
+            delivered += len(batch)
+            observer.delivered(batch)
         except transient:
             raise
         except Exception:
             log.warning("outbox batch failed; delivering its events one by one", exc_info=True)
-            delivered += _deliver_one_by_one(db, handlers, batch_size, transient)
+            delivered += _deliver_one_by_one(db, handlers, batch_size, transient, observer)
             batch = []
         if len(batch) < batch_size:
             break
@@ -177,6 +229,7 @@ def _deliver_one_by_one(
     handlers: Mapping[str, BatchHandler] | None,
     limit: int,
     transient: tuple[type[BaseException], ...],
+    observer: DeliveryObserver,
 ) -> int:
     with db.transaction() as session:
         ids = [ev.id for ev in claim(session, limit)]
@@ -191,17 +244,21 @@ def _deliver_one_by_one(
                 )
                 if ev is not None:
                     apply(session, [ev], handlers)
-                    delivered += 1
+            if ev is not None:
+                delivered += 1
+                observer.delivered([ev])
         except transient:
             raise
         except Exception as exc:
-            log.exception("outbox event %s failed", event_id)
             with db.transaction() as session:
-                session.execute(
+                row = session.execute(
                     update(OutboxEvent)
                     .where(OutboxEvent.id == event_id)
                     .values(attempts=OutboxEvent.attempts + 1, last_error=repr(exc)[:1000])
-                )
+                    .returning(OutboxEvent.topic, OutboxEvent.request_id)
+                ).first()
+            topic, rid = row if row is not None else (None, None)
+            observer.failed(event_id, topic, rid, exc)
     return delivered
 
 
@@ -255,23 +312,33 @@ def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    pending: int  # undelivered events that will still be tried
+    oldest_pending_age: dt.timedelta | None  # how long the oldest of them has waited
+    stuck: int  # events that failed MAX_ATTEMPTS times and wait for an operator
+
+
+def backlog(session: Session) -> Backlog:
+    """One query over the undelivered events (the partial index `ix_outbox_events_pending`
+    holds only those, so its cost follows the backlog, not the table)."""
+    deliverable = OutboxEvent.attempts < MAX_ATTEMPTS
+    pending, oldest, stuck = session.execute(
+        select(
+            func.count().filter(deliverable),
+            func.min(OutboxEvent.created_at).filter(deliverable),
+            func.count().filter(~deliverable),
+        ).where(OutboxEvent.delivered_at.is_(None))
+    ).one()
+    age = None if oldest is None else dt.datetime.now(dt.UTC) - oldest
+    return Backlog(pending=pending, oldest_pending_age=age, stuck=stuck)
+
+
 def oldest_pending_age(session: Session) -> dt.timedelta | None:
     """How long the oldest deliverable event has waited (None when nothing waits)."""
-    oldest = session.scalar(
-        select(func.min(OutboxEvent.created_at)).where(
-            OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS
-        )
-    )
-    return None if oldest is None else dt.datetime.now(dt.UTC) - oldest
+    return backlog(session).oldest_pending_age
 
 
 def stuck_count(session: Session) -> int:
     """Events that failed MAX_ATTEMPTS times and wait for an operator."""
-    return (
-        session.scalar(
-            select(func.count()).where(
-                OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts >= MAX_ATTEMPTS
-            )
-        )
-        or 0
-    )
+    return backlog(session).stuck

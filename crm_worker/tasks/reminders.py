@@ -5,6 +5,7 @@ from __future__ import annotations
 from crm_domain.services import reminders
 
 from ..app import celery_app, database
+from ..observability import REMINDERS_SENT
 
 
 @celery_app.task(name="crm.reminders.send_due", acks_late=True)
@@ -15,6 +16,7 @@ def send_due() -> int:
         with database.transaction() as session:
             written, last = reminders.send_due_reminders(session, after_id=after)
         total += written
+        REMINDERS_SENT.inc(written)
         if last is None:
             return total
         after = last
