@@ -7,8 +7,9 @@ before Flask (408 from `slow_clients`): it takes the client's `X-Request-ID` whe
 events, returns it as `X-Request-ID`, and counts and times the request. Flask's
 `after_request` leaves the route template, user id and organization id in the WSGI environ,
 where the middleware (metric labels) and gunicorn's access log (crm_api.access_log) find
-them. Per request this costs a few dictionary operations and five writes to this process's
-memory-mapped metric files; no I/O."""
+them. Per request this costs a request id (uuid4), a few dictionary operations and five
+writes to this process's memory-mapped metric files, no I/O: about 12 us of CPU under
+gunicorn (measured, see README "Observability")."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class RequestObserver:
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
+        # The labelled counter and histogram per (route, method, status): `labels()` costs
+        # more than the increment itself. Bounded: routes x methods x statuses.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         rid = request_id.accept(environ.get("HTTP_X_REQUEST_ID"))
@@ -60,8 +64,11 @@ class RequestObserver:
                 method if method in METHODS else "other",
                 status,
             )
-            REQUESTS.labels(*labels).inc()
-            LATENCY.labels(*labels).observe(elapsed)
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
+            series[0].inc()
+            series[1].observe(elapsed)
             request_id.reset(token)
 
 
