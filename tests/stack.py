@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,39 @@ class Stack:
         return "\n".join(
             f"--- {s.name} ---\n{s.log_tail()}" for s in (self.web, self.worker, self.beat)
         )
+
+    def tenant(self, password: str) -> dict[str, Any]:
+        """A fresh organization with one contact and one deal, made through the running API:
+        token, refresh_token, email, org and deal (ids)."""
+        status, body = self.http(
+            "POST",
+            "/auth/register",
+            {
+                "email": f"w-{uuid.uuid4().hex[:10]}@example.com",
+                "password": password,
+                "name": "Worker Test",
+                "organization_name": "Workers Inc",
+            },
+        )
+        assert status == 201, body
+        token, org = body["access_token"], body["organization"]["id"]
+        status, contact = self.http("POST", "/contacts", {"name": "C"}, token, org)
+        assert status == 201, contact
+        status, deal = self.http(
+            "POST",
+            "/deals",
+            {"contact_id": contact["id"], "title": "D", "amount": "10.00"},
+            token,
+            org,
+        )
+        assert status == 201, deal
+        return {
+            "token": token,
+            "refresh_token": body["refresh_token"],
+            "email": body["user"]["email"],
+            "org": org,
+            "deal": deal["id"],
+        }
 
     def http(
         self,

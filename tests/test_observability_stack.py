@@ -72,39 +72,27 @@ def scrape(stack: Stack) -> Samples:
 
 
 def tenant(stack: Stack, secrets: list[str]) -> dict[str, Any]:
-    status, body = stack.http(
-        "POST",
-        "/auth/register",
-        {
-            "email": f"obs-{uuid.uuid4().hex[:10]}@example.com",
-            "password": PASSWORD,
-            "name": "Obs",
-            "organization_name": "Obs Inc",
-        },
-    )
-    assert status == 201, body
-    secrets += [body["access_token"], body["refresh_token"]]
-    token, org = body["access_token"], body["organization"]["id"]
-    status, contact = stack.http("POST", "/contacts", {"name": "C"}, token, org)
-    assert status == 201, contact
-    status, deal = stack.http(
-        "POST", "/deals", {"contact_id": contact["id"], "title": "D", "amount": "5.00"}, token, org
-    )
-    assert status == 201, deal
-    return {"token": token, "org": org, "deal": deal["id"], "email": body["user"]["email"]}
+    t = stack.tenant(PASSWORD)
+    secrets += [t["token"], t["refresh_token"]]
+    return t
 
 
-def patch(stack: Stack, t: dict[str, Any], body: dict[str, Any]) -> str:
-    """PATCH the deal; returns the X-Request-ID the API answered with."""
+def patch(
+    stack: Stack, t: dict[str, Any], body: dict[str, Any], request_id: str | None = None
+) -> str:
+    """PATCH the deal (sending `request_id` if given); returns the X-Request-ID answered."""
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {t['token']}",
+        "X-Organization-Id": str(t["org"]),
+    }
+    if request_id:
+        headers["X-Request-ID"] = request_id
     req = urllib.request.Request(
         f"{stack.base}/api/v1/deals/{t['deal']}",
         data=json.dumps(body).encode(),
         method="PATCH",
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {t['token']}",
-            "X-Organization-Id": str(t["org"]),
-        },
+        headers=headers,
     )
     with urllib.request.urlopen(req, timeout=30) as r:
         assert r.status == 200
@@ -177,19 +165,7 @@ def test_one_patch_followed_from_its_header_to_the_worker_line(
 def test_a_client_request_id_reaches_the_worker(stack: Stack, secrets: list[str]) -> None:
     t = tenant(stack, secrets)
     rid = f"client-{uuid.uuid4().hex[:12]}"
-    req = urllib.request.Request(
-        f"{stack.base}/api/v1/deals/{t['deal']}",
-        data=json.dumps({"stage": "proposal"}).encode(),
-        method="PATCH",
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {t['token']}",
-            "X-Organization-Id": str(t["org"]),
-            "X-Request-ID": rid,
-        },
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.headers["X-Request-ID"] == rid
+    assert patch(stack, t, {"stage": "proposal"}, request_id=rid) == rid
 
     def delivered() -> bool:
         text = (stack.workdir / "worker.log").read_text(errors="replace")

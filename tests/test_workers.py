@@ -10,7 +10,6 @@ import datetime as dt
 import itertools
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,25 +46,7 @@ def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
 @pytest.fixture
 def tenant(stack: Stack) -> dict[str, Any]:
     """A fresh organization with one contact and one deal, created through the running API."""
-    status, body = stack.http(
-        "POST",
-        "/auth/register",
-        {
-            "email": f"w-{uuid.uuid4().hex[:10]}@example.com",
-            "password": PASSWORD,
-            "name": "Worker Test",
-            "organization_name": "Workers Inc",
-        },
-    )
-    assert status == 201, body
-    token, org = body["access_token"], body["organization"]["id"]
-    status, contact = stack.http("POST", "/contacts", {"name": "C"}, token, org)
-    assert status == 201, contact
-    status, deal = stack.http(
-        "POST", "/deals", {"contact_id": contact["id"], "title": "D", "amount": "10.00"}, token, org
-    )
-    assert status == 201, deal
-    return {"token": token, "org": org, "deal": deal["id"]}
+    return stack.tenant(PASSWORD)
 
 
 def undelivered(db: Database, org: int) -> int:
