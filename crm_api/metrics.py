@@ -38,9 +38,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
 
 from crm_domain.db import Database
-from crm_domain.errors import Unauthorized
+from crm_domain.errors import DomainError, Unauthorized
 from crm_domain.services import outbox
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
@@ -67,7 +68,8 @@ IN_FLIGHT = Gauge(
 )
 LOGINS = Counter(
     "crm_login_attempts",
-    "Login attempts by outcome: success, failure (wrong credentials), invalid (bad request)",
+    "Login attempts by outcome: success, failure (wrong credentials), invalid (bad request),"
+    " rate_limited, error",
     ["outcome"],
 )
 RATE_LIMITED = Counter("crm_rate_limited", "Requests answered 429 (rate limited)", ["route"])
@@ -78,13 +80,16 @@ def count_login(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        outcome = "invalid"
+        outcome = "error"
         try:
             result = func(*args, **kwargs)
             outcome = "success"
             return result
         except Unauthorized:
             outcome = "failure"
+            raise
+        except (HTTPException, DomainError) as exc:
+            outcome = "rate_limited" if getattr(exc, "code", None) == 429 else "invalid"
             raise
         finally:
             LOGINS.labels(outcome).inc()

@@ -259,6 +259,31 @@ def test_login_attempts_are_counted_by_outcome(api: ApiClient) -> None:
     assert counts == {"success": 1, "failure": 2, "invalid": 1}
 
 
+def test_a_login_refused_by_a_limit_or_crashing_has_its_own_outcome() -> None:
+    from werkzeug.exceptions import TooManyRequests
+
+    from crm_api.metrics import count_login
+
+    @count_login
+    def limited() -> None:
+        raise TooManyRequests()
+
+    @count_login
+    def crashing() -> None:
+        raise RuntimeError("bug")
+
+    before = parse_registry()
+    for view, error in ((limited, TooManyRequests), (crashing, RuntimeError)):
+        with pytest.raises(error):
+            view()
+    after = parse_registry()
+    for outcome in ("rate_limited", "error"):
+        gained = value(after, "crm_login_attempts_total", outcome=outcome) - value(
+            before, "crm_login_attempts_total", outcome=outcome
+        )
+        assert gained == 1, outcome
+
+
 def test_429_answers_are_counted_by_route() -> None:
     app = app_with()
 
