@@ -8,7 +8,9 @@ COPY crm_worker ./crm_worker
 RUN pip install --no-cache-dir .
 COPY migrations ./migrations
 COPY alembic.ini wsgi.py celery_app.py gunicorn.conf.py ./
-RUN useradd --create-home crm
+COPY scripts/with-metrics-dir ./scripts/
+# The metrics volume (docker-compose.yml) starts as a copy of this directory: owned by crm.
+RUN useradd --create-home crm && mkdir /metrics && chown crm /metrics
 USER crm
 EXPOSE 8000
 CMD ["gunicorn", "wsgi:app"]

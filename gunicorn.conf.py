@@ -8,10 +8,19 @@ Slow clients: a thread waits at most 5 s for a new connection's first bytes (gun
 bound, then the connection goes back to the poller), and `crm_api.slow_clients` bounds how
 long a request body may stall (BODY_READ_TIMEOUT). A handful of slow clients therefore holds
 a handful of threads for seconds, never the whole server; in front of the internet put a
-buffering proxy anyway (docker-compose.yml has nginx)."""
+buffering proxy anyway (docker-compose.yml has nginx).
+
+Logs: text, or JSON with LOG_FORMAT=json, for gunicorn and the application alike; the access
+line carries the route template, user, organization and request id (crm_api.access_log).
+Metrics: each worker writes to PROMETHEUS_MULTIPROC_DIR (scripts/with-metrics-dir sets and
+empties it); a worker that exits is marked dead so its live gauges stop counting."""
 
 import multiprocessing
 import os
+
+from crm_api.access_log import access_log_format as _access_log_format
+from crm_api.access_log import logconfig as _logconfig
+from crm_domain.settings import log_format_from_env
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1))
@@ -24,6 +33,9 @@ preload_app = os.environ.get("WEB_PRELOAD", "1") == "1"
 max_requests = 20_000  # recycle workers now and then (bounded memory growth)
 max_requests_jitter = 2_000
 accesslog = "-" if os.environ.get("ACCESS_LOG", "1") == "1" else None
+_log_format = log_format_from_env()
+access_log_format = _access_log_format(_log_format)
+logconfig_dict = _logconfig(_log_format, access=accesslog is not None)
 # gunicorn 25+ opens a control socket at a shared per-user path by default, so two
 # instances on one host would replace each other's; nothing here uses it.
 control_socket_disable = True
@@ -34,3 +46,11 @@ def post_fork(server, worker):
     from wsgi import app
 
     app.extensions["crm_db"].dispose()
+
+
+def child_exit(server, worker):
+    """A dead worker's in-flight gauge must not count any more (its counters stay)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

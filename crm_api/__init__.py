@@ -21,6 +21,8 @@ from .cli import crm
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .metrics import init_metrics
+from .observability import init_observability
 from .openapi import TEXT_RULES, document
 from .ratelimit import init_rate_limits
 from .resources import MODULES
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         timeout=settings.body_read_timeout,
         max_length=app.config["MAX_CONTENT_LENGTH"],
     )
+    init_observability(app)  # outermost: request id, metrics and access-log fields
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     db = Database(
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         api.register_blueprint(module.blp, url_prefix=f"{API_PREFIX}{module.blp.url_prefix}")
     app.register_blueprint(health.bp)
     app.cli.add_command(crm)
+    init_metrics(app, settings, db, app.extensions["crm_analytics"])
 
     @app.get(API_PREFIX, strict_slashes=False)
     def api_index() -> Any:

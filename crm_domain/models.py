@@ -300,6 +300,8 @@ class OutboxEvent(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The X-Request-ID of the request that recorded the event (None outside a request).
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class Notification(Base):

@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass, field
 
 from environs import Env
+from marshmallow.validate import OneOf
+
+from .logs import FORMATS as LOG_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,10 @@ class Settings:
     import_max_bytes: int = 20 * 1024 * 1024
     import_batch_size: int = 500
     import_stall_seconds: float = 60.0
+    log_format: str = "text"
+    metrics_token: str = ""
+    metrics_cache_seconds: float = 5.0
+    worker_metrics_dir: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -150,6 +157,10 @@ class Settings:
             import_max_bytes=env.int("IMPORT_MAX_BYTES", 20 * 1024 * 1024),
             import_batch_size=env.int("IMPORT_BATCH_SIZE", 500),
             import_stall_seconds=env.float("IMPORT_STALL_SECONDS", 60.0),
+            log_format=log_format_from_env(env),
+            metrics_token=env.str("METRICS_TOKEN", ""),
+            metrics_cache_seconds=env.float("METRICS_CACHE_SECONDS", 5.0),
+            worker_metrics_dir=env.str("WORKER_METRICS_DIR", ""),
         )
         if any(delay < 0 for delay in settings.webhook_retry_schedule):
             raise RuntimeError("WEBHOOK_RETRY_SCHEDULE must list non-negative seconds")
@@ -158,3 +169,11 @@ class Settings:
                 raise RuntimeError("SECRET_KEY must be set when CRM_ENV=production")
             log.warning("SECRET_KEY is not set: using an insecure development key")
         return settings
+
+
+def log_format_from_env(env: Env | None = None) -> str:
+    """LOG_FORMAT: "text" (default) or "json" (gunicorn.conf.py reads only this)."""
+    if env is None:
+        env = Env()
+        env.read_env(override=False)
+    return str(env.str("LOG_FORMAT", "text", validate=OneOf(LOG_FORMATS)))

@@ -15,7 +15,10 @@ from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
-from . import quiet
+from . import (
+    observability,  # noqa: F401  (logging and request-id signal handlers)
+    quiet,
+)
 from .dispatch import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK, DrainFlag
 from .webhook_sender import Sender
 

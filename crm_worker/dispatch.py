@@ -24,10 +24,13 @@ import redis
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from crm_domain import request_id
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
 from crm_domain.services import events, imports, invitations, outbox, report_emails, webhooks
 from crm_domain.services.analytics_cache import AnalyticsCache
+
+from .observability import MeteredDelivery
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +100,18 @@ def deliver(
     - import requests ask for one run each (`on_import`, else the "imports" queue);
     - events that queue e-mail (invitations, weekly reports ready) write `outbound_emails`
       rows in the batch; afterwards `on_mail_queued` wakes the sender (beat's sweep, if it
-      cannot)."""
+      cannot).
+    A task asked for while a batch is applied carries the request id of the change that asked
+    (for a refresh: the organization's latest change in the batch); every delivered event gets
+    a log line with its request id and is counted (MeteredDelivery)."""
     to_send: set[int] = set()
     mail_queued = False
 
     def deal_changed(_session: Session, batch: Sequence[OutboxEvent]) -> None:
-        for organization_id in sorted({ev.organization_id for ev in batch}):
-            on_deal_changed(organization_id)
+        latest = {ev.organization_id: ev.request_id for ev in batch}
+        for organization_id in sorted(latest):
+            with request_id.bound(latest[organization_id]):
+                on_deal_changed(organization_id)
 
     def fan_out(session: Session, batch: Sequence[OutboxEvent]) -> None:
         to_send.update(webhooks.fan_out_endpoints(session, batch))
@@ -129,8 +137,10 @@ def deliver(
     }
 
     def import_requested(_session: Session, batch: Sequence[OutboxEvent]) -> None:
-        for job_id in sorted({ev.payload["import_id"] for ev in batch}):
-            (on_import or send_import)(job_id)
+        requested = {ev.payload["import_id"]: ev.request_id for ev in batch}
+        for job_id in sorted(requested):
+            with request_id.bound(requested[job_id]):
+                (on_import or send_import)(job_id)
 
     handlers[imports.IMPORT_TOPIC] = import_requested
     if on_report_requested is not None:
@@ -138,11 +148,14 @@ def deliver(
 
         def reports_requested(_session: Session, batch: Sequence[OutboxEvent]) -> None:
             for ev in batch:
-                report_requested(ev.payload["report_id"])
+                with request_id.bound(ev.request_id):
+                    report_requested(ev.payload["report_id"])
 
         handlers[outbox.REPORT_TOPIC] = reports_requested
     try:
-        return outbox.deliver_pending(db, handlers, transient=TRANSIENT_ERRORS)
+        return outbox.deliver_pending(
+            db, handlers, transient=TRANSIENT_ERRORS, observer=MeteredDelivery()
+        )
     finally:
         if to_send and on_webhooks is not None:
             try:

@@ -32,6 +32,8 @@ DEV_DEFAULTS = {
     "PUBLIC_BASE_URL": f"http://127.0.0.1:{os.environ.get('PORT', '8000')}",  # links in e-mails
     # Local receivers (http://localhost:...) are the usual webhook targets in development.
     "WEBHOOKS_ALLOW_PRIVATE": "true",
+    # Each service's metric files in a directory of its own (scripts/with-metrics-dir).
+    "METRICS_ROOT": str(DATA / "metrics"),
 }
 
 
@@ -81,6 +83,7 @@ def main() -> int:
     subprocess.run(["alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
     processes = [Process(name, env).start() for name in PROCESSES]
     log(f"API     http://{env['GUNICORN_BIND']}/api/v1  (Swagger UI: /api/v1/docs)")
+    log(f"Metrics http://{env['GUNICORN_BIND']}/metrics  (Prometheus; open on loopback here)")
     log(f"Flower  http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}  (FLOWER_BASIC_AUTH)")
 
     stopping = False

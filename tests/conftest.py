@@ -26,6 +26,8 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-hs2
 os.environ.setdefault("MAIL_DIR", str(ROOT / ".data" / "test" / "mail"))
 # Webhook receivers in the tests listen on 127.0.0.1 (the SSRF tests turn this off).
 os.environ.setdefault("WEBHOOKS_ALLOW_PRIVATE", "true")
+# In-process metrics are this process's own (the stacks' processes get their directories).
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402

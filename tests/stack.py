@@ -1,5 +1,6 @@
-"""A real running stack for worker tests: a private Redis server, gunicorn, a Celery worker
-and beat, each a separate process, talking to the test database over the real protocols.
+"""A real running stack for worker tests: a private Redis server, gunicorn, the Celery workers
+and beat, each a separate process started from the Procfile (scripts/procfile.py), talking to
+the test database over the real protocols.
 
 The Redis server is private to the test so it can be stopped and started again."""
 
@@ -101,7 +102,10 @@ class PrivateRedis:
 
 class Stack:
     """The Procfile's web, worker, worker-bulk, webhooks, importer and beat on a private Redis (see
-    scripts/procfile.py). The bulk worker also loads tests.slow_tasks."""
+    scripts/procfile.py). The bulk worker also loads tests.slow_tasks. `web_workers` gunicorn
+    processes; `extra_env` adds to (or overrides) the processes' environment (e.g. LOG_FORMAT).
+    The Procfile starts web and workers through scripts/with-metrics-dir: their metric files
+    live under `workdir/metrics`, one directory per service."""
 
     def __init__(
         self,
@@ -109,10 +113,13 @@ class Stack:
         workdir: Path,
         key_prefix: str,
         extra_env: dict[str, str] | None = None,
+        *,
+        web_workers: int = 1,
     ) -> None:
         self.workdir = workdir
         self.redis = PrivateRedis(workdir)
         self.port = free_port()
+        self.metrics_root = workdir / "metrics"
         self.env = process_env(
             {
                 "DATABASE_URL": database_url,
@@ -122,13 +129,17 @@ class Stack:
                 "BCRYPT_ROUNDS": "4",
                 "PYTHONUNBUFFERED": "1",
                 "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-                "WEB_CONCURRENCY": "1",
+                "WEB_CONCURRENCY": str(web_workers),
                 "WEB_THREADS": "4",
                 "BEAT_SCHEDULE_FILE": str(workdir / "beat-schedule"),
                 "MAIL_DIR": str(workdir / "mail"),
+                "METRICS_ROOT": str(self.metrics_root),
                 **(extra_env or {}),
             }
         )
+        for inherited in ("PROMETHEUS_MULTIPROC_DIR", "WORKER_METRICS_DIR"):
+            if inherited not in (extra_env or {}):  # scripts/with-metrics-dir sets them
+                self.env.pop(inherited, None)
         self.web = Process("web", self.env, log_path=workdir / "web.log")
         self.worker = Process("worker", self.env, log_path=workdir / "worker.log")
         self.bulk = Process(
@@ -166,23 +177,50 @@ class Stack:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    def register(self, name: str = "Worker Test", org_name: str = "Workers Inc") -> tuple[str, int]:
-        """A new user and organization through the running API: (access token, org id)."""
+    def _register(self, password: str, name: str, org_name: str) -> dict[str, Any]:
         status, body = self.http(
             "POST",
             "/auth/register",
             {
                 "email": f"w-{uuid.uuid4().hex[:10]}@example.com",
-                "password": PASSWORD,
+                "password": password,
                 "name": name,
                 "organization_name": org_name,
             },
         )
         assert status == 201, body
+        return dict(body)
+
+    def register(self, name: str = "Worker Test", org_name: str = "Workers Inc") -> tuple[str, int]:
+        """A new user and organization through the running API: (access token, org id)."""
+        body = self._register(PASSWORD, name, org_name)
         return body["access_token"], body["organization"]["id"]
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
+
+    def tenant(self, password: str = PASSWORD) -> dict[str, Any]:
+        """A fresh organization with one contact and one deal, made through the running API:
+        token, refresh_token, email, org and deal (ids)."""
+        body = self._register(password, "Worker Test", "Workers Inc")
+        token, org = body["access_token"], body["organization"]["id"]
+        status, contact = self.http("POST", "/contacts", {"name": "C"}, token, org)
+        assert status == 201, contact
+        status, deal = self.http(
+            "POST",
+            "/deals",
+            {"contact_id": contact["id"], "title": "D", "amount": "10.00"},
+            token,
+            org,
+        )
+        assert status == 201, deal
+        return {
+            "token": token,
+            "refresh_token": body["refresh_token"],
+            "email": body["user"]["email"],
+            "org": org,
+            "deal": deal["id"],
+        }
 
     def http(
         self,

@@ -39,14 +39,7 @@ def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
 @pytest.fixture
 def tenant(stack: Stack) -> dict[str, Any]:
     """A fresh organization with one contact and one deal, created through the running API."""
-    token, org = stack.register()
-    status, contact = stack.http("POST", "/contacts", {"name": "C"}, token, org)
-    assert status == 201, contact
-    status, deal = stack.http(
-        "POST", "/deals", {"contact_id": contact["id"], "title": "D", "amount": "10.00"}, token, org
-    )
-    assert status == 201, deal
-    return {"token": token, "org": org, "deal": deal["id"]}
+    return stack.tenant()
 
 
 def undelivered(db: Database, org: int) -> int:

@@ -19,6 +19,7 @@ from crm_domain.services import digests
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
 from ..jwt import issue_tokens, new_session_id, user_id_of
+from ..metrics import count_login
 from ..schemas import Schema, StrictBoolean, Trimmed, name_field
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Authentication")
@@ -141,6 +142,7 @@ class Register(MethodView):
 
 @blp.route("/login")
 class Login(MethodView):
+    @count_login
     @blp.public
     @blp.arguments(LoginSchema)
     @blp.response(200, TokensSchema)

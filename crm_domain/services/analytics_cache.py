@@ -12,7 +12,11 @@ database if Redis is down.
 Every result comes from one statement (analytics.snapshot), so one response is one state of
 the data: a `days` window is computed with the default results in one scan when first asked
 for, never patched onto a stored result with a live count. A result is stored only under the
-epoch read in the same snapshot as its data, so it is never filed under another database."""
+epoch read in the same snapshot as its data, so it is never filed under another database.
+
+Every stored refresh also records its `as_of` in one sorted set per deployment and epoch,
+`<prefix>:<epoch>:analytics:refreshed` (organization id -> time), so the age of the stalest
+organization's figures is one `ZRANGE` away (the API's /metrics reports it)."""
 
 from __future__ import annotations
 
@@ -86,6 +90,13 @@ class AnalyticsCache:
     def schedule_key(self, organization_id: int, epoch: str | None = None) -> str:
         return f"{self.org_key(organization_id, epoch)}:scheduled"
 
+    def refreshed_key_of(self, epoch: str | None = None) -> str:
+        return f"{self.prefix}:{epoch or self.epoch()}:analytics:refreshed"
+
+    @property
+    def refreshed_key(self) -> str:
+        return self.refreshed_key_of()
+
     def compute(self, organization_id: int, field: str) -> dict[str, Any]:
         """One result from the database (nothing stored)."""
         return self.compute_many(organization_id, [field], identify=False).results[field]
@@ -147,12 +158,23 @@ class AnalyticsCache:
             gen = self._bump(self.org_key(organization_id, epoch))
             computed = self.compute_many(organization_id, list(DEFAULT_FIELDS))
             if computed.epoch == epoch:
-                return self._store(
+                stored = self._store(
                     organization_id, gen, computed.results, replace=True, epoch=epoch
                 )
+                if stored:
+                    as_of = dt.datetime.fromisoformat(computed.results[FUNNEL_FIELD]["as_of"])
+                    self._redis().zadd(
+                        self.refreshed_key_of(epoch), {str(organization_id): as_of.timestamp()}
+                    )
+                return stored
             # The database changed identity meanwhile (recreated, restored, rotated): the
             # results belong under the new one; `compute_many` made it this process's epoch.
         return False
+
+    def oldest_refresh(self) -> dt.datetime | None:
+        """When the organization refreshed longest ago was refreshed (None: none recorded)."""
+        oldest = self._redis().zrange(self.refreshed_key, 0, 0, withscores=True)
+        return dt.datetime.fromtimestamp(oldest[0][1], dt.UTC) if oldest else None
 
     def get(self, organization_id: int, field: str) -> dict[str, Any]:
         """The cached result, or a fresh one (stored for the next reader)."""

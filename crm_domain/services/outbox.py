@@ -13,19 +13,26 @@ undelivered events are claimed, and every consumer writes with the event's uniqu
 
 One event stream, several consumers: a topic may have several handlers, and a handler that
 serves several topics is called once per batch with all of their events (the webhook fan-out
-looks the batch's endpoints up in one query whatever the mix of event types)."""
+looks the batch's endpoints up in one query whatever the mix of event types).
+
+Each event keeps the request id of the request that recorded it, and a `DeliveryObserver`
+hears of every event once its batch committed (one log line per event with that request
+id; crm_worker counts them too), so one request can be followed from the API's logs to the
+worker line that applied its event."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from .. import request_id
 from ..enums import ActivityType
 from ..models import Activity, Deal, OutboxEvent
 
@@ -57,7 +64,12 @@ Handlers = Mapping[str, BatchHandler | Sequence[BatchHandler]]
 def record(session: Session, organization_id: int, topic: str, payload: dict[str, Any]) -> None:
     """Queue an event; it is inserted with the transaction's other changes at commit."""
     session.info.setdefault(_PENDING_KEY, []).append(
-        {"organization_id": organization_id, "topic": topic, "payload": payload}
+        {
+            "organization_id": organization_id,
+            "topic": topic,
+            "payload": payload,
+            "request_id": request_id.current(),
+        }
     )
 
 
@@ -105,6 +117,43 @@ def _forget_after_rollback(session: Session, previous_transaction: Any) -> None:
 
 
 # --- delivery -----------------------------------------------------------------------------
+
+
+class DeliveryObserver:
+    """Told about events after the fact: `delivered` once their batch committed, `failed`
+    once a failed attempt was recorded. This one logs a line per event with the request id
+    of the request that recorded it; crm_worker's also counts them."""
+
+    def delivered(self, events: Sequence[OutboxEvent]) -> None:
+        for ev in events:
+            log.info(
+                "outbox event %s delivered (%s)",
+                ev.id,
+                ev.topic,
+                extra=_log_fields(ev.id, ev.topic, ev.organization_id, ev.request_id),
+            )
+
+    def failed(
+        self, event_id: int, topic: str | None, request_id: str | None, error: BaseException
+    ) -> None:
+        log.error(
+            "outbox event %s failed (%s)",
+            event_id,
+            topic,
+            exc_info=error,
+            extra=_log_fields(event_id, topic, None, request_id),
+        )
+
+
+def _log_fields(
+    event_id: int, topic: str | None, organization_id: int | None, request_id: str | None
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "topic": topic,
+        "organization_id": organization_id,
+        "request_id": request_id,
+    }
 
 
 def claim(session: Session, limit: int = BATCH_SIZE) -> list[OutboxEvent]:
@@ -158,6 +207,7 @@ def deliver_pending(
     batch_size: int = BATCH_SIZE,
     max_batches: int = 50,
     transient: tuple[type[BaseException], ...] = (),
+    observer: DeliveryObserver | None = None,
 ) -> int:
     """Deliver undelivered events batch by batch until none is left (or `max_batches`);
     returns how many were delivered. A batch that fails is retried event by event, so one
@@ -166,6 +216,7 @@ def deliver_pending(
     fault and cost no attempt; the caller retries later. Events that handlers record (a
     timeline entry's `activity.created`, a built report's `report.ready`) are delivered by
     the next round of the same call."""
+    observer = observer or DeliveryObserver()
     delivered = 0
     for _ in range(max_batches):
         more = False
@@ -173,15 +224,17 @@ def deliver_pending(
             with db.transaction() as session:
                 batch = claim(session, batch_size)
                 apply(session, batch, handlers)
-                delivered += len(batch)
                 more = len(batch) == batch_size or bool(session.info.get(_PENDING_KEY))
+            delivered += len(batch)
+            observer.delivered(batch)  # after the commit: only what really was delivered
         except transient:
             raise
         except Exception:
             log.warning("outbox batch failed; delivering its events one by one", exc_info=True)
             # Stop here: another round would claim the bad event again. What the events
             # delivered one by one recorded waits for the next drain (beat re-dispatches).
-            delivered += _deliver_one_by_one(db, handlers, batch_size, transient)
+            more = False
+            delivered += _deliver_one_by_one(db, handlers, batch_size, transient, observer)
         if not more:
             break
     return delivered
@@ -192,6 +245,7 @@ def _deliver_one_by_one(
     handlers: Handlers | None,
     limit: int,
     transient: tuple[type[BaseException], ...],
+    observer: DeliveryObserver,
 ) -> int:
     with db.transaction() as session:
         ids = [ev.id for ev in claim(session, limit)]
@@ -206,17 +260,21 @@ def _deliver_one_by_one(
                 )
                 if ev is not None:
                     apply(session, [ev], handlers)
-                    delivered += 1
+            if ev is not None:
+                delivered += 1
+                observer.delivered([ev])
         except transient:
             raise
         except Exception as exc:
-            log.exception("outbox event %s failed", event_id)
             with db.transaction() as session:
-                session.execute(
+                row = session.execute(
                     update(OutboxEvent)
                     .where(OutboxEvent.id == event_id)
                     .values(attempts=OutboxEvent.attempts + 1, last_error=repr(exc)[:1000])
-                )
+                    .returning(OutboxEvent.topic, OutboxEvent.request_id)
+                ).first()
+            topic, rid = row if row is not None else (None, None)
+            observer.failed(event_id, topic, rid, exc)
     return delivered
 
 
@@ -226,7 +284,8 @@ def _database_handlers() -> dict[str, BatchHandler | Sequence[BatchHandler]]:
 
     def build_reports(session: Session, events: Sequence[OutboxEvent]) -> None:
         for ev in events:
-            reports.build(session, ev.payload["report_id"])
+            with request_id.bound(ev.request_id):  # on its `report.ready` event
+                reports.build(session, ev.payload["report_id"])
 
     def nothing(_session: Session, _events: Sequence[OutboxEvent]) -> None:
         """Topics whose only consumers need Celery or Redis (see crm_worker.dispatch)."""
@@ -243,7 +302,8 @@ def _database_handlers() -> dict[str, BatchHandler | Sequence[BatchHandler]]:
 def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     """Write the timeline entries in one statement; the event key makes a second delivery
     write nothing. Events of deals deleted before delivery have nothing to attach to. Each
-    entry written records its `activity.created` event where a webhook endpoint wants it."""
+    entry written records its `activity.created` event where a webhook endpoint wants it, with
+    the request id of the timeline event it came from."""
     wanted = {(ev.payload["deal_id"], ev.organization_id) for ev in events}
     existing = {
         (deal_id, org_id)
@@ -287,29 +347,41 @@ def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     wanted_by = webhooks.subscribed_organizations(
         session, {row["organization_id"] for row in rows}, domain_events.ACTIVITY_CREATED
     )
+    request_ids = {ev.event_key: ev.request_id for ev in events}
     for row in rows:
         if row["event_key"] in ids and row["organization_id"] in wanted_by:
             entry = Activity(**row, id=ids[row["event_key"]])  # transient: only dumped
-            domain_events.record_created(session, "activity", entry)
+            with request_id.bound(request_ids[row["event_key"]]):  # the request behind it
+                domain_events.record_created(session, "activity", entry)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    pending: int  # undelivered events that will still be tried
+    oldest_pending_age: dt.timedelta | None  # how long the oldest of them has waited
+    stuck: int  # events that failed MAX_ATTEMPTS times and wait for an operator
+
+
+def backlog(session: Session) -> Backlog:
+    """One query over the undelivered events (the partial index `ix_outbox_events_pending`
+    holds only those, so its cost follows the backlog, not the table)."""
+    deliverable = OutboxEvent.attempts < MAX_ATTEMPTS
+    pending, oldest, stuck = session.execute(
+        select(
+            func.count().filter(deliverable),
+            func.min(OutboxEvent.created_at).filter(deliverable),
+            func.count().filter(~deliverable),
+        ).where(OutboxEvent.delivered_at.is_(None))
+    ).one()
+    age = None if oldest is None else dt.datetime.now(dt.UTC) - oldest
+    return Backlog(pending=pending, oldest_pending_age=age, stuck=stuck)
 
 
 def oldest_pending_age(session: Session) -> dt.timedelta | None:
     """How long the oldest deliverable event has waited (None when nothing waits)."""
-    oldest = session.scalar(
-        select(func.min(OutboxEvent.created_at)).where(
-            OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS
-        )
-    )
-    return None if oldest is None else dt.datetime.now(dt.UTC) - oldest
+    return backlog(session).oldest_pending_age
 
 
 def stuck_count(session: Session) -> int:
     """Events that failed MAX_ATTEMPTS times and wait for an operator."""
-    return (
-        session.scalar(
-            select(func.count()).where(
-                OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts >= MAX_ATTEMPTS
-            )
-        )
-        or 0
-    )
+    return backlog(session).stuck

@@ -10,6 +10,7 @@ from crm_domain.models import Organization
 
 from ..app import analytics_cache, celery_app, database
 from ..dispatch import REFRESH_TASK, schedule_refresh
+from ..observability import ANALYTICS_REFRESH
 
 
 @celery_app.task(
@@ -23,7 +24,8 @@ def refresh(organization_id: int) -> bool:
     """Recompute one organization (changes after this point schedule another refresh)."""
     cache = analytics_cache()
     cache.release_refresh(organization_id)
-    return cache.refresh(organization_id)
+    with ANALYTICS_REFRESH.time():
+        return cache.refresh(organization_id)
 
 
 @celery_app.task(name="crm.analytics.refresh_all", acks_late=True)

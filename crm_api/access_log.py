@@ -1,0 +1,77 @@
+"""gunicorn's logging: our `crm_domain.logs` configuration (text or JSON) for gunicorn's
+own loggers and the application's, and the access log with the request's route template,
+status, duration, user and organization (left in the WSGI environ by
+crm_api.observability) and request id (the `X-Request-ID` response header).
+
+gunicorn writes the access line after the response went out, so its duration is the whole
+request. The line never holds the query string, a header other than X-Request-ID, or a
+body: no token or password can reach it. gunicorn.conf.py uses `logconfig()` and
+`access_log_format()`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from crm_domain import logs
+
+from .observability import ORGANIZATION_KEY, ROUTE_KEY, USER_KEY
+
+# gunicorn access-log atoms: https://docs.gunicorn.org/en/stable/settings.html#access-log-format
+TEXT_ACCESS_FORMAT = (
+    '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+    f" route=%({{{ROUTE_KEY}}}e)s user=%({{{USER_KEY}}}e)s org=%({{{ORGANIZATION_KEY}}}e)s"
+)
+JSON_ACCESS_MESSAGE = "%(m)s %(U)s %(s)s"  # the fields are separate keys (AccessFields)
+
+_TEXT = {
+    "remote_addr": "h",
+    "method": "m",
+    "path": "U",
+    "route": f"{{{ROUTE_KEY}}}e",
+    "request_id": "{x-request-id}o",
+}
+_NUMBERS = {
+    "status": "s",
+    "bytes": "B",
+    "user_id": f"{{{USER_KEY}}}e",
+    "organization_id": f"{{{ORGANIZATION_KEY}}}e",
+}
+
+
+class AccessFields(logging.Filter):
+    """On gunicorn.access: the access atoms as fields of the record (JSON keys)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if not isinstance(atoms, Mapping):
+            return True
+        for field, atom in _TEXT.items():
+            setattr(record, field, atoms.get(atom))
+        for field, atom in _NUMBERS.items():
+            value = atoms.get(atom)
+            setattr(record, field, int(str(value)) if str(value).isdigit() else None)
+        micros = atoms.get("D")
+        record.duration_ms = round(micros / 1000, 3) if isinstance(micros, int) else None
+        return True
+
+
+def access_log_format(fmt: str) -> str:
+    return JSON_ACCESS_MESSAGE if fmt == "json" else TEXT_ACCESS_FORMAT
+
+
+def logconfig(fmt: str, *, access: bool = True) -> dict[str, Any]:
+    """gunicorn's `logconfig_dict`: everything through the root handler of `logs.config`."""
+    config = logs.config(fmt)
+    config["filters"]["access_fields"] = {"()": AccessFields}
+    config["loggers"] = {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {
+            "level": "INFO" if access else "WARNING",
+            "handlers": [],
+            "propagate": True,
+            "filters": ["access_fields"],
+        },
+    }
+    return config

@@ -1,0 +1,96 @@
+"""What the API records about each request: its request id, its metrics and the fields of
+its access-log line.
+
+`RequestObserver`, the outermost WSGI middleware, sees every request, also those answered
+before Flask (408 from `slow_clients`): it takes the client's `X-Request-ID` when acceptable
+(crm_domain.request_id) or makes one, binds it for the request's log lines and outbox
+events, returns it as `X-Request-ID`, and counts and times the request. Flask's
+`after_request` leaves the route template, user id and organization id in the WSGI environ,
+where the middleware (metric labels) and gunicorn's access log (crm_api.access_log) find
+them. Per request this costs a request id (uuid4), a few dictionary operations and five
+writes to this process's memory-mapped metric files, no I/O: about 12 us of CPU under
+gunicorn (measured, see README "Observability")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from crm_domain import request_id
+
+from .metrics import IN_FLIGHT, LATENCY, RATE_LIMITED, REQUESTS, UNMATCHED
+
+ROUTE_KEY = "crm.route"
+USER_KEY = "crm.user_id"
+ORGANIZATION_KEY = "crm.organization_id"
+HEADER = "X-Request-ID"
+# Anything else is labelled "other": the method is client input, labels must stay few.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class RequestObserver:
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+        # The labelled counter and histogram per (route, method, status): `labels()` costs
+        # more than the increment itself. Bounded: routes x methods x statuses.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        rid = request_id.accept(environ.get("HTTP_X_REQUEST_ID"))
+        token = request_id.bind(rid)
+        status = "500"  # if the application raises instead of answering
+
+        def start(status_line: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            nonlocal status
+            status = status_line[:3]
+            headers.append((HEADER, rid))
+            return start_response(status_line, headers, *exc_info)
+
+        IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            return self.app(environ, start)
+        finally:
+            elapsed = time.perf_counter() - started
+            IN_FLIGHT.dec()
+            method = environ.get("REQUEST_METHOD", "")
+            labels = (
+                environ.get(ROUTE_KEY, UNMATCHED),
+                method if method in METHODS else "other",
+                status,
+            )
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
+            series[0].inc()
+            series[1].observe(elapsed)
+            request_id.reset(token)
+
+
+def _annotate(response: Response) -> Response:
+    """after_request: the route template, who asked, and 429s by route."""
+    rule = request.url_rule
+    route = rule.rule if rule is not None else UNMATCHED
+    environ = request.environ
+    environ[ROUTE_KEY] = route
+    actor = g.get("actor")
+    if actor is not None:
+        environ[USER_KEY] = str(actor.user_id)
+        environ[ORGANIZATION_KEY] = str(actor.organization_id)
+    else:
+        claims = g.get("_jwt_extended_jwt")  # a login_required route: no organization
+        if claims:
+            environ[USER_KEY] = str(claims.get("sub"))
+    if response.status_code == 429:
+        RATE_LIMITED.labels(route).inc()
+    return response
+
+
+def init_observability(app: Flask) -> None:
+    app.wsgi_app = RequestObserver(app.wsgi_app)  # type: ignore[method-assign]
+    app.after_request(_annotate)
