@@ -65,7 +65,8 @@ class ScratchDatabase:
         self.create()
 
     def libpq_url(self, database: str | None = None) -> str:
-        url = make_url(self.url).set(drivername="postgresql", database=database or self.name)
+        """The server itself (pg_dump and pg_restore keep session state: never via PgBouncer)."""
+        url = make_url(self.services.admin_url).set(database=database or self.name)
         return url.render_as_string(hide_password=False)
 
     def snapshot(self, method: str) -> str:
@@ -87,6 +88,8 @@ class ScratchDatabase:
         # A template must have no other sessions: the operator stops the app's processes.
         for app in self._apps:
             app.extensions["crm_db"].engine.dispose()
+        if self.services.pgbouncer is not None:  # ... and PgBouncer lets go of the database
+            self.services.pgbouncer.disconnect(self.name)
         self.admin(f'CREATE DATABASE "{copy}" TEMPLATE "{self.name}"')
         self._extra.append(copy)
         return copy
@@ -123,8 +126,11 @@ class ScratchDatabase:
 
     def app(self, *, check_seconds: float = 5.0) -> Flask:
         """An API process on this database (its own pool, identity cache and count cache)."""
+        pooling = Settings.from_env()  # DB_POOL, DB_PREPARED_STATEMENTS (PgBouncer runs)
         settings = Settings(
             database_url=self.url,
+            db_pool=pooling.db_pool,
+            db_prepared_statements=pooling.db_prepared_statements,
             redis_url=self.services.redis_url,
             secret_key=os.environ["SECRET_KEY"],
             bcrypt_rounds=4,
