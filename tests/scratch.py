@@ -63,6 +63,14 @@ class ScratchDatabase:
         """What the issue's operator did: drop the database and build it again from empty."""
         self.admin(f'DROP DATABASE "{self.name}" WITH (FORCE)')
         self.create()
+        self._reconnect_clients()
+
+    def _reconnect_clients(self) -> None:
+        """Behind PgBouncer, the operator's last step after replacing a database: KILL and
+        RESUME it on PgBouncer's console, so that the processes' connections are closed and
+        their pools open new ones (as they do when the server itself closed them)."""
+        if self.services.pgbouncer is not None:
+            self.services.pgbouncer.disconnect(self.name)
 
     def libpq_url(self, database: str | None = None) -> str:
         """The server itself (pg_dump and pg_restore keep session state: never via PgBouncer)."""
@@ -115,6 +123,7 @@ class ScratchDatabase:
             f'DROP DATABASE "{self.name}" WITH (FORCE)',
             f'CREATE DATABASE "{self.name}" TEMPLATE "{snapshot}"',
         )
+        self._reconnect_clients()
 
     def drop(self) -> None:
         for app in self._apps:

@@ -234,6 +234,9 @@ class Stack:
 
         client = Celery(set_as_current=False)
         client.conf.update(broker_config(self.broker_url, ["crm", *QUEUE_ROUTES.values()]))
+        # Celery prefers CELERY_BROKER_URL from the environment (the session's broker, set by
+        # conftest) to broker_url; the read and write URLs come before both.
+        client.conf.update(broker_read_url=self.broker_url, broker_write_url=self.broker_url)
         return client
 
     def purge(self, queue: str) -> int:
