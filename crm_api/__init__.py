@@ -76,11 +76,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     init_observability(app)  # outermost: request id, metrics and access-log fields
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    db = Database(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        identity_check_seconds=settings.installation_check_seconds,
-    )
+    db = Database.from_settings(settings)
     app.extensions["crm_db"] = db
     app.extensions["crm_settings"] = settings
     app.extensions["crm_verified_tokens"] = VerifiedTokens()

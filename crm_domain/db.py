@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from .installation import DEFAULT_CHECK_SECONDS, InstallationIdentity
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -46,18 +50,29 @@ class Database:
     `publisher`, when set, is called after each commit that recorded outbox events;
     `count_cache`, when set, answers list totals (see crm_domain.counting); `identity` is
     the database's epoch that data kept in Redis is bound to (crm_domain.installation),
-    read again whenever the pool opens a new connection."""
+    read again whenever the pool opens a new connection.
+
+    Behind PgBouncer in transaction mode (docs/SCALING.md): `prepared_statements=False`
+    unless the pooler tracks them (PgBouncer >= 1.22 with max_prepared_statements), and
+    `null_pool=True` to leave all pooling to PgBouncer (a connection per checkout; the
+    identity is then re-read every `identity_check_seconds` only, since every checkout is a
+    new connection). Nothing here keeps session state on a connection (no SET, no session
+    advisory locks, no LISTEN), so either pool is safe there."""
 
     def __init__(
         self,
         url: str,
         *,
         pool_size: int = 5,
+        null_pool: bool = False,
+        prepared_statements: bool = True,
         publisher: Publisher | None = None,
         identity_check_seconds: float = DEFAULT_CHECK_SECONDS,
     ) -> None:
         self.url = url
         self.pool_size = pool_size
+        self.null_pool = null_pool
+        self.prepared_statements = prepared_statements
         self.publisher = publisher
         self.count_cache: object | None = None  # crm_domain.counting.LargeCountCache
         self.identity = InstallationIdentity(self, identity_check_seconds)
@@ -65,24 +80,46 @@ class Database:
         self._engine: Engine | None = None
         self._factory: sessionmaker[Session] | None = None
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, url: str | None = None, pool_size: int | None = None
+    ) -> Database:
+        """A Database configured by DATABASE_URL, DB_POOL, DB_POOL_SIZE and
+        DB_PREPARED_STATEMENTS (`url` and `pool_size` override)."""
+        return cls(
+            url or settings.database_url,
+            pool_size=settings.db_pool_size if pool_size is None else pool_size,
+            null_pool=settings.db_pool == "null",
+            prepared_statements=settings.db_prepared_statements,
+            identity_check_seconds=settings.installation_check_seconds,
+        )
+
     @property
     def engine(self) -> Engine:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    self._engine = create_engine(
-                        self.url,
-                        pool_size=self.pool_size,
-                        max_overflow=self.pool_size,
-                        # No pre-ping (a round trip per checkout): a connection the server
-                        # dropped fails one request with 503 and the pool is invalidated.
-                        pool_pre_ping=False,
-                        pool_recycle=1800,
-                        pool_timeout=10,
-                        connect_args={"connect_timeout": 5},
+                    connect_args: dict[str, Any] = {"connect_timeout": 5}
+                    if not self.prepared_statements:
+                        connect_args["prepare_threshold"] = None  # psycopg: never prepare
+                    pooling: dict[str, Any] = (
+                        {"poolclass": NullPool}
+                        if self.null_pool
+                        else {
+                            "pool_size": self.pool_size,
+                            "max_overflow": self.pool_size,
+                            # No pre-ping (a round trip per checkout): a connection the
+                            # server dropped fails one request with 503 and the pool is
+                            # invalidated.
+                            "pool_pre_ping": False,
+                            "pool_recycle": 1800,
+                            "pool_timeout": 10,
+                        }
                     )
+                    self._engine = create_engine(self.url, connect_args=connect_args, **pooling)
                     self._factory = sessionmaker(self._engine, expire_on_commit=False)
-                    event.listen(self._engine, "connect", self._connected)
+                    if not self.null_pool:
+                        event.listen(self._engine, "connect", self._connected)
         return self._engine
 
     def _connected(self, *_: Any) -> None:

@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    db = Database(settings.database_url, pool_size=1)
+    db = Database.from_settings(settings, pool_size=1)
     try:
         if command == "rotate":
             with db.engine.begin() as conn:

@@ -29,6 +29,7 @@ def normalize_db_url(url: str) -> str:
 
 
 SMTP_TLS_MODES = ("starttls", "ssl", "none")
+DB_POOLS = ("queue", "null")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class MailSettings:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
+    # Celery's broker: Redis (the default, REDIS_URL) or RabbitMQ (amqp://). Redis stays the
+    # analytics store, list-total cache, rate-limit store and outbox drain flag either way.
+    celery_broker_url: str = DEFAULT_REDIS_URL
     secret_key: str = INSECURE_SECRET
     mail: MailSettings = field(default_factory=MailSettings)
     invitation_days: int = 7
@@ -79,6 +83,11 @@ class Settings:
     refresh_token_days: int = 7
     bcrypt_rounds: int = 12
     db_pool_size: int = 5
+    # "queue" (a pool per process) or "null" (a connection per checkout: PgBouncer pools).
+    db_pool: str = "queue"
+    # Server-side prepared statements (psycopg prepares a query after 5 runs). Turn off
+    # behind a transaction-mode pooler that cannot track them (PgBouncer < 1.22).
+    db_prepared_statements: bool = True
     flower_basic_auth: str = "admin:admin"
     environment: str = "development"
     redis_key_prefix: str = "crm"
@@ -115,9 +124,14 @@ class Settings:
     def from_env(cls) -> Settings:
         env = Env()
         env.read_env(override=False)
+        redis_url = env.str("REDIS_URL", DEFAULT_REDIS_URL)
+        db_pool = env.str("DB_POOL", "queue").lower()
+        if db_pool not in DB_POOLS:
+            raise ValueError(f"DB_POOL must be one of {', '.join(DB_POOLS)}, not {db_pool!r}")
         settings = cls(
             database_url=normalize_db_url(env.str("DATABASE_URL", DEFAULT_DATABASE_URL)),
-            redis_url=env.str("REDIS_URL", DEFAULT_REDIS_URL),
+            redis_url=redis_url,
+            celery_broker_url=env.str("CELERY_BROKER_URL", "") or redis_url,
             secret_key=env.str("SECRET_KEY", INSECURE_SECRET),
             mail=MailSettings.from_env(env),
             invitation_days=env.int("INVITATION_DAYS", 7),
@@ -125,6 +139,8 @@ class Settings:
             refresh_token_days=env.int("REFRESH_TOKEN_DAYS", 7),
             bcrypt_rounds=env.int("BCRYPT_ROUNDS", 12),
             db_pool_size=env.int("DB_POOL_SIZE", 5),
+            db_pool=db_pool,
+            db_prepared_statements=env.bool("DB_PREPARED_STATEMENTS", True),
             flower_basic_auth=env.str("FLOWER_BASIC_AUTH", "admin:admin"),
             environment=env.str("CRM_ENV", "development"),
             redis_key_prefix=env.str("REDIS_KEY_PREFIX", "crm"),

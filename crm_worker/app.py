@@ -9,7 +9,6 @@ import redis
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import after_setup_logger, worker_process_init
-from kombu import Queue
 
 from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
@@ -19,17 +18,14 @@ from . import (
     observability,  # noqa: F401  (logging and request-id signal handlers)
     quiet,
 )
+from .broker import broker_config
 from .dispatch import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK, DrainFlag
 from .webhook_sender import Sender
 
 EMAIL_QUEUE = "email"
 
 settings = Settings.from_env()
-database = Database(
-    settings.database_url,
-    pool_size=2,
-    identity_check_seconds=settings.installation_check_seconds,
-)
+database = Database.from_settings(settings, pool_size=2)
 _cache: AnalyticsCache | None = None
 _sender: Sender | None = None
 
@@ -77,13 +73,14 @@ QUEUE_ROUTES = {
     "crm.imports.*": IMPORT_QUEUE,
 }
 
-celery_app = Celery("crm", broker=settings.redis_url, include=["crm_worker.tasks"])
+celery_app = Celery("crm", broker=settings.celery_broker_url, include=["crm_worker.tasks"])
 celery_app.conf.update(
     task_default_queue="crm",
     task_routes={pattern: {"queue": queue} for pattern, queue in QUEUE_ROUTES.items()},
-    # Declared, so a worker started without --queues (development, a quick try) consumes
-    # every queue; the Procfile's workers each take their own with --queues.
-    task_queues=[Queue(name) for name in dict.fromkeys(["crm", *QUEUE_ROUTES.values()])],
+    # Every queue declared (task_queues), so a worker started without --queues (development,
+    # a quick try) consumes them all; the Procfile's workers each take their own with
+    # --queues. Quorum queues on RabbitMQ, lists on Redis (crm_worker.broker).
+    **broker_config(settings.celery_broker_url, ["crm", *QUEUE_ROUTES.values()]),
     task_serializer="json",
     accept_content=["json"],
     result_backend=None,
@@ -100,11 +97,6 @@ celery_app.conf.update(
     task_send_sent_event=False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # keep trying while the broker is away
-    broker_transport_options={
-        "visibility_timeout": 3600,
-        "socket_connect_timeout": 2,
-        "socket_timeout": 5,
-    },
     timezone="UTC",
     beat_schedule={
         "outbox-redispatch": {

@@ -31,6 +31,7 @@ from crm_domain.services import events, imports, invitations, outbox, report_ema
 from crm_domain.services.analytics_cache import AnalyticsCache
 
 from .observability import MeteredDelivery
+from .broker import countdown
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +270,8 @@ def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
     from .app import celery_app
 
     if cache.claim_refresh(organization_id):
-        celery_app.send_task(
-            REFRESH_TASK, args=[organization_id], countdown=REFRESH_DELAY_SECONDS, retry=False
-        )
+        delay = countdown(celery_app.conf.broker_url, REFRESH_DELAY_SECONDS)
+        celery_app.send_task(REFRESH_TASK, args=[organization_id], countdown=delay, retry=False)
 
 
 def inline_publisher(

@@ -18,6 +18,9 @@ _services = services.start()
 # The settings are read from the environment by the app and by the Celery app.
 os.environ["DATABASE_URL"] = _services.database_url
 os.environ["REDIS_URL"] = _services.redis_url
+os.environ["CELERY_BROKER_URL"] = _services.broker_url
+if _services.pgbouncer is not None:  # transaction pooling: no server-side prepared statements
+    os.environ["DB_PREPARED_STATEMENTS"] = "false"
 # Test runs share Redis but each has its own database (ids restart at 1): namespace the keys.
 os.environ["REDIS_KEY_PREFIX"] = _services.database_name
 os.environ.setdefault("BCRYPT_ROUNDS", "4")
@@ -35,10 +38,12 @@ from crm_worker.app import celery_app  # noqa: E402
 
 # Celery's broker keys (queues, bindings) of this run get the run's name too, so tests that
 # publish through Celery on the shared Redis neither meet other runs' messages nor leave keys.
-celery_app.conf.broker_transport_options = {
-    **celery_app.conf.broker_transport_options,
-    "global_keyprefix": f"{_services.database_name}-celery:",
-}
+# (On RabbitMQ the run has a vhost of its own: tests/rabbit.py.)
+if _services.broker == "redis":
+    celery_app.conf.broker_transport_options = {
+        **celery_app.conf.broker_transport_options,
+        "global_keyprefix": f"{_services.database_name}-celery:",
+    }
 
 from .api import ApiClient  # noqa: E402
 from .mail import SmtpServer, smtp_server  # noqa: E402

@@ -63,9 +63,18 @@ class ScratchDatabase:
         """What the issue's operator did: drop the database and build it again from empty."""
         self.admin(f'DROP DATABASE "{self.name}" WITH (FORCE)')
         self.create()
+        self._reconnect_clients()
+
+    def _reconnect_clients(self) -> None:
+        """Behind PgBouncer, the operator's last step after replacing a database: KILL and
+        RESUME it on PgBouncer's console, so that the processes' connections are closed and
+        their pools open new ones (as they do when the server itself closed them)."""
+        if self.services.pgbouncer is not None:
+            self.services.pgbouncer.disconnect(self.name)
 
     def libpq_url(self, database: str | None = None) -> str:
-        url = make_url(self.url).set(drivername="postgresql", database=database or self.name)
+        """The server itself (pg_dump and pg_restore keep session state: never via PgBouncer)."""
+        url = make_url(self.services.admin_url).set(database=database or self.name)
         return url.render_as_string(hide_password=False)
 
     def snapshot(self, method: str) -> str:
@@ -87,6 +96,8 @@ class ScratchDatabase:
         # A template must have no other sessions: the operator stops the app's processes.
         for app in self._apps:
             app.extensions["crm_db"].engine.dispose()
+        if self.services.pgbouncer is not None:  # ... and PgBouncer lets go of the database
+            self.services.pgbouncer.disconnect(self.name)
         self.admin(f'CREATE DATABASE "{copy}" TEMPLATE "{self.name}"')
         self._extra.append(copy)
         return copy
@@ -112,6 +123,7 @@ class ScratchDatabase:
             f'DROP DATABASE "{self.name}" WITH (FORCE)',
             f'CREATE DATABASE "{self.name}" TEMPLATE "{snapshot}"',
         )
+        self._reconnect_clients()
 
     def drop(self) -> None:
         for app in self._apps:
@@ -123,8 +135,11 @@ class ScratchDatabase:
 
     def app(self, *, check_seconds: float = 5.0) -> Flask:
         """An API process on this database (its own pool, identity cache and count cache)."""
+        pooling = Settings.from_env()  # DB_POOL, DB_PREPARED_STATEMENTS (PgBouncer runs)
         settings = Settings(
             database_url=self.url,
+            db_pool=pooling.db_pool,
+            db_prepared_statements=pooling.db_prepared_statements,
             redis_url=self.services.redis_url,
             secret_key=os.environ["SECRET_KEY"],
             bcrypt_rounds=4,

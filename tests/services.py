@@ -1,7 +1,13 @@
-"""Where the tests' PostgreSQL and Redis come from.
+"""Where the tests' PostgreSQL, Redis and Celery broker come from.
 
 TEST_DATABASE_URL / TEST_REDIS_URL (a server URL; the suite creates and drops its own
 database on it) win; otherwise an embedded PostgreSQL and Redis are started under .data/test.
+
+TEST_PGBOUNCER=1: the suite reaches PostgreSQL through a PgBouncer in transaction-pooling mode
+that it starts itself (tests/pgbouncer.py), with DB_PREPARED_STATEMENTS=false.
+TEST_CELERY_BROKER=amqp: Celery's broker is RabbitMQ (TEST_RABBITMQ_URL, a vhost per run and
+per stack: tests/rabbit.py) instead of Redis; Redis still holds the caches and the drain flag.
+(Not TEST_BROKER: celery.contrib.testing reads that one as the broker's host name.)
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ class TestServices:
     admin_url: str
     database_name: str
     redis_url: str
+    broker: str = "redis"  # TEST_CELERY_BROKER: "redis" or "amqp"
+    broker_url: str = ""  # the run's Celery broker (the Redis URL unless TEST_CELERY_BROKER=amqp)
+    pgbouncer: Any = None  # tests.pgbouncer.PgBouncer when TEST_PGBOUNCER=1
     _embedded: list[Any] = field(default_factory=list)
 
     def drop_database(self) -> None:
@@ -68,4 +77,25 @@ def start() -> TestServices:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     database_url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    return TestServices(database_url, admin_url, name, redis_url, embedded)
+    services = TestServices(database_url, admin_url, name, redis_url, _embedded=embedded)
+    if os.environ.get("TEST_PGBOUNCER", "") in ("1", "true", "yes"):
+        from .pgbouncer import PgBouncer
+
+        # Tools that must reach the server itself (CREATE/DROP DATABASE, pg_dump) use
+        # admin_url; everything else goes through PgBouncer.
+        services.pgbouncer = PgBouncer(base).start()
+        embedded.append(services.pgbouncer)
+        services.database_url = services.pgbouncer.url(name).render_as_string(hide_password=False)
+    services.broker = os.environ.get("TEST_CELERY_BROKER", "redis").lower()
+    if services.broker == "amqp":
+        from . import rabbit
+
+        rabbit.remove_leftovers()
+        vhost = rabbit.Vhost(name).create()
+        embedded.append(vhost)
+        services.broker_url = vhost.url
+    elif services.broker == "redis":
+        services.broker_url = redis_url
+    else:
+        raise RuntimeError(f"TEST_CELERY_BROKER must be redis or amqp, not {services.broker!r}")
+    return services

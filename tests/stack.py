@@ -2,7 +2,9 @@
 and beat, each a separate process started from the Procfile (scripts/procfile.py), talking to
 the test database over the real protocols.
 
-The Redis server is private to the test so it can be stopped and started again."""
+The Redis server is private to the test so it can be stopped and started again. It is also
+Celery's broker, unless the run's broker is RabbitMQ (TEST_CELERY_BROKER=amqp): then the stack
+gets a vhost of its own on the RabbitMQ server (tests/rabbit.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import Any
 
 from crm_domain.embedded import free_port
 from scripts.procfile import Process, process_env, stop_all
+
+from .rabbit import Vhost
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -113,17 +117,21 @@ class Stack:
         workdir: Path,
         key_prefix: str,
         extra_env: dict[str, str] | None = None,
+        broker: str = "redis",
         *,
         web_workers: int = 1,
     ) -> None:
         self.workdir = workdir
         self.redis = PrivateRedis(workdir)
+        self.vhost = Vhost(key_prefix) if broker == "amqp" else None
+        self.broker_url = self.vhost.url if self.vhost else self.redis.url
         self.port = free_port()
         self.metrics_root = workdir / "metrics"
         self.env = process_env(
             {
                 "DATABASE_URL": database_url,
                 "REDIS_URL": self.redis.url,
+                "CELERY_BROKER_URL": self.broker_url,
                 "REDIS_KEY_PREFIX": key_prefix,
                 "OUTBOX_REDISPATCH_SECONDS": "1",
                 "BCRYPT_ROUNDS": "4",
@@ -151,6 +159,7 @@ class Stack:
         self.webhooks = Process("webhooks", self.env, log_path=workdir / "webhooks.log")
         self.importer = Process("importer", self.env, log_path=workdir / "importer.log")
         self.beat = Process("beat", self.env, log_path=workdir / "beat.log")
+        self.added: list[Process] = []
 
     @property
     def base(self) -> str:
@@ -158,9 +167,19 @@ class Stack:
 
     @property
     def processes(self) -> list[Process]:
-        return [self.web, self.worker, self.bulk, self.webhooks, self.importer, self.beat]
+        return [
+            self.web,
+            self.worker,
+            self.bulk,
+            self.webhooks,
+            self.importer,
+            self.beat,
+            *self.added,
+        ]
 
     def start(self) -> None:
+        if self.vhost is not None:
+            self.vhost.create()
         self.redis.start()
         for process in self.processes:
             process.start()
@@ -169,6 +188,30 @@ class Stack:
     def stop(self) -> None:
         stop_all(self.processes)
         self.redis.kill()
+        if self.vhost is not None:
+            self.vhost.stop()
+
+    def add_web(self, name: str) -> tuple[Process, str]:
+        """Another API server (a gunicorn master of its own on its own port), started:
+        (process, base URL)."""
+        port = free_port()
+        env = {**self.env, "GUNICORN_BIND": f"127.0.0.1:{port}"}
+        web = Process("web", env, log_path=self.workdir / f"{name}.log")
+        self.added.append(web.start())
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: self.http("GET", "/health", base=base)[0] == 200, 30, 0.2)
+        return web, base
+
+    def add_worker(self, node: str) -> Process:
+        """Another fast worker (the Procfile's `worker`) under the node name `node`, started."""
+        worker = Process(
+            "worker",
+            self.env,
+            extra_args=["-n", f"{node}@%h"],
+            log_path=self.workdir / f"{node}.log",
+        )
+        self.added.append(worker.start())
+        return worker
 
     def __enter__(self) -> Stack:
         self.start()
@@ -195,6 +238,30 @@ class Stack:
         """A new user and organization through the running API: (access token, org id)."""
         body = self._register(PASSWORD, name, org_name)
         return body["access_token"], body["organization"]["id"]
+
+    def celery_client(self) -> Any:
+        """A Celery client on the stack's broker, declaring the queues as the app does (a
+        quorum queue redeclared as a classic one would be refused on RabbitMQ)."""
+        from celery import Celery
+
+        from crm_worker.app import QUEUE_ROUTES
+        from crm_worker.broker import broker_config
+
+        client = Celery(set_as_current=False)
+        client.conf.update(broker_config(self.broker_url, ["crm", *QUEUE_ROUTES.values()]))
+        # Celery prefers CELERY_BROKER_URL from the environment (the session's broker, set by
+        # conftest) to broker_url; the read and write URLs come before both.
+        client.conf.update(broker_read_url=self.broker_url, broker_write_url=self.broker_url)
+        return client
+
+    def purge(self, queue: str) -> int:
+        """Drop what waits on `queue` (either broker)."""
+        client = self.celery_client()
+        try:
+            with client.connection_for_write() as conn:
+                return int(conn.default_channel.queue_purge(queue) or 0)
+        finally:
+            client.close()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
@@ -229,6 +296,7 @@ class Stack:
         body: Any = None,
         token: str | None = None,
         org: int | None = None,
+        base: str | None = None,
     ) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
         if token:
@@ -236,7 +304,7 @@ class Stack:
         if org is not None:
             headers["X-Organization-Id"] = str(org)
         data = json.dumps(body).encode() if body is not None else None
-        url = self.base + (path if path in ("/health", "/ready") else "/api/v1" + path)
+        url = (base or self.base) + (path if path in ("/health", "/ready") else "/api/v1" + path)
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -253,7 +321,10 @@ class Stack:
 def running_stack(test_services: Any, workdir: Path, name: str, **env: str) -> Iterator[Stack]:
     """A started Stack on the test database (Redis keys under its own prefix), stopped after."""
     stack = Stack(
-        test_services.database_url, workdir, key_prefix=f"{test_services.database_name}-{name}"
+        test_services.database_url,
+        workdir,
+        key_prefix=f"{test_services.database_name}-{name}",
+        broker=test_services.broker,
     )
     stack.env.update(env)
     stack.start()

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
 from sqlalchemy import select, update
 
 from crm_domain.models import OutboundEmail, Task
@@ -36,6 +35,7 @@ def stack(app, test_services, tmp_path_factory, mail_server: SmtpServer) -> Iter
         test_services.database_url,
         tmp_path_factory.mktemp("email-stack"),
         key_prefix=f"{test_services.database_name}-email",
+        broker=test_services.broker,
         extra_env={
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(mail_server.port),
@@ -163,7 +163,7 @@ def test_the_daily_digest_task(stack: Stack, db, mail_server: SmtpServer) -> Non
             update(Task).where(Task.id == task["id"]).values(due_date=today - dt.timedelta(days=1))
         )
     # What beat sends once a day, sent twice: the second run finds the digest queued.
-    client = Celery(broker=stack.redis.url)
+    client = stack.celery_client()
     try:
         client.send_task("crm.email.schedule_digests", queue=EMAIL_QUEUE)
         [digest] = mail_server.wait_for(user["user"]["email"], timeout=60)

@@ -30,6 +30,7 @@ def stack(app, test_services, tmp_path_factory) -> Iterator[Stack]:
         test_services.database_url,
         tmp_path_factory.mktemp("webhook-stack"),
         key_prefix=f"{test_services.database_name}-webhooks",
+        broker=test_services.broker,
         extra_env={
             "WEBHOOKS_ALLOW_PRIVATE": "true",
             "WEBHOOK_RETRY_SCHEDULE": ",".join(["1"] * 60),  # the retry clock, sped up

@@ -30,7 +30,7 @@ from crm_domain.enums import Role
 from crm_domain.models import Deal, OutboxEvent, WebhookDelivery, WebhookEndpoint
 from crm_domain.services import contacts, events, outbox
 from crm_domain.services.webhooks import RetryPolicy
-from crm_domain.settings import DEFAULT_WEBHOOK_RETRY_SCHEDULE
+from crm_domain.settings import DEFAULT_WEBHOOK_RETRY_SCHEDULE, Settings
 from crm_worker import webhook_sender
 from crm_worker.webhook_sender import Sender
 
@@ -749,7 +749,9 @@ def test_deliveries_are_paginated_newest_first(api: ApiClient, receiver) -> None
 def test_fan_out_is_one_query_per_batch_and_nothing_for_orgs_without_endpoints(
     api: ApiClient, test_services, receiver
 ) -> None:
-    quiet = Database(test_services.database_url, pool_size=2)  # events stay pending
+    quiet = Database.from_settings(
+        Settings.from_env(), url=test_services.database_url, pool_size=2
+    )  # events stay pending
     statements: list[str] = []
 
     def remember(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:

@@ -314,14 +314,12 @@ def test_a_flood_of_bulk_work_does_not_delay_the_timeline_or_analytics(
 ) -> None:
     """Report-like work waits on the bulk queue (one slow task after another for a minute);
     the timeline and analytics, on their own queues and worker, keep their pace."""
-    import redis
-    from celery import Celery
-
     from .slow_tasks import SLOW_TASK
 
-    flood = Celery(broker=stack.redis.url)
+    flood = stack.celery_client()
     for _ in range(30):
         flood.send_task(SLOW_TASK, args=[2.0], queue="bulk")
+    flood.close()
     try:
         token, org = tenant["token"], tenant["org"]
         start = time.monotonic()
@@ -336,7 +334,7 @@ def test_a_flood_of_bulk_work_does_not_delay_the_timeline_or_analytics(
         wait_until(won, 10)
         analytics_s = time.monotonic() - start
     finally:
-        redis.Redis.from_url(stack.redis.url).delete("bulk")  # what the flood left queued
+        stack.purge("bulk")  # what the flood left queued
     assert timeline_s < 3 and analytics_s < 5, (timeline_s, analytics_s)
 
 
