@@ -30,8 +30,8 @@ from crm_domain.models import OutboxEvent
 from crm_domain.services import events, imports, invitations, outbox, report_emails, webhooks
 from crm_domain.services.analytics_cache import AnalyticsCache
 
-from .observability import MeteredDelivery
 from .broker import countdown
+from .observability import MeteredDelivery
 
 log = logging.getLogger(__name__)
 
