@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import worker_process_init
 
 from crm_domain.db import Database
 from crm_domain.services.analytics_cache import AnalyticsCache
@@ -148,9 +148,8 @@ celery_app.conf.update(
 )
 
 
-@after_setup_logger.connect
-def _quiet_housekeeping(**_: Any) -> None:
-    quiet.install()
+# Filters on Celery's own loggers: they hold whichever logging setup runs (ours or Celery's).
+quiet.install()
 
 
 @worker_process_init.connect

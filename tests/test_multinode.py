@@ -58,8 +58,8 @@ class Writer:
                 if code == 201:
                     self.contacts_ok.append(answer["id"])
             else:
+                body = {"status": statuses[self.patches_sent % 2]}  # each one a change
                 self.patches_sent += 1
-                body = {"status": statuses[self.patches_sent % 2]}
                 code, answer = stack.http(
                     "PATCH", f"/deals/{self.deal}", body, token, org, base=base
                 )

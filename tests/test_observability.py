@@ -52,6 +52,9 @@ def app_with(**changes) -> Flask:
 def test_request_id_comes_back_and_is_stored_on_the_outbox_events(api: ApiClient, db) -> None:
     owner = api.register()
     deal = api.deal(owner)
+    # An endpoint that wants every event: timeline entries then record `activity.created`.
+    hook = api.post("/webhooks", user=owner, org=owner.org_id, json={"url": "http://127.0.0.1:9/h"})
+    assert hook.status_code == 201, hook.get_json()
     r = api.patch(
         f"/deals/{deal['id']}",
         user=owner,
