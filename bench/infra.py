@@ -179,6 +179,9 @@ class Stack:
                 "BULK_WORKER_CONCURRENCY": "1",
                 "BEAT_SCHEDULE_FILE": str(DATA / "celerybeat-schedule"),
                 "MAIL_DIR": str(DATA / "mail"),
+                # The metrics wrapper of the Procfile lines empties its directory on start:
+                # one of the bench's own, never that of another stack on this machine.
+                "METRICS_ROOT": str(DATA / "metrics"),
                 "BENCH_PROFILE_DIR": str(profile_dir or ""),
             }
         )
