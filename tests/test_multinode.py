@@ -44,9 +44,9 @@ class Writer:
     contacts_ok: list[int] = field(default_factory=list)
     failures: int = 0
     served_by: dict[str, int] = field(default_factory=dict)
+    status: str = "new"  # the deal's status as last seen (a new deal is "new")
 
     def run(self, stack: Stack, token: str, org: int, stop: threading.Event) -> None:
-        statuses = ["in_progress", "new"]
         deadline = time.monotonic() + MAX_SECONDS
         for i in range(MAX_WRITES):
             if stop.is_set() or time.monotonic() > deadline:
@@ -58,18 +58,26 @@ class Writer:
                 if code == 201:
                     self.contacts_ok.append(answer["id"])
             else:
-                body = {"status": statuses[self.patches_sent % 2]}  # each one a change
+                # Each one a change of the committed status (after a failover the deal was
+                # read again: a request cut off by the kill may or may not have committed).
+                body = {"status": "in_progress" if self.status == "new" else "new"}
                 self.patches_sent += 1
                 code, answer = stack.http(
                     "PATCH", f"/deals/{self.deal}", body, token, org, base=base
                 )
                 if code == 200:
                     self.patches_ok += 1
+                    self.status = answer["status"]
             if 200 <= code < 300:
                 self.served_by[base] = self.served_by.get(base, 0) + 1
             elif code == 0 and len(self.bases) > 1:  # this API is gone: fail over
                 self.failures += 1
                 self.bases.pop(0)
+                code, answer = stack.http(
+                    "GET", f"/deals/{self.deal}", None, token, org, base=self.bases[0]
+                )
+                assert code == 200, (code, answer)
+                self.status = answer["status"]
             else:
                 raise AssertionError(f"{self.name}: unexpected answer {code} {answer}")
 
