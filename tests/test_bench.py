@@ -3,6 +3,7 @@ runs the Procfile's processes, and its CPU accounting counts processes that exit
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -109,6 +110,11 @@ def test_a_group_counts_children_that_exited_through_their_parent() -> None:
         leader.wait()
 
 
+@pytest.mark.skipif(
+    os.environ.get("TEST_PGBOUNCER") == "1",
+    reason="through PgBouncer a closed client connection keeps its server backend; the"
+    " backend accounting is tested on direct connections (the suite's first CI run)",
+)
 def test_a_backend_that_exits_keeps_its_cpu_in_the_database_figure(test_services) -> None:
     """A connection of the measured database runs a CPU-heavy query, is seen by the sampler,
     then closes: its CPU still counts (and the postmaster reaped it)."""
