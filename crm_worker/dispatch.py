@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import kombu.exceptions
 import redis
+from celery import Celery
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -46,8 +48,18 @@ IMPORT_QUEUE = "imports"
 REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
-# Outages that cost an event no delivery attempt: delivery is retried when they are over.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, redis.RedisError)
+# Outages that cost an event no delivery attempt: delivery is retried when they are over
+# (the database, Redis, or the broker: kombu's error, or the socket's own on RabbitMQ).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    redis.RedisError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+)
+# A publish that finds its pooled broker connection dropped since the last one (a broker
+# restart, a load balancer's idle timeout) reconnects and sends once more, at once; a broker
+# that stays away fails the publish after that one try (the outbox keeps the work).
+PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 # Celery options of tasks that must survive a dying worker and ride out an outage.
 RESILIENT_TASK: dict[str, Any] = {
     "acks_late": True,
@@ -77,10 +89,17 @@ class DrainFlag:
         self.client.delete(self.key)
 
 
-def send_drain() -> None:
-    from .app import celery_app
+def publish(name: str, *, app: Celery | None = None, **options: Any) -> None:
+    """Send task `name` (to the process's Celery app unless `app`), reconnecting once."""
+    if app is None:
+        from .app import celery_app
 
-    celery_app.send_task(DRAIN_TASK, retry=False)
+        app = celery_app
+    app.send_task(name, retry=True, retry_policy=PUBLISH_RETRY, **options)
+
+
+def send_drain() -> None:
+    publish(DRAIN_TASK)
 
 
 def deliver(
@@ -172,24 +191,18 @@ def deliver(
 
 def send_mail_task() -> None:
     """Ask the e-mail worker (queue "email") to send what is due."""
-    from .app import celery_app
-
-    celery_app.send_task(SEND_MAIL_TASK, retry=False)
+    publish(SEND_MAIL_TASK)
 
 
 def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) -> None:
     """One send task per endpoint, on the "webhooks" queue."""
-    from .app import celery_app
-
     for endpoint_id in endpoint_ids:
-        celery_app.send_task(SEND_WEBHOOKS_TASK, args=[endpoint_id], expires=expires, retry=False)
+        publish(SEND_WEBHOOKS_TASK, args=[endpoint_id], expires=expires)
 
 
 def send_import(job_id: int) -> None:
     """Ask the "imports" queue to run a job (the run claims it from the database)."""
-    from .app import celery_app
-
-    celery_app.send_task(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE, retry=False)
+    publish(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE)
 
 
 class DrainWaker:
@@ -260,9 +273,7 @@ class DrainWaker:
 
 def send_report_build(report_id: int) -> None:
     """Reports are built on the bulk queue, never inside the outbox drain."""
-    from .app import celery_app
-
-    celery_app.send_task(REPORT_BUILD_TASK, args=[report_id], retry=False)
+    publish(REPORT_BUILD_TASK, args=[report_id])
 
 
 def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
@@ -271,7 +282,7 @@ def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
 
     if cache.claim_refresh(organization_id):
         delay = countdown(celery_app.conf.broker_url, REFRESH_DELAY_SECONDS)
-        celery_app.send_task(REFRESH_TASK, args=[organization_id], countdown=delay, retry=False)
+        publish(REFRESH_TASK, args=[organization_id], countdown=delay)
 
 
 def inline_publisher(
