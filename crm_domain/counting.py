@@ -53,6 +53,10 @@ class LargeCountCache:
         sql = str(rows.compile(compile_kwargs={"literal_binds": True}))
         return f"{self.prefix}:{epoch}:count:{hashlib.sha1(sql.encode()).hexdigest()}"
 
+    def known_large(self, rows: Select[Any]) -> bool:
+        """Whether this process found this list (shape and values) large last time."""
+        return bool(self._large) and _shape(rows) in self._large
+
     def count(self, session: Session, rows: Select[Any]) -> int:
         """`rows` selects the matching rows' keys (filtered, unordered)."""
         shape = _shape(rows)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 
+from crm_domain import pagination
+from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
 from crm_domain.models import Contact, Deal
 
@@ -169,3 +173,69 @@ def test_every_list_offers_cursors(big_org, path: str) -> None:
     api, user, _ = big_org
     r = api.get(path, user=user, org=user.org_id, query={"page_size": 1})
     assert r.status_code == 200 and "next_cursor" in r.get_json()
+
+
+@contextmanager
+def statements_on(db: Database, table: str) -> Iterator[list[str]]:
+    """The SQL statements that name `table`, run while the block runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if f"FROM {table}" in statement:
+            seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+
+
+def test_a_shallow_page_and_its_total_are_one_statement(big_org) -> None:
+    """The page and the list's total come from one scan (count(*) OVER () over the list)."""
+    api, user, db = big_org
+    everything = walk(api, user, "/contacts", {"page_size": 100, "search": "contact 10"})
+    assert len(everything) == 61  # "Contact 10", "Contact 100".."109", "Contact 1000".."1049"
+    with statements_on(db, "contacts") as seen:
+        r = api.get(
+            "/contacts",
+            user=user,
+            org=user.org_id,
+            query={"search": "contact 10", "page": 2, "page_size": 20},
+        )
+    body = r.get_json()
+    assert body["total"] == 61 and body["pages"] == 4
+    assert [c["id"] for c in body["items"]] == [c["id"] for c in everything[20:40]]
+    assert len(seen) == 1, seen
+
+
+@pytest.mark.parametrize("page", [4, 5, 40])
+def test_pages_at_and_past_the_end_still_carry_the_total(big_org, page: int) -> None:
+    api, user, _ = big_org
+    query = {"search": "contact 10", "page": page, "page_size": 20}
+    body = api.get("/contacts", user=user, org=user.org_id, query=query).get_json()
+    assert body["total"] == 61
+    assert len(body["items"]) == (1 if page == 4 else 0)
+    assert body["next_cursor"] is None
+
+
+def test_an_empty_list_is_a_zero_total(big_org) -> None:
+    api, user, _ = big_org
+    query = {"search": "no such contact"}
+    body = api.get("/contacts", user=user, org=user.org_id, query=query).get_json()
+    assert body["total"] == 0 and body["items"] == [] and body["pages"] == 0
+
+
+def test_a_list_longer_than_the_one_statement_cap_is_counted_apart(
+    big_org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the cap the page's statement stops counting: the total comes from a count."""
+    api, user, db = big_org
+    monkeypatch.setattr(db, "count_cache", LargeCountCache(None, exact_below=50))
+    monkeypatch.setattr(pagination, "COUNT_IN_PAGE_BELOW", 50)
+    everything = walk(api, user, "/contacts", {"page_size": 100})
+    body = api.get(
+        "/contacts", user=user, org=user.org_id, query={"page": 3, "page_size": 10}
+    ).get_json()
+    assert body["total"] == len(everything) >= 1050
+    assert [c["id"] for c in body["items"]] == [c["id"] for c in everything[20:30]]
