@@ -5,7 +5,10 @@ rows, a few milliseconds), without touching Redis. When it is larger, the exact 
 in Redis for `ttl` seconds per organization and filter set, and the process remembers that
 this list is large, so its next pages look in Redis first: a client paging through 100,000
 deals pays for one full count every `ttl` seconds, not one per page; such a total can lag
-writes by up to `ttl` seconds. Without Redis every total is exact.
+writes by up to `ttl` seconds. Without Redis every total is exact. A list counted small is
+remembered too: its next shallow pages take their total from the page's own statement
+(`count(*) OVER ()`, crm_domain.pagination), one scan instead of two; a total found grown past
+`exact_below` there is counted here again.
 
 Keys are `<prefix>:<epoch>:count:<hash of the statement>`: the statement names the
 organization by id, so the database identity (crm_domain.installation) is part of the key and
@@ -43,8 +46,10 @@ class LargeCountCache:
         self.exact_below = exact_below
         self.ttl = ttl
         # Lists (statement shape + values) this process found large: only those pay for
-        # rendering the Redis key and the lookup; small lists are just counted.
+        # rendering the Redis key and the lookup; small lists are just counted. Those it
+        # found small get their total from their page's own statement (crm_domain.pagination).
         self._large: set[Any] = set()
+        self._small: set[Any] = set()
 
     def key(self, rows: Select[Any]) -> str:
         epoch = self.identity.epoch() if self.identity is not None else None
@@ -53,13 +58,19 @@ class LargeCountCache:
         sql = str(rows.compile(compile_kwargs={"literal_binds": True}))
         return f"{self.prefix}:{epoch}:count:{hashlib.sha1(sql.encode()).hexdigest()}"
 
-    def known_large(self, rows: Select[Any]) -> bool:
-        """Whether this process found this list (shape and values) large last time."""
-        return bool(self._large) and _shape(rows) in self._large
+    def shape(self, rows: Select[Any]) -> Any:
+        """The identity of a list (statement shape and values) for known_small() and count()."""
+        return _shape(rows)
 
-    def count(self, session: Session, rows: Select[Any]) -> int:
-        """`rows` selects the matching rows' keys (filtered, unordered)."""
-        shape = _shape(rows)
+    def known_small(self, shape: Any) -> bool:
+        """Whether this process last counted this list at most `exact_below` rows."""
+        return shape is not None and shape in self._small
+
+    def count(self, session: Session, rows: Select[Any], *, shape: Any = None) -> int:
+        """`rows` selects the matching rows' keys (filtered, unordered); `shape` is
+        shape(rows) when the caller has it."""
+        if shape is None:
+            shape = _shape(rows)
         key = self._key_or_none(rows) if shape in self._large else None
         if key is not None:
             cached = self._get(key)
@@ -70,10 +81,10 @@ class LargeCountCache:
         )
         if (capped or 0) <= self.exact_below:
             self._large.discard(shape)
+            _remember(self._small, shape)
             return capped or 0
-        if len(self._large) > 10_000:
-            self._large.clear()
-        self._large.add(shape)  # next time: the cache first, no capped count
+        self._small.discard(shape)
+        _remember(self._large, shape)  # next time: the cache first, no capped count
         key = key or self._key_or_none(rows)
         total = session.scalar(select(func.count()).select_from(rows.subquery())) or 0
         if key is not None:
@@ -103,6 +114,14 @@ class LargeCountCache:
             self.client.set(key, total, ex=self.ttl)
         except redis.RedisError:
             log.warning("count cache unavailable; not stored")
+
+
+def _remember(shapes: set[Any], shape: Any, limit: int = 10_000) -> None:
+    if shape is None:
+        return
+    if len(shapes) >= limit:
+        shapes.clear()
+    shapes.add(shape)
 
 
 def _shape(rows: Select[Any]) -> Any:

@@ -1,9 +1,9 @@
 """Page requests and pages of results: page numbers, or keyset cursors.
 
 Page mode (`page`, `page_size`) counts the matches and reads one page. A shallow page of a
-list that is not known to be large does both in one statement, which scans the list once
-(`count(*) OVER ()` over its first rows in order); a large list's total comes from the count
-cache (crm_domain.counting), and deep pages read ids first (index-only), then the rows.
+list the count cache (crm_domain.counting) has seen small does both in one statement, which
+scans the list once (`count(*) OVER ()`); a large list's total comes from that cache, and
+deep pages read ids first (index-only), then the rows.
 Cursor mode (`cursor` from a previous `next_cursor`) seeks straight to the position after the
 last row seen: no count, no offset, the same cost on page 1 and page 5,000. Every page
 carries `next_cursor` while more rows follow."""
@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select, tuple_
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from .errors import ValidationFailed
 
@@ -31,8 +31,6 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 # From this offset on a page reads ids first (index-only), then the page's rows.
 DEEP_PAGE_OFFSET = 10 * MAX_PAGE_SIZE
-# Lists up to this many rows get their total from the page's own statement.
-COUNT_IN_PAGE_BELOW = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +70,12 @@ class Ordering:
     key: InstrumentedAttribute[Any]
     descending: bool = True
 
-    def clauses(self, on: Any = None) -> list[Any]:
-        """ORDER BY clauses; `on` = an alias of the entity to order instead of the entity."""
-        key = self.key if on is None else getattr(on, self.key.key)
+    def clauses(self) -> list[Any]:
         if self.column is self.key:
-            return [key.desc() if self.descending else key.asc()]
-        column = self.column if on is None else getattr(on, self.column.key)
+            return [self.key.desc() if self.descending else self.key.asc()]
         if self.descending:
-            return [column.desc(), key.desc()]
-        return [column.asc(), key.asc()]
+            return [self.column.desc(), self.key.desc()]
+        return [self.column.asc(), self.key.asc()]
 
     def values_of(self, item: Any) -> list[Any]:
         if self.column is self.key:
@@ -164,35 +159,27 @@ def _count(session: Session, rows: Select[Any]) -> int:
     return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
 
 
-def _counted_in_page_below(session: Session, rows: Select[Any]) -> int | None:
-    """Up to how many rows a list's total may come from its page's statement: the count
-    cache's exact limit (COUNT_IN_PAGE_BELOW without one); None for a list this process
-    found large (its total comes from the cache)."""
+def _page_and_total(
+    session: Session, stmt: Select[Any], keys: Select[Any], request: PageRequest
+) -> tuple[list[Any], int] | None:
+    """A shallow page of a list the count cache knows to be small, and its total, from one
+    statement (`count(*) OVER ()`: the list is scanned once, not counted and then paged).
+    None when the list is not known small: count, then read the page."""
     counter = session.info.get("count_cache")
-    if counter is None:
-        return COUNT_IN_PAGE_BELOW
-    return None if counter.known_large(rows) else int(counter.exact_below)
-
-
-def _page_with_total(
-    session: Session, stmt: Select[Any], ordering: Ordering, size: int, offset: int, cap: int
-) -> tuple[list[Any], int | None]:
-    """A shallow page and the list's total in one statement, scanning the list once:
-    `count(*) OVER ()` over the first `cap` + 1 rows in order (the page lies among them). The
-    total is None when more than `cap` rows match, or when the page is empty past the first
-    one (an offset past the end): the caller counts then."""
-    entity = stmt.column_descriptions[0]["entity"]
-    prefix = aliased(entity, stmt.limit(cap + 1).subquery())
+    if counter is None or request.offset >= DEEP_PAGE_OFFSET:
+        return None
+    shape = counter.shape(keys)
+    if not counter.known_small(shape):
+        return None
     rows = session.execute(
-        select(prefix, func.count().over())
-        .order_by(*ordering.clauses(on=prefix))
-        .limit(size)
-        .offset(offset)
+        stmt.add_columns(func.count().over()).limit(request.page_size).offset(request.offset)
     ).all()
-    if not rows:
-        return [], (0 if offset == 0 else None)
-    total = int(rows[0][1])
-    return [row[0] for row in rows], (total if total <= cap else None)
+    if rows and rows[0][1] <= counter.exact_below:
+        return [row[0] for row in rows], int(rows[0][1])
+    if not rows and request.offset == 0:
+        return [], 0
+    # Past the end (no row carries the total), or grown large: counted (and re-classified).
+    return [row[0] for row in rows], int(counter.count(session, keys, shape=shape))
 
 
 def paginate(
@@ -209,11 +196,9 @@ def paginate(
         return Page(items=seen, total=None, page=None, page_size=size, next_cursor=next_cursor)
 
     keys = stmt.with_only_columns(ordering.key).order_by(None)
-    cap = _counted_in_page_below(session, keys) if request.offset < DEEP_PAGE_OFFSET else None
-    if cap is not None and request.offset + size <= cap:
-        items, counted = _page_with_total(session, stmt, ordering, size, request.offset, cap)
-        total = _count(session, keys) if counted is None else counted
-        return _page(items, total, request, ordering)
+    shallow = _page_and_total(session, stmt, keys, request)
+    if shallow is not None:
+        return _page(*shallow, request, ordering)
     total = _count(session, keys)
     items = []
     if request.offset < total:
