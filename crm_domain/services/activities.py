@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 from ..context import Actor
 from ..enums import ActivityType
 from ..errors import ValidationFailed
-from ..models import Activity
+from ..models import Activity, Deal
 from ..pagination import Ordering, Page, PageRequest, paginate
 from . import deals, events
+from ._common import list_under
 
 MAX_COMMENT_LENGTH = 10_000
 ORDERING = Ordering("created_at", Activity.created_at, Activity.id, descending=True)
@@ -21,11 +22,17 @@ ORDERING = Ordering("created_at", Activity.created_at, Activity.id, descending=T
 def list_activities(
     session: Session, actor: Actor, deal_id: int, request: PageRequest
 ) -> Page[Activity]:
-    deals.get_deal(session, actor, deal_id)
     stmt = select(Activity).where(
         Activity.deal_id == deal_id, Activity.organization_id == actor.organization_id
     )
-    return paginate(session, stmt, request, ORDERING)
+    return list_under(
+        session,
+        Deal,
+        actor.organization_id,
+        deal_id,
+        name="deal",
+        listing=lambda: paginate(session, stmt, request, ORDERING),
+    )
 
 
 def add_comment(

@@ -14,7 +14,7 @@ from ..enums import ActivityType
 from ..models import Deal, Task
 from ..pagination import Ordering, Page, PageRequest, paginate
 from . import deals, events, outbox
-from ._common import Precondition, apply_changes, get_in_org
+from ._common import Precondition, apply_changes, get_in_org, list_under
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
@@ -31,7 +31,6 @@ def list_tasks(
 ) -> Page[Task]:
     stmt = select(Task).where(Task.organization_id == actor.organization_id)
     if deal_id is not None:
-        deals.get_deal(session, actor, deal_id)  # another org's deal: 404, not an empty list
         stmt = stmt.where(Task.deal_id == deal_id)
     if only_open:
         stmt = stmt.where(Task.is_done.is_(False))
@@ -39,7 +38,17 @@ def list_tasks(
         stmt = stmt.where(Task.due_date <= due_before)
     if due_after is not None:
         stmt = stmt.where(Task.due_date >= due_after)
-    return paginate(session, stmt, request, ORDERING)
+    if deal_id is None:
+        return paginate(session, stmt, request, ORDERING)
+    # another organization's deal: 404, not an empty list
+    return list_under(
+        session,
+        Deal,
+        actor.organization_id,
+        deal_id,
+        name="deal",
+        listing=lambda: paginate(session, stmt, request, ORDERING),
+    )
 
 
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
