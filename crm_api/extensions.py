@@ -182,10 +182,15 @@ class Blueprint(flask_smorest.Blueprint):
         return func
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 @contextmanager
 def transaction() -> Iterator[Session]:
-    """One database transaction for the request's work."""
-    with database().transaction() as session:
+    """The request's database work: one transaction, except for GET and HEAD, which only
+    read (Database.reads: no BEGIN/COMMIT round trips; a write through it raises)."""
+    db = database()
+    with db.reads() if request.method in READ_METHODS else db.transaction() as session:
         yield session
 
 

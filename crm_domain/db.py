@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from .installation import DEFAULT_CHECK_SECONDS, InstallationIdentity
@@ -42,6 +42,24 @@ def include_in_migrations(
 
 # Called right after a transaction that recorded outbox events commits.
 Publisher = Callable[[], None]
+
+
+class ReadOnlySession(RuntimeError):
+    """A write was attempted through Database.reads() (a programming error)."""
+
+
+@event.listens_for(Session, "before_flush")
+def _no_flush_when_reading(session: Session, *_: Any) -> None:
+    if session.info.get("read_only"):
+        raise ReadOnlySession("this session only reads: write inside Database.transaction()")
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _no_dml_when_reading(state: ORMExecuteState) -> None:
+    if state.session.info.get("read_only") and (
+        state.is_insert or state.is_update or state.is_delete
+    ):
+        raise ReadOnlySession("this session only reads: write inside Database.transaction()")
 
 
 class Database:
@@ -142,6 +160,19 @@ class Database:
         try:
             with session.begin():
                 yield session
+        finally:
+            session.close()
+
+    @contextmanager
+    def reads(self) -> Iterator[Session]:
+        """A session that only reads: each statement commits on its own (autocommit), which
+        saves the BEGIN and COMMIT round trips of a transaction; its statements do not
+        share one snapshot. Writing through it raises ReadOnlySession (nothing is written)."""
+        session = self.new_session()
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        session.info["read_only"] = True
+        try:
+            yield session
         finally:
             session.close()
 
