@@ -36,7 +36,7 @@ def include_in_migrations(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
     """Alembic comparison filter: trigram indexes exist only where the server has pg_trgm
-    (migration 0003), so they are not part of the models."""
+    (migrations 0003 and 0010), so they are not part of the models."""
     return not (type_ == "index" and reflected and (name or "").endswith("_trgm"))
 
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import insert, or_, select, text
+
+from crm_domain.db import Database
+from crm_domain.models import Contact
+from crm_domain.services import contacts as contacts_service
 
 from .api import ApiClient, User, error_code
 
@@ -521,3 +528,59 @@ def test_if_match_checked_after_ownership(api: ApiClient) -> None:
     )
     assert r.status_code == 403
     assert error_code(r) == "NOT_OWNER"
+
+
+def test_contact_search_is_served_by_the_trigram_indexes(db: Database) -> None:
+    """The search reads the indexed column: with sequential and plain index scans ruled out,
+    the plan reads the trigram index on search_text."""
+    with db.transaction() as s:
+        if not s.scalar(text("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'")):
+            pytest.skip("this PostgreSQL has no pg_trgm (the embedded build)")
+        s.execute(text("SET LOCAL enable_seqscan = off"))
+        s.execute(text("SET LOCAL enable_indexscan = off"))
+        stmt = select(Contact.id).where(contacts_service.matching("Alpha_%"))
+        sql = stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(s.scalars(text(f"EXPLAIN {sql}")))
+    assert "ix_contacts_search_trgm" in plan, plan
+
+
+NAMES = ["Ana Ölund", "BOB_smith", "100% Real", "a/b\\c", "İstanbul Ltd", "line\nbreak", "ß Straße"]
+EMAILS = ["ana@x.io", None, "Real_100@EXAMPLE.com", "ab@c.d", "ist@ex.tr", None, "s@s.de"]
+terms = st.one_of(
+    st.sampled_from(["ana", "_", "%", "/", "\\", "100%", "l_n", "\n", "k\nb", "nd\nana", "ss"]),
+    st.text(alphabet="abnrdeio_%/\\ \nİßÖlu@.", max_size=5),
+)
+
+
+@pytest.fixture(scope="module")
+def searchable(app) -> tuple[Database, int]:
+    api = ApiClient(app.test_client())
+    user = api.register()
+    db: Database = app.extensions["crm_db"]
+    with db.transaction() as s:
+        s.execute(
+            insert(Contact),
+            [
+                {"organization_id": user.org_id, "owner_id": user.id, "name": n, "email": e}
+                for n, e in zip(NAMES, EMAILS, strict=True)
+            ],
+        )
+    return db, user.org_id
+
+
+@given(term=terms)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_search_text_matches_exactly_what_name_or_email_would(searchable, term: str) -> None:
+    """search_text (one column) finds the same contacts as matching name and e-mail apart."""
+    db, org_id = searchable
+    in_org = Contact.organization_id == org_id
+    each = or_(
+        Contact.name.icontains(term, autoescape=True),
+        Contact.email.icontains(term, autoescape=True),
+    )
+    with db.reads() as s:
+        expected = set(s.scalars(select(Contact.id).where(in_org, each)))
+        found = set(s.scalars(select(Contact.id).where(in_org, contacts_service.matching(term))))
+    assert found == expected

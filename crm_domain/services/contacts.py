@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, exists, or_, select
+from sqlalchemy import ColumnElement, Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from .. import rules
@@ -38,13 +38,24 @@ def filtered(
         rules.ensure_can_filter_by_owner(actor.role)
         stmt = stmt.where(Contact.owner_id == owner_id)
     if search:
-        stmt = stmt.where(
-            or_(
-                Contact.name.icontains(search, autoescape=True),
-                Contact.email.icontains(search, autoescape=True),
-            )
-        )
+        stmt = stmt.where(matching(search))
     return stmt
+
+
+def matching(search: str) -> ColumnElement[bool]:
+    """Name or e-mail contains `search`, ignoring case (PostgreSQL's lower() on both sides).
+
+    Read from `search_text` (lower(name), a line break, lower(email), kept by PostgreSQL):
+    one LIKE per row, which its trigram index can also serve. A term without a line break
+    cannot match across the two, so that is the same as matching each; a term with one is
+    matched against each column."""
+    if "\n" in search:
+        return or_(
+            Contact.name.icontains(search, autoescape=True),
+            Contact.email.icontains(search, autoescape=True),
+        )
+    escaped = search.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return Contact.search_text.like(func.lower(f"%{escaped}%"), escape="/")
 
 
 def get_contact(
