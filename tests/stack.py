@@ -319,14 +319,15 @@ class Stack:
 
 @contextmanager
 def running_stack(test_services: Any, workdir: Path, name: str, **env: str) -> Iterator[Stack]:
-    """A started Stack on the test database (Redis keys under its own prefix), stopped after."""
+    """A started Stack on the test database (Redis keys under its own prefix), stopped after;
+    `env` goes into every process's environment."""
     stack = Stack(
         test_services.database_url,
         workdir,
         key_prefix=f"{test_services.database_name}-{name}",
         broker=test_services.broker,
+        extra_env=env,
     )
-    stack.env.update(env)
     stack.start()
     try:
         yield stack
