@@ -9,7 +9,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import NotFound
-from ..pagination import Page
 
 M = TypeVar("M")
 
@@ -48,24 +47,6 @@ def ensure_in_org(
     )
     if found is None:
         raise not_found(name)
-
-
-def list_under(
-    session: Session,
-    parent: type[Any],
-    organization_id: int,
-    parent_id: int,
-    *,
-    name: str,
-    listing: Callable[[], Page[M]],
-) -> Page[M]:
-    """A page of the rows under a parent (a deal's tasks, its timeline): a page with rows
-    proves the parent is in the organization (the rows are filtered by it); an empty one is
-    a 404 when the parent is not, rather than an empty list. One query less per page."""
-    page = listing()
-    if not page.items:
-        ensure_in_org(session, parent, organization_id, parent_id, name=name)
-    return page
 
 
 def not_found(name: str) -> NotFound:

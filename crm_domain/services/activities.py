@@ -10,10 +10,9 @@ from sqlalchemy.orm import Session
 from ..context import Actor
 from ..enums import ActivityType
 from ..errors import ValidationFailed
-from ..models import Activity, Deal
-from ..pagination import Ordering, Page, PageRequest, paginate
+from ..models import Activity
+from ..pagination import Ordering, Page, PageRequest
 from . import deals, events
-from ._common import list_under
 
 MAX_COMMENT_LENGTH = 10_000
 ORDERING = Ordering("created_at", Activity.created_at, Activity.id, descending=True)
@@ -25,14 +24,7 @@ def list_activities(
     stmt = select(Activity).where(
         Activity.deal_id == deal_id, Activity.organization_id == actor.organization_id
     )
-    return list_under(
-        session,
-        Deal,
-        actor.organization_id,
-        deal_id,
-        name="deal",
-        listing=lambda: paginate(session, stmt, request, ORDERING),
-    )
+    return deals.page_of_deal(session, actor, deal_id, stmt, request, ORDERING)
 
 
 def add_comment(

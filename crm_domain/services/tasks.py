@@ -14,7 +14,7 @@ from ..enums import ActivityType
 from ..models import Deal, Task
 from ..pagination import Ordering, Page, PageRequest, paginate
 from . import deals, events, outbox
-from ._common import Precondition, apply_changes, get_in_org, list_under
+from ._common import Precondition, apply_changes, get_in_org
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
@@ -40,15 +40,7 @@ def list_tasks(
         stmt = stmt.where(Task.due_date >= due_after)
     if deal_id is None:
         return paginate(session, stmt, request, ORDERING)
-    # another organization's deal: 404, not an empty list
-    return list_under(
-        session,
-        Deal,
-        actor.organization_id,
-        deal_id,
-        name="deal",
-        listing=lambda: paginate(session, stmt, request, ORDERING),
-    )
+    return deals.page_of_deal(session, actor, deal_id, stmt, request, ORDERING)
 
 
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
