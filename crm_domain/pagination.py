@@ -151,25 +151,23 @@ def _from_json(value: Any, python_type: type) -> Any:
     return python_type(value)
 
 
-def _count(session: Session, rows: Select[Any]) -> int:
-    """Exact, or through the session's count cache (see crm_domain.counting) when it has one."""
+def _count(session: Session, rows: Select[Any], shape: Any = None) -> int:
+    """Exact, or through the session's count cache (see crm_domain.counting) when it has one;
+    `shape` is the cache's shape(rows) when the caller has it."""
     counter = session.info.get("count_cache")
     if counter is not None:
-        return int(counter.count(session, rows))
+        return int(counter.count(session, rows, shape=shape))
     return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
 
 
 def _page_and_total(
-    session: Session, stmt: Select[Any], keys: Select[Any], request: PageRequest
+    session: Session, stmt: Select[Any], keys: Select[Any], shape: Any, request: PageRequest
 ) -> tuple[list[Any], int] | None:
-    """A shallow page of a list the count cache knows to be small, and its total, from one
-    statement (`count(*) OVER ()`: the list is scanned once, not counted and then paged).
-    None when the list is not known small: count, then read the page."""
+    """A shallow page of a list the count cache knows to be small (`shape`: its shape of
+    `keys`), and its total, from one statement (`count(*) OVER ()`: the list is scanned once,
+    not counted and then paged). None when the list is not known small: count, then read."""
     counter = session.info.get("count_cache")
-    if counter is None or request.offset >= DEEP_PAGE_OFFSET:
-        return None
-    shape = counter.shape(keys)
-    if not counter.known_small(shape):
+    if counter is None or request.offset >= DEEP_PAGE_OFFSET or not counter.known_small(shape):
         return None
     rows = session.execute(
         stmt.add_columns(func.count().over()).limit(request.page_size).offset(request.offset)
@@ -179,7 +177,7 @@ def _page_and_total(
     if not rows and request.offset == 0:
         return [], 0
     # Past the end (no row carries the total), or grown large: counted (and re-classified).
-    return [row[0] for row in rows], int(counter.count(session, keys, shape=shape))
+    return [row[0] for row in rows], _count(session, keys, shape)
 
 
 def paginate(
@@ -196,10 +194,12 @@ def paginate(
         return Page(items=seen, total=None, page=None, page_size=size, next_cursor=next_cursor)
 
     keys = stmt.with_only_columns(ordering.key).order_by(None)
-    shallow = _page_and_total(session, stmt, keys, request)
+    counter = session.info.get("count_cache")
+    shape = counter.shape(keys) if counter is not None else None  # once per request
+    shallow = _page_and_total(session, stmt, keys, shape, request)
     if shallow is not None:
         return _page(*shallow, request, ordering)
-    total = _count(session, keys)
+    total = _count(session, keys, shape)
     items = []
     if request.offset < total:
         if request.offset >= DEEP_PAGE_OFFSET:
