@@ -10,12 +10,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
 import psycopg
 import pytest
 import redis
-from sqlalchemy import event, text, update
+from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
 from crm_domain import installation
@@ -24,22 +23,14 @@ from crm_domain.models import Deal
 
 from .api import ApiClient
 from .scratch import ScratchDatabase
+from .sql import Executed, executed
 
 
 @pytest.fixture
-def identity_reads(db: Database) -> Iterator[list[str]]:
+def identity_reads(db: Database) -> Iterator[list[Executed]]:
     """The identity queries the app's engine runs while the test does."""
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "FROM installation" in statement:
-            seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
+    with executed(db.engine, "FROM installation") as seen:
         yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
 
 
 def test_migration_makes_exactly_one_installation_row(db: Database) -> None:
@@ -54,7 +45,7 @@ def test_migration_makes_exactly_one_installation_row(db: Database) -> None:
 
 
 def test_epoch_is_read_once_per_interval_not_per_request(
-    api: ApiClient, db: Database, identity_reads: list[str], monkeypatch: pytest.MonkeyPatch
+    api: ApiClient, db: Database, identity_reads: list[Executed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = api.register()
     api.deal(user, amount="10.00")
@@ -81,7 +72,7 @@ def test_epoch_is_read_once_per_interval_not_per_request(
 
 
 def test_a_new_pool_connection_makes_the_identity_be_read_again(
-    db: Database, identity_reads: list[str], monkeypatch: pytest.MonkeyPatch
+    db: Database, identity_reads: list[Executed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db.identity, "check_seconds", 60.0)
     epoch = db.identity.epoch()

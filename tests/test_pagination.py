@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import insert
 
 from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
 from crm_domain.models import Contact, Deal
 
 from .api import ApiClient, User, error_code
+from .sql import executed
 
 
 def walk(api: ApiClient, user: User, path: str, query: dict[str, Any]) -> list[dict[str, Any]]:
@@ -174,28 +173,12 @@ def test_every_list_offers_cursors(big_org, path: str) -> None:
     assert r.status_code == 200 and "next_cursor" in r.get_json()
 
 
-@contextmanager
-def statements_on(db: Database, table: str) -> Iterator[list[str]]:
-    """The SQL statements that name `table`, run while the block runs."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if f"FROM {table}" in statement:
-            seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
-
-
 def test_a_shallow_page_and_its_total_are_one_statement(big_org) -> None:
     """The page and the list's total come from one scan (count(*) OVER () over the list)."""
     api, user, db = big_org
     everything = walk(api, user, "/contacts", {"page_size": 100, "search": "contact 10"})
     assert len(everything) == 61  # "Contact 10", "Contact 100".."109", "Contact 1000".."1049"
-    with statements_on(db, "contacts") as seen:
+    with executed(db.engine, "FROM contacts") as seen:
         r = api.get(
             "/contacts",
             user=user,
@@ -251,11 +234,11 @@ def test_a_small_list_that_grew_large_is_counted_again(
                 for i in range(10)
             ],
         )
-    with statements_on(db, "contacts") as seen:
+    with executed(db.engine, "FROM contacts") as seen:
         body = api.get("/contacts", user=user, org=user.org_id, query=query).get_json()
     assert body["total"] == 55 and len(seen) >= 2  # the page's statement, then a count
     everything = walk(api, user, "/contacts", {"page_size": 100})
     assert [c["id"] for c in body["items"]] == [c["id"] for c in everything[10:20]]
-    with statements_on(db, "contacts") as seen:
+    with executed(db.engine, "FROM contacts") as seen:
         body = api.get("/contacts", user=user, org=user.org_id, query=query).get_json()
-    assert body["total"] == 55 and "OVER ()" not in seen[0]  # now counted, then paged
+    assert body["total"] == 55 and "OVER ()" not in seen[0].sql  # now counted, then paged

@@ -3,17 +3,14 @@ a write through such a session is refused before anything reaches the database."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import func, insert, select
 
 from crm_domain.db import Database, ReadOnlySession
 from crm_domain.models import Contact
 
 from .api import ApiClient
+from .sql import executed
 
 
 def test_a_read_session_runs_in_autocommit(db: Database) -> None:
@@ -41,24 +38,11 @@ def test_get_requests_read_in_autocommit_and_writes_in_a_transaction(
 ) -> None:
     user = api.register()
 
-    @contextmanager
-    def statements() -> Iterator[list[tuple[str, bool]]]:
-        seen: list[tuple[str, bool]] = []
-
-        def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            seen.append((statement.split()[0], conn.connection.dbapi_connection.autocommit))
-
-        event.listen(db.engine, "before_cursor_execute", record)
-        try:
-            yield seen
-        finally:
-            event.remove(db.engine, "before_cursor_execute", record)
-
-    with statements() as writing:
+    with executed(db.engine) as writing:
         created = api.post("/contacts", user=user, org=user.org_id, json={"name": "Read me"})
     assert created.status_code == 201
-    assert ("INSERT", False) in writing
-    with statements() as reading:
+    assert any(e.sql.startswith("INSERT") and not e.autocommit for e in writing), writing
+    with executed(db.engine) as reading:
         listed = api.get("/contacts", user=user, org=user.org_id).get_json()
     assert [c["name"] for c in listed["items"]] == ["Read me"]
-    assert reading and all(autocommit for _, autocommit in reading), reading
+    assert reading and all(e.autocommit for e in reading), reading

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from crm_domain import egress
@@ -36,6 +36,7 @@ from crm_worker.webhook_sender import Sender
 
 from .api import ApiClient, User, error_code
 from .receiver import Receiver
+from .sql import executed
 
 POLICY = RetryPolicy(schedule=DEFAULT_WEBHOOK_RETRY_SCHEDULE)
 
@@ -752,11 +753,6 @@ def test_fan_out_is_one_query_per_batch_and_nothing_for_orgs_without_endpoints(
     quiet = Database.from_settings(
         Settings.from_env(), url=test_services.database_url, pool_size=2
     )  # events stay pending
-    statements: list[str] = []
-
-    def remember(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
     try:
         subscriber, bystander = api.register(), api.register()
         endpoint = create_endpoint(api, subscriber, receiver.url)
@@ -769,9 +765,8 @@ def test_fan_out_is_one_query_per_batch_and_nothing_for_orgs_without_endpoints(
             events.record_updated(
                 s, "deal", s.get_one(Deal, deal["id"]), {"title": ("Website redesign", "b")}
             )
-        event.listen(quiet.engine, "before_cursor_execute", remember)
-        outbox.deliver_pending(quiet)
-        event.remove(quiet.engine, "before_cursor_execute", remember)
+        with executed(quiet.engine) as statements:
+            outbox.deliver_pending(quiet)
         with quiet.transaction() as s:
             sent = s.scalars(
                 select(WebhookDelivery.event_type).where(
@@ -780,8 +775,8 @@ def test_fan_out_is_one_query_per_batch_and_nothing_for_orgs_without_endpoints(
             ).all()
     finally:
         quiet.engine.dispose()
-    endpoint_lookups = [s for s in statements if "FROM webhook_endpoints" in s]
-    inserts = [s for s in statements if s.startswith("INSERT INTO webhook_deliveries")]
+    endpoint_lookups = [s for s in statements if "FROM webhook_endpoints" in s.sql]
+    inserts = [s for s in statements if s.sql.startswith("INSERT INTO webhook_deliveries")]
     assert len(endpoint_lookups) == 1  # one batch of several types and two organizations
     assert len(inserts) == 1  # the subscriber's deliveries; the bystander's events: none
     assert sorted(sent) == ["contact.created"] * 4 + ["deal.created", "deal.updated"]

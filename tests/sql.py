@@ -1,0 +1,32 @@
+"""The SQL an engine runs while a block runs, for tests that count or inspect statements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, event
+
+
+@dataclass(frozen=True)
+class Executed:
+    sql: str
+    autocommit: bool  # the DBAPI connection's mode when the statement ran
+
+
+@contextmanager
+def executed(engine: Engine, containing: str = "") -> Iterator[list[Executed]]:
+    """The statements `engine` runs inside the block (those whose text has `containing`)."""
+    seen: list[Executed] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if containing in statement:
+            seen.append(Executed(statement, conn.connection.dbapi_connection.autocommit))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
