@@ -150,8 +150,8 @@ class Contact(Base):
         # Imports match contacts by e-mail, case-insensitively, a batch at a time.
         Index("ix_contacts_org_lower_email", "organization_id", func.lower(text("email"))),
         _import_row_key("contacts"),
-        # Trigram indexes for `search` (lower(name) / lower(email) LIKE '%term%') are created
-        # by migration 0010 where the server has pg_trgm.
+        # The trigram index on search_text (contact search) is created by migration 0010
+        # where the server has pg_trgm.
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -34,6 +34,7 @@ os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 from crm_api import create_app  # noqa: E402
 from crm_domain.db import Database  # noqa: E402
+from crm_domain.settings import Settings  # noqa: E402
 from crm_worker.app import celery_app  # noqa: E402
 
 # Celery's broker keys (queues, bindings) of this run get the run's name too, so tests that
@@ -96,6 +97,14 @@ def app():
 @pytest.fixture(scope="session")
 def db(app) -> Database:
     return app.extensions["crm_db"]
+
+
+@pytest.fixture
+def quiet_db(test_services) -> Iterator[Database]:
+    """The test database without a publisher: recorded events stay pending."""
+    db = Database.from_settings(Settings.from_env(), url=test_services.database_url, pool_size=4)
+    yield db
+    db.engine.dispose()
 
 
 @pytest.fixture

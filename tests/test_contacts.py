@@ -530,7 +530,7 @@ def test_if_match_checked_after_ownership(api: ApiClient) -> None:
     assert error_code(r) == "NOT_OWNER"
 
 
-def test_contact_search_is_served_by_the_trigram_indexes(db: Database) -> None:
+def test_contact_search_is_served_by_the_trigram_index(db: Database) -> None:
     """The search reads the indexed column: with sequential and plain index scans ruled out,
     the plan reads the trigram index on search_text."""
     with db.transaction() as s:

@@ -22,18 +22,9 @@ from crm_domain.db import Database
 from crm_domain.enums import ActivityType
 from crm_domain.models import Activity, OutboxEvent
 from crm_domain.services import outbox
-from crm_domain.settings import Settings
 from crm_worker.dispatch import DrainFlag, DrainWaker
 
 from .api import ApiClient
-
-
-@pytest.fixture
-def quiet_db(test_services) -> Iterator[Database]:
-    """The test database without a publisher: recorded events stay pending."""
-    db = Database.from_settings(Settings.from_env(), url=test_services.database_url, pool_size=4)
-    yield db
-    db.engine.dispose()
 
 
 @pytest.fixture

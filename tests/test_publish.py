@@ -15,7 +15,6 @@ from sqlalchemy import select
 
 from crm_domain.db import Database
 from crm_domain.models import OutboxEvent
-from crm_domain.settings import Settings
 from crm_worker import dispatch
 from crm_worker.broker import broker_config
 
@@ -68,13 +67,6 @@ def test_a_publish_after_the_broker_dropped_the_connection_reconnects(
     finally:
         app.close()
         proxy.close()
-
-
-@pytest.fixture
-def quiet_db(test_services) -> Iterator[Database]:
-    db = Database.from_settings(Settings.from_env(), url=test_services.database_url, pool_size=2)
-    yield db
-    db.engine.dispose()
 
 
 def test_a_drain_that_finds_the_broker_away_costs_no_attempt(
