@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis
 
@@ -173,7 +173,11 @@ class AnalyticsCache:
 
     def oldest_refresh(self) -> dt.datetime | None:
         """When the organization refreshed longest ago was refreshed (None: none recorded)."""
-        oldest = self._redis().zrange(self.refreshed_key, 0, 0, withscores=True)
+        # (redis-py types sync answers as `Awaitable | Any`: this is the sync client)
+        oldest = cast(
+            "list[tuple[bytes, float]]",
+            self._redis().zrange(self.refreshed_key, 0, 0, withscores=True),
+        )
         return dt.datetime.fromtimestamp(oldest[0][1], dt.UTC) if oldest else None
 
     def get(self, organization_id: int, field: str) -> dict[str, Any]:
@@ -185,8 +189,9 @@ class AnalyticsCache:
         if self.client is not None:
             try:
                 epoch = self.epoch()
-                cached, gen = self.client.hmget(
-                    self.org_key(organization_id, epoch), [field, "gen"]
+                cached, gen = cast(
+                    "list[bytes | None]",
+                    self.client.hmget(self.org_key(organization_id, epoch), [field, "gen"]),
                 )
                 if cached is not None:
                     return bytes(cached)
