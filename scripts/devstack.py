@@ -32,7 +32,7 @@ from dotenv import dotenv_values
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.procfile import Process, process_env, stop_all  # noqa: E402
+from scripts.procfile import Process, pid_alive, process_env, stop_all  # noqa: E402
 
 PROCESSES = ("web", "worker", "worker-bulk", "webhooks", "importer", "beat", "flower")
 
@@ -116,16 +116,6 @@ def write_stack_file(workdir: Workdir, before: dict[str, str]) -> None:
         json.dump({"pid": os.getpid(), "environment": added}, out, indent=1)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_in_stack(workdir: Workdir, command: Sequence[str]) -> int:
     """Run `command` in the project's folder with the running stack's environment (as the
     stack runs its own processes). Returns its exit status."""
@@ -136,7 +126,7 @@ def run_in_stack(workdir: Workdir, command: Sequence[str]) -> int:
         stack = json.loads(workdir.stack_file.read_text())
     except FileNotFoundError:
         stack = None
-    if stack is None or not _alive(int(stack["pid"])):
+    if stack is None or not pid_alive(int(stack["pid"])):
         log(f"no running `make run` in {workdir.path} ({workdir.stack_file}): start it first")
         return 1
     workdir.read_dotenv()
