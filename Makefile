@@ -1,10 +1,11 @@
 # Quick start: `make run` (install + API, worker, beat, Flower) and `make test`.
 # `make bench BENCH_ARGS='--duration 30'`: the benchmark harness (bench/README.md).
+# `make openapi-snapshot`: after a deliberate API change, rewrite tests/openapi_snapshot.json.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint migrate bench
+.PHONY: install run test lint migrate bench openapi-snapshot
 
 install: $(VENV)/.installed
 
@@ -30,3 +31,6 @@ migrate: install
 
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+openapi-snapshot: install
+	$(BIN)/python -m scripts.openapi_snapshot
