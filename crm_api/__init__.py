@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
 from crm_domain.passwords import PasswordHasher
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import health

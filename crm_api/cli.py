@@ -15,8 +15,10 @@ from sqlalchemy import select
 
 from crm_domain.db import Database
 from crm_domain.models import Organization
-from crm_domain.services import outbox, reminders, reports
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.delivery import outbox
+from crm_domain.services.records import reminders
+from crm_domain.services.reporting import reports
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
 crm = AppGroup("crm", help="Run the CRM's background jobs now, in this process.")
 

@@ -10,7 +10,7 @@ import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
 from crm_domain.enums import ImportKind
-from crm_domain.services.import_run import RowInvalid, RowLoader
+from crm_domain.services.transfer.import_run import RowInvalid, RowLoader
 
 from .resources.contacts import ContactCreateSchema
 from .resources.deals import DealCreateSchema, DealUpdateSchema

@@ -169,7 +169,7 @@ class Contact(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
     # What `search` matches, kept by PostgreSQL: one LIKE per row instead of two lower()s and
-    # two LIKEs (crm_domain.services.contacts.matching). Never loaded with the contact.
+    # two LIKEs (crm_domain.services.records.contacts.matching). Never loaded with the contact.
     search_text: Mapped[str | None] = mapped_column(
         Text,
         Computed(CONTACT_SEARCH_TEXT, persisted=True),

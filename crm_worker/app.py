@@ -11,7 +11,7 @@ from celery.schedules import crontab
 from celery.signals import worker_process_init
 
 from crm_domain.db import Database
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import (

@@ -29,8 +29,10 @@ from sqlalchemy.orm import Session
 from crm_domain import request_id
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
-from crm_domain.services import events, imports, invitations, outbox, report_emails, webhooks
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.delivery import events, outbox, webhooks
+from crm_domain.services.mailing import invitations, report_emails
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
+from crm_domain.services.transfer import imports
 
 from .broker import countdown
 from .observability import MeteredDelivery

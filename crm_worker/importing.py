@@ -9,7 +9,7 @@ from collections.abc import Callable
 from crm_api.csv_rows import LOADERS
 from crm_domain.db import Database
 from crm_domain.enums import ImportStatus
-from crm_domain.services import import_run
+from crm_domain.services.transfer import import_run
 from crm_domain.settings import Settings
 
 from .dispatch import TRANSIENT_ERRORS

@@ -29,8 +29,8 @@ from standardwebhooks.webhooks import Webhook
 
 from crm_domain import egress
 from crm_domain.db import Database
-from crm_domain.services import webhooks
-from crm_domain.services.webhooks import Attempt, AttemptResult, RetryPolicy
+from crm_domain.services.delivery import webhooks
+from crm_domain.services.delivery.webhooks import Attempt, AttemptResult, RetryPolicy
 from crm_domain.settings import Settings
 
 log = logging.getLogger(__name__)

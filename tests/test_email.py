@@ -20,8 +20,9 @@ from sqlalchemy import select, update
 from crm_domain.embedded import free_port
 from crm_domain.mail import transport
 from crm_domain.models import Invitation, OutboundEmail, OutboxEvent, Report, Task
-from crm_domain.services import digests, events, outbound_email, outbox
-from crm_domain.services.invitations import hash_token
+from crm_domain.services.delivery import events, outbox
+from crm_domain.services.mailing import digests, outbound_email
+from crm_domain.services.mailing.invitations import hash_token
 from crm_domain.settings import MailSettings
 from crm_worker.app import EMAIL_QUEUE, celery_app
 from crm_worker.dispatch import SEND_MAIL_TASK, deliver

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from crm_domain.db import Database
 from crm_domain.enums import ImportStatus
 from crm_domain.models import Contact, Deal, ImportFile, ImportJob, OutboxEvent
-from crm_domain.services import imports
+from crm_domain.services.transfer import imports
 from crm_worker.importing import run_import
 
 from .api import ApiClient, User, error_code

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import func, select, update
 
 from crm_domain.models import Invitation, OutboundEmail, OutboxEvent
-from crm_domain.services import invitations
+from crm_domain.services.mailing import invitations
 from crm_worker.dispatch import deliver
 
 from .api import PASSWORD, ApiClient, User, error_code

@@ -22,7 +22,7 @@ from crm_domain import logs, request_id
 from crm_domain.db import Database
 from crm_domain.enums import ActivityType
 from crm_domain.models import OutboxEvent
-from crm_domain.services import events, outbox
+from crm_domain.services.delivery import events, outbox
 from crm_domain.settings import Settings
 from crm_worker.observability import MeteredDelivery, _send_request_id
 
@@ -175,7 +175,7 @@ def test_each_delivered_or_failed_event_is_logged_with_its_request_id_and_counte
         raise ValueError("handler bug")
 
     before = parse_registry()
-    caplog.set_level(logging.INFO, logger="crm_domain.services.outbox")
+    caplog.set_level(logging.INFO, logger="crm_domain.services.delivery.outbox")
     outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: broken}, observer=MeteredDelivery())
     failed = [r for r in caplog.records if r.getMessage().startswith("outbox event")]
     assert len(failed) == 2 and {r.levelname for r in failed} == {"ERROR"}

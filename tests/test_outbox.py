@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from crm_domain.db import Database
 from crm_domain.enums import ActivityType
 from crm_domain.models import Activity, OutboxEvent
-from crm_domain.services import outbox
+from crm_domain.services.delivery import outbox
 from crm_worker.dispatch import DrainFlag, DrainWaker
 
 from .api import ApiClient

@@ -7,8 +7,8 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from crm_domain.services import contacts as service
-from crm_domain.services import exports
+from crm_domain.services.records import contacts as service
+from crm_domain.services.transfer import exports
 
 from ..by_id import ByIdDocs, register_by_id
 from ..exports import csv_download, csv_response_doc

@@ -8,8 +8,8 @@ from flask.views import MethodView
 from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
 
 from crm_domain.enums import DealStage, DealStatus
-from crm_domain.services import deals as service
-from crm_domain.services import exports
+from crm_domain.services.records import deals as service
+from crm_domain.services.transfer import exports
 
 from ..by_id import ByIdDocs, register_by_id
 from ..exports import csv_download, csv_response_doc

@@ -14,7 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from crm_domain import csvio
 from crm_domain.enums import ImportKind, ImportStatus, OnDuplicate
-from crm_domain.services import imports as service
+from crm_domain.services.transfer import imports as service
 from crm_domain.settings import Settings
 
 from ..exports import csv_download, csv_response_doc

@@ -12,9 +12,9 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 
 from crm_domain.enums import Role
-from crm_domain.services import auth as auth_service
-from crm_domain.services import invitations as service
-from crm_domain.services import organizations as org_service
+from crm_domain.services.mailing import invitations as service
+from crm_domain.services.records import auth as auth_service
+from crm_domain.services.records import organizations as org_service
 from crm_domain.settings import Settings
 
 from ..access import current_user_id, forget_access

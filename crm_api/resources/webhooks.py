@@ -8,8 +8,8 @@ from flask import current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from crm_domain.services import events
-from crm_domain.services import webhooks as service
+from crm_domain.services.delivery import events
+from crm_domain.services.delivery import webhooks as service
 
 from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
 from ..schemas import PageArgs, Schema, Trimmed, page_of

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from crm_domain.services import imports
+from crm_domain.services.transfer import imports
 
 from ..app import celery_app, database, drain_flag, settings
 from ..dispatch import IMPORT_TASK, RESILIENT_TASK, send_drain, send_import

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from crm_domain.services import outbox
+from crm_domain.services.delivery import outbox
 
 from ..app import analytics_cache, celery_app, database, drain_flag, settings
 from ..dispatch import (

@@ -6,7 +6,7 @@ import datetime as dt
 
 from sqlalchemy.exc import OperationalError
 
-from crm_domain.services import reports
+from crm_domain.services.reporting import reports
 
 from ..app import celery_app, database
 from ..dispatch import REPORT_BUILD_TASK, send_report_build

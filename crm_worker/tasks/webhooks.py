@@ -4,7 +4,7 @@ sweep as the safety net for everything due (retries included: no countdowns on t
 
 from __future__ import annotations
 
-from crm_domain.services import webhooks
+from crm_domain.services.delivery import webhooks
 
 from ..app import celery_app, database, settings, webhook_sender
 from ..dispatch import SEND_WEBHOOKS_TASK, SWEEP_WEBHOOKS_TASK, send_webhooks

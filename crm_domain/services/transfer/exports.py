@@ -14,13 +14,13 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from .. import csvio
-from ..context import Actor
-from ..db import Database
-from ..enums import ImportKind
-from ..models import Contact, Deal, User
-from ..pagination import Ordering
-from . import contacts, deals
+from ... import csvio
+from ...context import Actor
+from ...db import Database
+from ...enums import ImportKind
+from ...models import Contact, Deal, User
+from ...pagination import Ordering
+from ..records import contacts, deals
 
 BATCH_SIZE = 1000
 

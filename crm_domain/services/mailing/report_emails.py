@@ -11,10 +11,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..enums import DealStatus, Role
-from ..mail.render import Content, render
-from ..models import Organization, OrganizationMember, OutboundEmail, OutboxEvent, Report, User
-from . import organizations, outbound_email
+from ...enums import DealStatus, Role
+from ...mail.render import Content, render
+from ...models import Organization, OrganizationMember, OutboundEmail, OutboxEvent, Report, User
+from ..records import organizations
+from . import outbound_email
 
 EMAIL_KIND = "weekly_report"
 RECIPIENT_ROLES = (Role.OWNER, Role.ADMIN)

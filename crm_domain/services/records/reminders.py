@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from ..db import Database
-from ..enums import ActivityType
-from ..models import Activity, Deal, Notification, Task
-from ..rules import utc_today
+from ...db import Database
+from ...enums import ActivityType
+from ...models import Activity, Deal, Notification, Task
+from ...rules import utc_today
 
 REMINDER_NAMESPACE = uuid.UUID("6f0d7c1e-8f3b-4c8e-9a57-3b1f0f4f2a10")
 TASK_DUE = "task_due"

@@ -10,10 +10,10 @@ from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..enums import Role
-from ..errors import Conflict, Unauthorized, ValidationFailed
-from ..models import AuthSession, Organization, OrganizationMember, User
-from ..passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, PasswordHasher
+from ...enums import Role
+from ...errors import Conflict, Unauthorized, ValidationFailed
+from ...models import AuthSession, Organization, OrganizationMember, User
+from ...passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, PasswordHasher
 
 
 class TokenReused(Unauthorized):

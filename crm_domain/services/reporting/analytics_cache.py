@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from ..db import Database
+from ...db import Database
 from . import analytics
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import rules
-from ..context import Actor
-from ..enums import ActivityType
-from ..models import Deal, Task
-from ..pagination import Ordering, Page, PageRequest, paginate
-from . import deals, events, outbox
-from ._common import Precondition, apply_changes, get_in_org
+from ... import rules
+from ...context import Actor
+from ...enums import ActivityType
+from ...models import Deal, Task
+from ...pagination import Ordering, Page, PageRequest, paginate
+from .._common import Precondition, apply_changes, get_in_org
+from ..delivery import events, outbox
+from . import deals
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 

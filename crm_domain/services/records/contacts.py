@@ -7,13 +7,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from .. import rules
-from ..context import Actor
-from ..errors import Conflict
-from ..models import Contact, Deal
-from ..pagination import Ordering, Page, PageRequest, paginate
-from . import events, organizations
-from ._common import Precondition, apply_changes, get_in_org
+from ... import rules
+from ...context import Actor
+from ...errors import Conflict
+from ...models import Contact, Deal
+from ...pagination import Ordering, Page, PageRequest, paginate
+from .._common import Precondition, apply_changes, get_in_org
+from ..delivery import events
+from . import organizations
 
 ORDERING = Ordering("id", Contact.id, Contact.id, descending=True)
 

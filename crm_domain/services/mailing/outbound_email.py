@@ -28,11 +28,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ..db import Database
-from ..enums import EmailStatus
-from ..mail.render import Content, build_message
-from ..mail.transport import Transport, is_connection_failure, is_permanent
-from ..models import OutboundEmail
+from ...db import Database
+from ...enums import EmailStatus
+from ...mail.render import Content, build_message
+from ...mail.transport import Transport, is_connection_failure, is_permanent
+from ...models import OutboundEmail
 
 log = logging.getLogger(__name__)
 

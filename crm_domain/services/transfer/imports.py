@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from .. import rules
-from ..context import Actor
-from ..enums import ImportKind, ImportStatus, OnDuplicate
-from ..errors import Conflict
-from ..models import ImportFile, ImportJob, ImportRowError
-from ..pagination import Ordering, Page, PageRequest, paginate
-from . import exports, outbox
-from ._common import get_in_org
+from ... import rules
+from ...context import Actor
+from ...enums import ImportKind, ImportStatus, OnDuplicate
+from ...errors import Conflict
+from ...models import ImportFile, ImportJob, ImportRowError
+from ...pagination import Ordering, Page, PageRequest, paginate
+from .._common import get_in_org
+from ..delivery import outbox
+from . import exports
 
 IMPORT_TOPIC = "import.requested"  # {import_id} -> run the import on the "imports" queue
 # A job claimed this often without finishing (each claim after a crash or an outage) fails.

@@ -32,13 +32,13 @@ from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from .. import egress, representation, rules
-from ..context import Actor
-from ..errors import Conflict, NotFound, ValidationFailed
-from ..models import OutboxEvent, WebhookDelivery, WebhookEndpoint
-from ..pagination import Ordering, Page, PageRequest, paginate
+from ... import egress, representation, rules
+from ...context import Actor
+from ...errors import Conflict, NotFound, ValidationFailed
+from ...models import OutboxEvent, WebhookDelivery, WebhookEndpoint
+from ...pagination import Ordering, Page, PageRequest, paginate
+from .._common import Precondition, apply_changes, get_in_org
 from . import events, outbox
-from ._common import Precondition, apply_changes, get_in_org
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # the spec asks for 24 to 64

@@ -9,13 +9,14 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from .. import rules
-from ..context import Actor
-from ..enums import ActivityType, DealStage, DealStatus
-from ..models import Deal
-from ..pagination import Ordering, Page, PageRequest, paginate
-from . import contacts, events, organizations, outbox
-from ._common import Precondition, apply_changes, ensure_in_org, get_in_org
+from ... import rules
+from ...context import Actor
+from ...enums import ActivityType, DealStage, DealStatus
+from ...models import Deal
+from ...pagination import Ordering, Page, PageRequest, paginate
+from .._common import Precondition, apply_changes, ensure_in_org, get_in_org
+from ..delivery import events, outbox
+from . import contacts, organizations
 
 # Changes that go to the timeline: {"old_<field>": ..., "new_<field>": ...}.
 TIMELINE_FIELDS = (

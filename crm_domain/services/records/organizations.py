@@ -8,11 +8,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import rules
-from ..context import Actor
-from ..enums import Role
-from ..errors import Conflict, Forbidden, NotFound
-from ..models import Organization, OrganizationMember, User
+from ... import rules
+from ...context import Actor
+from ...enums import Role
+from ...errors import Conflict, Forbidden, NotFound
+from ...models import Organization, OrganizationMember, User
 from .auth import normalize_email
 
 

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..enums import STAGE_ORDER, DealStage, DealStatus
-from ..models import Deal
+from ...enums import STAGE_ORDER, DealStage, DealStatus
+from ...models import Deal
 
 CENT = Decimal("0.01")
 

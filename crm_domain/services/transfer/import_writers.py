@@ -17,13 +17,14 @@ from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from .. import rules
-from ..context import Actor
-from ..enums import DealStage, DealStatus, ImportKind, OnDuplicate
-from ..errors import DomainError
-from ..models import Contact, Deal, ImportJob
-from . import organizations, outbox
-from ._common import not_found
+from ... import rules
+from ...context import Actor
+from ...enums import DealStage, DealStatus, ImportKind, OnDuplicate
+from ...errors import DomainError
+from ...models import Contact, Deal, ImportJob
+from .._common import not_found
+from ..delivery import outbox
+from ..records import organizations
 from .imports import BatchOutcome, RowProblem
 
 # (CSV row number, the row as the API's schema loaded it)

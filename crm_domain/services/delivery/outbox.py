@@ -32,12 +32,12 @@ from sqlalchemy import event, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from .. import request_id
-from ..enums import ActivityType
-from ..models import Activity, Deal, OutboxEvent
+from ... import request_id
+from ...enums import ActivityType
+from ...models import Activity, Deal, OutboxEvent
 
 if TYPE_CHECKING:
-    from ..db import Database
+    from ...db import Database
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +279,9 @@ def _deliver_one_by_one(
 
 
 def _database_handlers() -> dict[str, BatchHandler | Sequence[BatchHandler]]:
+    from ..reporting import reports
     from . import events as domain_events
-    from . import reports, webhooks
+    from . import webhooks
 
     def build_reports(session: Session, events: Sequence[OutboxEvent]) -> None:
         for ev in events:

@@ -17,13 +17,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .. import csvio
-from ..context import Actor
-from ..db import Database
-from ..enums import ImportKind, ImportStatus
-from ..errors import DomainError
-from ..models import ImportFile
-from . import import_writers, imports, organizations
+from ... import csvio
+from ...context import Actor
+from ...db import Database
+from ...enums import ImportKind, ImportStatus
+from ...errors import DomainError
+from ...models import ImportFile
+from ..records import organizations
+from . import import_writers, imports
 from .imports import BatchOutcome, RowProblem, Superseded
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ import datetime as dt
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..context import Actor
-from ..errors import NotFound
-from ..models import Notification
-from ..pagination import Ordering, Page, PageRequest, paginate
+from ...context import Actor
+from ...errors import NotFound
+from ...models import Notification
+from ...pagination import Ordering, Page, PageRequest, paginate
 
 
 def list_notifications(

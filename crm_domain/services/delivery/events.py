@@ -3,8 +3,8 @@ change happens (so a rolled-back change records nothing).
 
 The event's topic is its type and its payload the `data` of the webhook: the resource as the
 API returns it (crm_domain.representation), plus `changes` ({field: {"old", "new"}}) on the
-change events. Consumers: the webhook fan-out (every type, crm_domain.services.webhooks) and
-the analytics refresh (the deal types that change figures, crm_worker.dispatch)."""
+change events. Consumers: the webhook fan-out (every type, services.delivery.webhooks) and the
+analytics refresh (the deal types that change figures, crm_worker.dispatch)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from .. import representation
+from ... import representation
 from . import outbox
 
 CONTACT_CREATED = "contact.created"

@@ -11,9 +11,9 @@ from sqlalchemy import and_, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from ..mail.render import Content, render
-from ..models import Deal, Organization, OrganizationMember, OutboundEmail, Task, User
-from ..rules import utc_today
+from ...mail.render import Content, render
+from ...models import Deal, Organization, OrganizationMember, OutboundEmail, Task, User
+from ...rules import utc_today
 from . import outbound_email
 
 EMAIL_KIND = "task_digest"

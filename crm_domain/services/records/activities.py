@@ -7,12 +7,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..context import Actor
-from ..enums import ActivityType
-from ..errors import ValidationFailed
-from ..models import Activity
-from ..pagination import Ordering, Page, PageRequest
-from . import deals, events
+from ...context import Actor
+from ...enums import ActivityType
+from ...errors import ValidationFailed
+from ...models import Activity
+from ...pagination import Ordering, Page, PageRequest
+from ..delivery import events
+from . import deals
 
 MAX_COMMENT_LENGTH = 10_000
 ORDERING = Ordering("created_at", Activity.created_at, Activity.id, descending=True)

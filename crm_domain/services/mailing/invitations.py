@@ -23,15 +23,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import rules
-from ..enums import Role
-from ..errors import Conflict, Forbidden, Gone, NotFound
-from ..mail.render import Content, render
-from ..models import Invitation, Organization, OrganizationMember, OutboundEmail, OutboxEvent, User
-from ..pagination import Ordering, Page, PageRequest, paginate
-from . import organizations, outbound_email, outbox
-from ._common import get_in_org
-from .auth import normalize_email
+from ... import rules
+from ...enums import Role
+from ...errors import Conflict, Forbidden, Gone, NotFound
+from ...mail.render import Content, render
+from ...models import Invitation, Organization, OrganizationMember, OutboundEmail, OutboxEvent, User
+from ...pagination import Ordering, Page, PageRequest, paginate
+from .._common import get_in_org
+from ..delivery import outbox
+from ..records import organizations
+from ..records.auth import normalize_email
+from . import outbound_email
 
 INVITATION_TOPIC = "invitation.created"  # {invitation_id} -> the invitation e-mail
 EMAIL_KIND = "invitation"

@@ -10,12 +10,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from ..context import Actor
-from ..models import Deal, Organization, Report, Task
-from ..pagination import Ordering, Page, PageRequest, paginate
-from ..rules import utc_today
-from . import analytics, events, outbox
-from ._common import get_in_org
+from ...context import Actor
+from ...models import Deal, Organization, Report, Task
+from ...pagination import Ordering, Page, PageRequest, paginate
+from ...rules import utc_today
+from .._common import get_in_org
+from ..delivery import events, outbox
+from . import analytics
 
 log = logging.getLogger(__name__)
 
