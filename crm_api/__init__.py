@@ -14,6 +14,7 @@ from crm_domain.db import Database
 from crm_domain.passwords import PasswordHasher
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
+from crm_worker import consumers
 
 from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
     db.count_cache = LargeCountCache(client, settings.redis_key_prefix, identity=db.identity)
+    consumers.install()  # the domain's outbox consumers, for whatever delivers in this process
     _install_outbox_publisher(app, db, client, settings)
 
     init_jwt(
@@ -151,10 +153,9 @@ def _install_outbox_publisher(
     or "none" (beat re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
-        from crm_worker.dispatch import inline_publisher
         from crm_worker.importing import run_import
 
-        db.publisher = inline_publisher(
+        db.publisher = consumers.inline_publisher(
             db, app.extensions["crm_analytics"], lambda job_id: run_import(db, job_id, settings)
         )
     elif mode == "celery":

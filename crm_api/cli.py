@@ -65,7 +65,7 @@ def refresh_analytics(org_id: int | None) -> None:
 @crm.command("drain-outbox")
 def drain_outbox() -> None:
     """Deliver every pending outbox event now (timeline entries, analytics, reports)."""
-    from crm_worker.dispatch import inline_publisher
+    from crm_worker.consumers import inline_publisher
 
     db = _db()
     publish = inline_publisher(db, current_app.extensions["crm_analytics"])

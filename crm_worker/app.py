@@ -15,6 +15,7 @@ from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import (
+    consumers,
     observability,  # noqa: F401  (logging and request-id signal handlers)
     quiet,
 )
@@ -24,6 +25,7 @@ from .webhook_sender import Sender
 
 EMAIL_QUEUE = "email"
 
+consumers.install()  # the domain's outbox consumers, before anything delivers
 settings = Settings.from_env()
 database = Database.from_settings(settings, pool_size=2)
 _cache: AnalyticsCache | None = None

@@ -18,7 +18,7 @@ from sqlalchemy import delete, insert, update
 from crm_domain.models import Deal
 from crm_domain.services.reporting import analytics_cache
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
-from crm_worker.dispatch import inline_publisher
+from crm_worker.consumers import inline_publisher
 
 from .api import ApiClient, User, error_code
 

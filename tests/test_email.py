@@ -23,9 +23,10 @@ from crm_domain.models import Invitation, OutboundEmail, OutboxEvent, Report, Ta
 from crm_domain.services.delivery import events, outbox
 from crm_domain.services.mailing import digests, outbound_email
 from crm_domain.services.mailing.invitations import hash_token
+from crm_domain.services.reporting import reports
 from crm_domain.settings import MailSettings
 from crm_worker.app import EMAIL_QUEUE, celery_app
-from crm_worker.dispatch import SEND_MAIL_TASK, deliver
+from crm_worker.dispatch import SEND_MAIL_TASK, Dispatcher
 
 from .api import ApiClient, User
 from .mail import SmtpServer, context, send_all, smtp_server, token_from
@@ -97,7 +98,7 @@ def _weekly_report(db, org_id: int, start: dt.date) -> int:
         )
         session.add(report)
         session.flush()
-        outbox.record(session, org_id, outbox.REPORT_TOPIC, {"report_id": report.id})
+        outbox.record(session, org_id, reports.REPORT_TOPIC, {"report_id": report.id})
         return report.id
 
 
@@ -184,7 +185,7 @@ def test_weekly_report_goes_to_owners_and_admins(api: ApiClient, db, smtp: SmtpS
             )
             .values(delivered_at=None)
         )
-    assert deliver(db, lambda _org: None) >= 1
+    assert Dispatcher().deliver(db) >= 1
     send_all(db, smtp)
     assert len(smtp.to(owner.email)) == len(smtp.to(team["admin"].email)) == 1
 

@@ -23,10 +23,12 @@ from crm_domain.db import Database
 from crm_domain.enums import ActivityType
 from crm_domain.models import OutboxEvent
 from crm_domain.services.delivery import events, outbox
+from crm_domain.services.records import timeline
 from crm_domain.settings import Settings
 from crm_worker.observability import MeteredDelivery, _send_request_id
 
 from .api import PASSWORD, ApiClient, error_code
+from .delivery import timeline_handled_by
 from .scrape import Samples, has, parse, value
 
 DEAL_ROUTE = "/api/v1/deals/<int:deal_id>"
@@ -76,7 +78,7 @@ def test_request_id_comes_back_and_is_stored_on_the_outbox_events(api: ApiClient
         events.ACTIVITY_CREATED,
         events.DEAL_STATUS_CHANGED,
         events.DEAL_UPDATED,
-        outbox.TIMELINE_TOPIC,
+        timeline.TIMELINE_TOPIC,
     ]
 
 
@@ -160,7 +162,7 @@ def test_each_delivered_or_failed_event_is_logged_with_its_request_id_and_counte
     try:
         with quiet_db.transaction() as s:
             for _ in range(2):
-                outbox.record_activity(
+                timeline.record_activity(
                     s,
                     organization_id=owner.org_id,
                     deal_id=deal["id"],
@@ -176,11 +178,11 @@ def test_each_delivered_or_failed_event_is_logged_with_its_request_id_and_counte
 
     before = parse_registry()
     caplog.set_level(logging.INFO, logger="crm_domain.services.delivery.outbox")
-    outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: broken}, observer=MeteredDelivery())
+    outbox.deliver_pending(quiet_db, timeline_handled_by(broken), observer=MeteredDelivery())
     failed = [r for r in caplog.records if r.getMessage().startswith("outbox event")]
     assert len(failed) == 2 and {r.levelname for r in failed} == {"ERROR"}
     assert {(r.request_id, r.topic) for r in failed} == {
-        ("rid-of-the-change", outbox.TIMELINE_TOPIC)
+        ("rid-of-the-change", timeline.TIMELINE_TOPIC)
     }
     caplog.clear()
     outbox.deliver_pending(quiet_db, observer=MeteredDelivery())
@@ -193,7 +195,7 @@ def test_each_delivered_or_failed_event_is_logged_with_its_request_id_and_counte
     assert len(delivered) == 2
     assert {r.request_id for r in delivered} == {"rid-of-the-change"}
     after = parse_registry()
-    topic = {"topic": outbox.TIMELINE_TOPIC}
+    topic = {"topic": timeline.TIMELINE_TOPIC}
     failures = "crm_outbox_delivery_failures_total"
     assert value(after, failures, **topic) - value(before, failures, **topic) == 2
     delivered_total = "crm_outbox_delivered_total"

@@ -17,6 +17,7 @@ from crm_domain.db import Database
 from crm_domain.models import OutboxEvent
 from crm_worker import dispatch
 from crm_worker.broker import broker_config
+from crm_worker.consumers import AnalyticsRefresh
 
 from .api import ApiClient
 from .tcpproxy import TcpProxy
@@ -89,7 +90,9 @@ def test_a_drain_that_finds_the_broker_away_costs_no_attempt(
         )
     try:
         with pytest.raises(dispatch.TRANSIENT_ERRORS):
-            dispatch.deliver(quiet_db, ask_for_refresh)
+            dispatch.Dispatcher().register(lambda: AnalyticsRefresh(ask_for_refresh)).deliver(
+                quiet_db
+            )
     finally:
         app.close()
     with quiet_db.transaction() as s:

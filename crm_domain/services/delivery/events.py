@@ -29,6 +29,9 @@ TASK_COMPLETED = "task.completed"
 TASK_DELETED = "task.deleted"
 ACTIVITY_CREATED = "activity.created"
 REPORT_READY = "report.ready"
+# Not a webhook event: deals changed in bulk (an import's batch; before the deal.* events, every
+# deal write) -> one analytics refresh of the organization.
+DEAL_CHANGED_TOPIC = "deal.changed"
 
 EVENT_TYPES: tuple[str, ...] = (
     CONTACT_CREATED,

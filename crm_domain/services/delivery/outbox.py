@@ -13,7 +13,10 @@ undelivered events are claimed, and every consumer writes with the event's uniqu
 
 One event stream, several consumers: a topic may have several handlers, and a handler that
 serves several topics is called once per batch with all of their events (the webhook fan-out
-looks the batch's endpoints up in one query whatever the mix of event types).
+looks the batch's endpoints up in one query whatever the mix of event types). The outbox
+names none of them: each consumer registers its handler for its topics in a `Registry`, at
+the process's composition root (crm_worker.consumers.install, run by the worker's start-up
+and the app factory), so a new consumer is one `on()` call there and no change here.
 
 Each event keeps the request id of the request that recorded it, and a `DeliveryObserver`
 hears of every event once its batch committed (one log line per event with that request
@@ -24,29 +27,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, func, insert, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ... import request_id
-from ...enums import ActivityType
-from ...models import Activity, Deal, OutboxEvent
+from ...models import OutboxEvent
 
 if TYPE_CHECKING:
     from ...db import Database
 
 log = logging.getLogger(__name__)
 
-TIMELINE_TOPIC = "timeline.activity"  # {deal_id, author_id, type, payload} -> an activity
-# Before the deal.* domain events (services.events) a deal write recorded this to refresh the
-# organization's analytics; events of that kind still waiting after an upgrade do just that.
-DEAL_CHANGED_TOPIC = "deal.changed"
-REPORT_TOPIC = "report.requested"  # {report_id} -> build the report
-WEBHOOK_SEND_TOPIC = "webhooks.send"  # {endpoint_id} -> wake that endpoint's sender
 _PENDING_KEY = "crm_outbox_new"
 _COMMITTED_KEY = "crm_outbox_committed"
 
@@ -57,8 +52,51 @@ MAX_ATTEMPTS = 10
 
 # A batch handler applies its events (of one or more topics) inside the delivering transaction.
 BatchHandler = Callable[[Session, Sequence[OutboxEvent]], None]
-# topic -> its handler, or its handlers when several consumers want the topic.
-Handlers = Mapping[str, BatchHandler | Sequence[BatchHandler]]
+
+
+class Registry:
+    """Which handlers consume which topics, in the order they registered. A topic may be
+    known with no handler here (`declare`): its consumers run in a worker (they need Celery
+    or Redis) and join the registry of each delivery run (crm_worker.dispatch.Dispatcher)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[BatchHandler]] = {}
+
+    def on(self, topics: str | Iterable[str], handler: BatchHandler) -> None:
+        """`handler` consumes `topics` (registering the same handler again changes nothing)."""
+        for topic in (topics,) if isinstance(topics, str) else topics:
+            handlers = self._handlers.setdefault(topic, [])
+            if handler not in handlers:
+                handlers.append(handler)
+
+    def declare(self, topics: str | Iterable[str]) -> None:
+        """Topics with nothing to do in the database: delivered without an "unknown topic"."""
+        for topic in (topics,) if isinstance(topics, str) else topics:
+            self._handlers.setdefault(topic, [])
+
+    def replace(self, old: BatchHandler, new: BatchHandler) -> None:
+        """`new` consumes every topic `old` did, in its place (a worker doing that work
+        another way: a report built on the bulk queue instead of in the delivery)."""
+        found = False
+        for handlers in self._handlers.values():
+            if old in handlers:
+                handlers[handlers.index(old)] = new
+                found = True
+        if not found:
+            raise LookupError(f"{old!r} is not registered")
+
+    def copy(self) -> Registry:
+        registry = Registry()
+        registry._handlers = {topic: list(handlers) for topic, handlers in self._handlers.items()}
+        return registry
+
+    def handlers(self, topic: str) -> Sequence[BatchHandler] | None:
+        """The topic's handlers, or None for a topic nobody registered or declared."""
+        return self._handlers.get(topic)
+
+
+# The process's consumers, registered at its start-up (crm_worker.consumers.install).
+registry = Registry()
 
 
 def record(session: Session, organization_id: int, topic: str, payload: dict[str, Any]) -> None:
@@ -70,23 +108,6 @@ def record(session: Session, organization_id: int, topic: str, payload: dict[str
             "payload": payload,
             "request_id": request_id.current(),
         }
-    )
-
-
-def record_activity(
-    session: Session,
-    *,
-    organization_id: int,
-    deal_id: int,
-    author_id: int | None,
-    type: ActivityType,
-    payload: dict[str, Any],
-) -> None:
-    record(
-        session,
-        organization_id,
-        TIMELINE_TOPIC,
-        {"deal_id": deal_id, "author_id": author_id, "type": type.value, "payload": payload},
     )
 
 
@@ -173,22 +194,22 @@ def claim(session: Session, limit: int = BATCH_SIZE) -> list[OutboxEvent]:
 def apply(
     session: Session,
     events: Sequence[OutboxEvent],
-    handlers: Handlers | None = None,
+    handlers: Registry | None = None,
 ) -> None:
     """Apply and mark delivered `events` (already locked by `claim`) in the caller's
-    transaction. `handlers` add topics to (or replace the handlers of topics in) this
-    package's database handlers. Each distinct handler is called once, with all the events
-    of the topics it serves, in claim order."""
-    table = {**_database_handlers(), **(handlers or {})}
+    transaction, with the handlers of `handlers` (the process's `registry` unless given).
+    Each distinct handler is called once, with all the events of the topics it serves, in
+    claim order."""
+    table = registry if handlers is None else handlers
     calls: dict[BatchHandler, list[OutboxEvent]] = {}
     unknown: dict[str, int] = {}
     for ev in events:
-        entry = table.get(ev.topic)
+        entry = table.handlers(ev.topic)
         if entry is None:
             unknown[ev.topic] = unknown.get(ev.topic, 0) + 1
             ev.last_error = f"unknown topic {ev.topic}"
             continue
-        for handler in (entry,) if callable(entry) else entry:
+        for handler in entry:
             calls.setdefault(handler, []).append(ev)
     for topic, count in unknown.items():
         log.error("outbox topic %r has no handler; marking %d events", topic, count)
@@ -202,7 +223,7 @@ def apply(
 
 def deliver_pending(
     db: Database,
-    handlers: Handlers | None = None,
+    handlers: Registry | None = None,
     *,
     batch_size: int = BATCH_SIZE,
     max_batches: int = 50,
@@ -212,6 +233,7 @@ def deliver_pending(
     """Deliver undelivered events batch by batch until none is left (or `max_batches`);
     returns how many were delivered. A batch that fails is retried event by event, so one
     bad event cannot hold back the others; the bad one keeps its error and attempt count.
+    `handlers`: the process's `registry` unless given (a worker's run adds its own).
     `transient` errors (a database or Redis outage) are raised instead: they are nobody's
     fault and cost no attempt; the caller retries later. Events that handlers record (a
     timeline entry's `activity.created`, a built report's `report.ready`) are delivered by
@@ -242,7 +264,7 @@ def deliver_pending(
 
 def _deliver_one_by_one(
     db: Database,
-    handlers: Handlers | None,
+    handlers: Registry | None,
     limit: int,
     transient: tuple[type[BaseException], ...],
     observer: DeliveryObserver,
@@ -276,84 +298,6 @@ def _deliver_one_by_one(
             topic, rid = row if row is not None else (None, None)
             observer.failed(event_id, topic, rid, exc)
     return delivered
-
-
-def _database_handlers() -> dict[str, BatchHandler | Sequence[BatchHandler]]:
-    from ..reporting import reports
-    from . import events as domain_events
-    from . import webhooks
-
-    def build_reports(session: Session, events: Sequence[OutboxEvent]) -> None:
-        for ev in events:
-            with request_id.bound(ev.request_id):  # on its `report.ready` event
-                reports.build(session, ev.payload["report_id"])
-
-    def nothing(_session: Session, _events: Sequence[OutboxEvent]) -> None:
-        """Topics whose only consumers need Celery or Redis (see crm_worker.dispatch)."""
-
-    return {
-        TIMELINE_TOPIC: apply_activities,
-        DEAL_CHANGED_TOPIC: nothing,
-        REPORT_TOPIC: build_reports,
-        WEBHOOK_SEND_TOPIC: nothing,
-        **{event_type: webhooks.fan_out for event_type in domain_events.EVENT_TYPES},
-    }
-
-
-def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
-    """Write the timeline entries in one statement; the event key makes a second delivery
-    write nothing. Events of deals deleted before delivery have nothing to attach to. Each
-    entry written records its `activity.created` event where a webhook endpoint wants it, with
-    the request id of the timeline event it came from."""
-    wanted = {(ev.payload["deal_id"], ev.organization_id) for ev in events}
-    existing = {
-        (deal_id, org_id)
-        for deal_id, org_id in session.execute(
-            select(Deal.id, Deal.organization_id).where(
-                tuple_(Deal.id, Deal.organization_id).in_(list(wanted))
-            )
-        )
-    }
-    rows = []
-    for ev in events:
-        data = ev.payload
-        if (data["deal_id"], ev.organization_id) not in existing:
-            ev.last_error = "deal no longer exists"
-            continue
-        rows.append(
-            {
-                "organization_id": ev.organization_id,
-                "deal_id": data["deal_id"],
-                "author_id": data.get("author_id"),
-                "type": ActivityType(data["type"]),
-                "payload": data.get("payload", {}),
-                "event_key": ev.event_key,
-                "created_at": ev.created_at,
-            }
-        )
-    if not rows:
-        return
-    written = session.connection().execute(
-        pg_insert(Activity)
-        .on_conflict_do_nothing(index_elements=["event_key"])
-        .returning(Activity.id, Activity.event_key),
-        rows,
-    )
-    ids = {event_key: activity_id for activity_id, event_key in written}
-    from . import events as domain_events
-    from . import webhooks
-
-    # `activity.created` exists for webhooks only: recorded where an endpoint wants it, so
-    # an organization without one costs no second delivery pass.
-    wanted_by = webhooks.subscribed_organizations(
-        session, {row["organization_id"] for row in rows}, domain_events.ACTIVITY_CREATED
-    )
-    request_ids = {ev.event_key: ev.request_id for ev in events}
-    for row in rows:
-        if row["event_key"] in ids and row["organization_id"] in wanted_by:
-            entry = Activity(**row, id=ids[row["event_key"]])  # transient: only dumped
-            with request_id.bound(request_ids[row["event_key"]]):  # the request behind it
-                domain_events.record_created(session, "activity", entry)
 
 
 @dataclass(frozen=True)

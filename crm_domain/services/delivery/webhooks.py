@@ -44,6 +44,7 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # the spec asks for 24 to 64
 PREVIOUS_SECRET_GRACE = dt.timedelta(hours=24)
 MAX_ENDPOINTS_PER_ORGANIZATION = 20
+WEBHOOK_SEND_TOPIC = "webhooks.send"  # {endpoint_id} -> wake that endpoint's sender
 PING = "ping"
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
@@ -286,7 +287,7 @@ def send_ping(session: Session, actor: Actor, endpoint_id: int) -> WebhookDelive
 def _wake_sender(session: Session, endpoint: WebhookEndpoint) -> None:
     """Through the outbox, so the sender is asked only once this change is committed."""
     outbox.record(
-        session, endpoint.organization_id, outbox.WEBHOOK_SEND_TOPIC, {"endpoint_id": endpoint.id}
+        session, endpoint.organization_id, WEBHOOK_SEND_TOPIC, {"endpoint_id": endpoint.id}
     )
 
 

@@ -15,8 +15,8 @@ from ...enums import ActivityType, DealStage, DealStatus
 from ...models import Deal
 from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import Precondition, apply_changes, ensure_in_org, get_in_org
-from ..delivery import events, outbox
-from . import contacts, organizations
+from ..delivery import events
+from . import contacts, organizations, timeline
 
 # Changes that go to the timeline: {"old_<field>": ..., "new_<field>": ...}.
 TIMELINE_FIELDS = (
@@ -145,7 +145,7 @@ def update_deal(
     for field, activity_type in TIMELINE_FIELDS:
         if field in changed:
             old, new = changed[field]
-            outbox.record_activity(
+            timeline.record_activity(
                 session,
                 organization_id=deal.organization_id,
                 deal_id=deal.id,

@@ -14,8 +14,8 @@ from ...enums import ActivityType
 from ...models import Deal, Task
 from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import Precondition, apply_changes, get_in_org
-from ..delivery import events, outbox
-from . import deals
+from ..delivery import events
+from . import deals, timeline
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
@@ -79,7 +79,7 @@ def create_task(
     session.add(task)
     session.flush()
     events.record_created(session, "task", task)
-    outbox.record_activity(
+    timeline.record_activity(
         session,
         organization_id=actor.organization_id,
         deal_id=deal.id,

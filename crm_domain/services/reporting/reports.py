@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from ... import request_id
 from ...context import Actor
-from ...models import Deal, Organization, Report, Task
+from ...models import Deal, Organization, OutboxEvent, Report, Task
 from ...pagination import Ordering, Page, PageRequest, paginate
 from ...rules import utc_today
 from .._common import get_in_org
@@ -20,6 +22,7 @@ from . import analytics
 
 log = logging.getLogger(__name__)
 
+REPORT_TOPIC = "report.requested"  # {report_id} -> build the report
 WEEKLY = "weekly"
 ON_DEMAND = "on_demand"
 # {report_id}: a weekly report is ready -> e-mail it to the owners and admins (report_emails)
@@ -48,8 +51,16 @@ def request_report(session: Session, actor: Actor, *, today: dt.date | None = No
     )
     session.add(report)
     session.flush()
-    outbox.record(session, actor.organization_id, outbox.REPORT_TOPIC, {"report_id": report.id})
+    outbox.record(session, actor.organization_id, REPORT_TOPIC, {"report_id": report.id})
     return report
+
+
+def build_requested(session: Session, batch: Sequence[OutboxEvent]) -> None:
+    """Outbox handler for `report.requested`: build each report in the delivering transaction
+    (a worker sends them to the bulk queue instead, crm_worker.consumers)."""
+    for ev in batch:
+        with request_id.bound(ev.request_id):  # on its `report.ready` event
+            build(session, ev.payload["report_id"])
 
 
 def last_full_week(today: dt.date) -> tuple[dt.date, dt.date]:
@@ -83,7 +94,7 @@ def schedule_weekly(session: Session, *, today: dt.date | None = None) -> int:
             .returning(Report.id)
         )
         if report_id is not None:
-            outbox.record(session, org_id, outbox.REPORT_TOPIC, {"report_id": report_id})
+            outbox.record(session, org_id, REPORT_TOPIC, {"report_id": report_id})
             created += 1
     return created
 

@@ -23,7 +23,7 @@ from ...enums import DealStage, DealStatus, ImportKind, OnDuplicate
 from ...errors import DomainError
 from ...models import Contact, Deal, ImportJob
 from .._common import not_found
-from ..delivery import outbox
+from ..delivery import events, outbox
 from ..records import organizations
 from .imports import BatchOutcome, RowProblem
 
@@ -279,7 +279,7 @@ def _write_deals(
         outbox.record(
             session,
             job.organization_id,
-            outbox.DEAL_CHANGED_TOPIC,
+            events.DEAL_CHANGED_TOPIC,
             {"import_id": job.id, "deals": outcome.created},
         )
     return outcome
