@@ -1,6 +1,8 @@
-"""The composition root of the background work: which consumer serves which outbox topic.
+"""The composition root of the background work: which consumer serves which outbox topic,
+and which composer renders which kind of e-mail.
 
-`install()` registers the domain's consumers with the process's outbox registry; the
+`install()` registers the domain's consumers with the process's outbox registry and the
+composers with the mail queue's; the
 worker's start-up (crm_worker.app) and the app factory (crm_api.create_app) run it. Those
 consumers work inside the delivering transaction only. The consumers that need Celery or
 Redis are `RunConsumer`s that join each delivery run of a `Dispatcher`: the drain task's
@@ -22,7 +24,7 @@ from crm_domain import request_id
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
 from crm_domain.services.delivery import events, outbox, webhooks
-from crm_domain.services.mailing import invitations, report_emails
+from crm_domain.services.mailing import digests, invitations, outbound_email, report_emails
 from crm_domain.services.records import timeline
 from crm_domain.services.reporting import reports
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
@@ -40,8 +42,8 @@ QUEUES_MAIL: tuple[tuple[str, outbox.BatchHandler], ...] = (
 
 
 def install() -> None:
-    """Register the domain's consumers with the process's outbox registry (running it again
-    changes nothing)."""
+    """Register the domain's consumers with the process's outbox registry, and the e-mail
+    composers with the mail queue (running it again changes nothing)."""
     registry = outbox.registry
     registry.on(timeline.TIMELINE_TOPIC, timeline.apply_activities)
     registry.on(events.EVENT_TYPES, webhooks.fan_out)
@@ -50,6 +52,10 @@ def install() -> None:
         registry.on(topic, handler)
     # Their consumers need Celery or Redis: they join each delivery run (RunConsumers below).
     registry.declare((events.DEAL_CHANGED_TOPIC, webhooks.WEBHOOK_SEND_TOPIC, imports.IMPORT_TOPIC))
+    mail = outbound_email.composers
+    mail.on(invitations.EMAIL_KIND, invitations.compose_email)
+    mail.on(report_emails.EMAIL_KIND, report_emails.compose_email)
+    mail.on(digests.EMAIL_KIND, digests.compose_email)
 
 
 # --- run consumers ------------------------------------------------------------------------------

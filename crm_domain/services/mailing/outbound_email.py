@@ -12,7 +12,10 @@ transport and marks it sent in the same transaction. A failure is written on the
 the time of the next attempt (exponential back-off) and beat's sweep sends whatever is due;
 a message the server refuses for good (5xx), or one out of attempts, is marked failed. A
 worker killed between the SMTP hand-over and the commit sends that message again later: at
-least once, as e-mail always is."""
+least once, as e-mail always is.
+
+The queue names no kind of e-mail: each module that mails registers the composer of its kind
+with `composers` at the composition root (crm_worker.consumers.install)."""
 
 from __future__ import annotations
 
@@ -55,6 +58,26 @@ class MailContext:
 Composer = Callable[[Session, OutboundEmail, MailContext], Content | None]
 
 
+class Composers:
+    """E-mail kind -> the composer that renders it."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Composer] = {}
+
+    def on(self, kind: str, composer: Composer) -> None:
+        """`composer` renders `kind` (registering the same one again changes nothing)."""
+        known = self._by_kind.setdefault(kind, composer)
+        if known is not composer:
+            raise ValueError(f"e-mail kind {kind!r} already has a composer: {known!r}")
+
+    def get(self, kind: str) -> Composer | None:
+        return self._by_kind.get(kind)
+
+
+# The process's composers, registered at its start-up (crm_worker.consumers.install).
+composers = Composers()
+
+
 @dataclass
 class SendResult:
     sent: int = 0
@@ -88,16 +111,6 @@ def backoff(attempts: int) -> dt.timedelta:
     )
 
 
-def _composers() -> dict[str, Composer]:
-    from . import digests, invitations, report_emails
-
-    return {
-        invitations.EMAIL_KIND: invitations.compose_email,
-        report_emails.EMAIL_KIND: report_emails.compose_email,
-        digests.EMAIL_KIND: digests.compose_email,
-    }
-
-
 def _claim_one(session: Session) -> OutboundEmail | None:
     return session.scalar(
         select(OutboundEmail)
@@ -126,7 +139,6 @@ def _send_one(
     row: OutboundEmail,
     transport: Transport,
     context: MailContext,
-    composers: dict[str, Composer],
 ) -> str:
     """Render and send one claimed row; returns "sent", "skipped", "failed" or "stop"."""
     composer = composers.get(row.kind)
@@ -172,7 +184,6 @@ def send_pending(
     or `time_budget` seconds passed (then `more` is set). A server that cannot be reached
     ends the run after one failed attempt instead of failing every message."""
     result = SendResult()
-    composers = _composers()
     deadline = time.monotonic() + time_budget
     try:
         while True:
@@ -183,7 +194,7 @@ def send_pending(
                 row = _claim_one(session)
                 if row is None:
                     break
-                outcome = _send_one(session, row, transport, context, composers)
+                outcome = _send_one(session, row, transport, context)
             if outcome == "sent":
                 result.sent += 1
             elif outcome == "skipped":
