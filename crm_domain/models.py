@@ -445,7 +445,7 @@ class Installation(Base):
     """Exactly one row: the random identity of this database, created by migration 0005.
 
     Everything derived from the database and kept outside it (Redis) is bound to this
-    identity (see crm_domain.installation), so a value from another database, or from this
+    identity (see crm_domain.identity), so a value from another database, or from this
     one before a restore, is never served."""
 
     __tablename__ = "installation"

@@ -1,7 +1,7 @@
 """Precomputed analytics per organization in Redis.
 
 One hash per organization and database identity, `<prefix>:<epoch>:analytics:org:<id>`
-(the epoch names the database the figures come from, see crm_domain.installation: after the
+(the epoch names the database the figures come from, see crm_domain.identity: after the
 database is recreated or restored, the old hashes are simply never read again), holds a
 generation counter `gen` and JSON results (`summary:<days>`, `funnel`), each stamped with
 `as_of`. A refresh bumps the generation first, computes from the database, then stores only
@@ -78,7 +78,7 @@ class AnalyticsCache:
         self.prefix = prefix
 
     def epoch(self) -> str:
-        """This process's view of the database identity (cached, see installation.py)."""
+        """This process's view of the database identity (cached, see crm_domain.identity)."""
         epoch = self.db.identity.epoch()
         if epoch is None:
             raise DerivedDataUnavailable("database identity unknown")
