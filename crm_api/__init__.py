@@ -161,6 +161,14 @@ def _install_outbox_publisher(
     elif mode == "celery":
         from crm_worker.dispatch import DrainFlag, DrainWaker
 
-        db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix))
+        db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix), _send_drain)
     else:
         db.publisher = None
+
+
+def _send_drain() -> None:
+    """Publish a drain task through the worker's Celery app, imported on the first wake-up
+    (after gunicorn forked its workers)."""
+    from crm_worker.publishing import send_drain
+
+    send_drain()

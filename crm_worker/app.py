@@ -20,7 +20,8 @@ from . import (
     quiet,
 )
 from .broker import broker_config
-from .dispatch import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK, DrainFlag
+from .dispatch import DrainFlag
+from .names import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK
 from .webhook_sender import Sender
 
 EMAIL_QUEUE = "email"

@@ -18,32 +18,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import kombu.exceptions
 import redis
-from celery import Celery
 from sqlalchemy.exc import OperationalError
 
 from crm_domain.db import Database
 from crm_domain.services.delivery import outbox
-from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
-from .broker import countdown
 from .observability import MeteredDelivery
 
 log = logging.getLogger(__name__)
 
-DRAIN_TASK = "crm.outbox.drain"
-REFRESH_TASK = "crm.analytics.refresh"
-REPORT_BUILD_TASK = "crm.reports.build"
-SEND_MAIL_TASK = "crm.email.send_pending"
-SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in .app)
-SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
-IMPORT_TASK = "crm.imports.run"
-IMPORT_QUEUE = "imports"
-REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
 # Outages that cost an event no delivery attempt: delivery is retried when they are over
@@ -54,10 +42,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
     ConnectionError,
 )
-# A publish that finds its pooled broker connection dropped since the last one (a broker
-# restart, a load balancer's idle timeout) reconnects and sends once more, at once; a broker
-# that stays away fails the publish after that one try (the outbox keeps the work).
-PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 # Celery options of tasks that must survive a dying worker and ride out an outage.
 RESILIENT_TASK: dict[str, Any] = {
     "acks_late": True,
@@ -81,19 +65,6 @@ class DrainFlag:
 
     def clear(self) -> None:
         self.client.delete(self.key)
-
-
-def publish(name: str, *, app: Celery | None = None, **options: Any) -> None:
-    """Send task `name` (to the process's Celery app unless `app`), reconnecting once."""
-    if app is None:
-        from .app import celery_app
-
-        app = celery_app
-    app.send_task(name, retry=True, retry_policy=PUBLISH_RETRY, **options)
-
-
-def send_drain() -> None:
-    publish(DRAIN_TASK)
 
 
 class RunConsumer:
@@ -142,22 +113,6 @@ class Dispatcher:
         return delivered
 
 
-def send_mail_task() -> None:
-    """Ask the e-mail worker (queue "email") to send what is due."""
-    publish(SEND_MAIL_TASK)
-
-
-def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) -> None:
-    """One send task per endpoint, on the "webhooks" queue."""
-    for endpoint_id in endpoint_ids:
-        publish(SEND_WEBHOOKS_TASK, args=[endpoint_id], expires=expires)
-
-
-def send_import(job_id: int) -> None:
-    """Ask the "imports" queue to run a job (the run claims it from the database)."""
-    publish(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE)
-
-
 class DrainWaker:
     """The API's publisher: asks for a drain from a daemon thread, so neither Redis nor the
     broker is ever on a request's path. It waits `gather` seconds after the first wake-up so
@@ -169,7 +124,7 @@ class DrainWaker:
     def __init__(
         self,
         flag: DrainFlag,
-        send: Callable[[], None] = send_drain,
+        send: Callable[[], None],
         *,
         gather: float = GATHER_SECONDS,
         cooldown: float = 5.0,
@@ -222,17 +177,3 @@ class DrainWaker:
             self._flag.clear()  # let the next commit try again
             raise
         return True
-
-
-def send_report_build(report_id: int) -> None:
-    """Reports are built on the bulk queue, never inside the outbox drain."""
-    publish(REPORT_BUILD_TASK, args=[report_id])
-
-
-def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
-    """Debounced: at most one refresh is scheduled per organization at a time."""
-    from .app import celery_app
-
-    if cache.claim_refresh(organization_id):
-        delay = countdown(celery_app.conf.broker_url, REFRESH_DELAY_SECONDS)
-        publish(REFRESH_TASK, args=[organization_id], countdown=delay)

@@ -26,7 +26,8 @@ from crm_domain.services.mailing.invitations import hash_token
 from crm_domain.services.reporting import reports
 from crm_domain.settings import MailSettings
 from crm_worker.app import EMAIL_QUEUE, celery_app
-from crm_worker.dispatch import SEND_MAIL_TASK, Dispatcher
+from crm_worker.dispatch import Dispatcher
+from crm_worker.names import SEND_MAIL_TASK
 
 from .api import ApiClient, User
 from .mail import SmtpServer, context, send_all, smtp_server, token_from

@@ -10,7 +10,8 @@ from crm_domain.mail import transport
 from crm_domain.services.mailing import digests, outbound_email
 
 from ..app import celery_app, database, settings
-from ..dispatch import SEND_MAIL_TASK, send_mail_task
+from ..names import SEND_MAIL_TASK
+from ..publishing import send_mail_task
 
 log = logging.getLogger(__name__)
 

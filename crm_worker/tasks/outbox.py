@@ -11,10 +11,9 @@ from crm_domain.services.delivery import outbox
 
 from ..app import analytics_cache, celery_app, database, drain_flag, settings
 from ..consumers import AnalyticsRefresh, ImportRequests, MailWakeup, ReportBuilds, WebhookWakeups
-from ..dispatch import (
-    DRAIN_TASK,
-    RESILIENT_TASK,
-    Dispatcher,
+from ..dispatch import RESILIENT_TASK, Dispatcher
+from ..names import DRAIN_TASK
+from ..publishing import (
     schedule_refresh,
     send_drain,
     send_import,

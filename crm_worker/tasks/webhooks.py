@@ -7,7 +7,8 @@ from __future__ import annotations
 from crm_domain.services.delivery import webhooks
 
 from ..app import celery_app, database, settings, webhook_sender
-from ..dispatch import SEND_WEBHOOKS_TASK, SWEEP_WEBHOOKS_TASK, send_webhooks
+from ..names import SEND_WEBHOOKS_TASK, SWEEP_WEBHOOKS_TASK
+from ..publishing import send_webhooks
 from ..webhook_sender import policy_from, run_endpoint
 
 
