@@ -1,4 +1,4 @@
-"""Running an import job with the API's row schemas: shared by the "imports" queue's task and
+"""Running an import job with the row schemas: shared by the "imports" queue's task and
 the in-process (inline) delivery of the tests and tools."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from crm_api.csv_rows import LOADERS
 from crm_domain.db import Database
 from crm_domain.enums import ImportStatus
 from crm_domain.services.transfer import import_run
+from crm_domain.services.transfer.rows import LOADERS
 from crm_domain.settings import Settings
 
 from .dispatch import TRANSIENT_ERRORS

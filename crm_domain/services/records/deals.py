@@ -14,6 +14,7 @@ from ...context import Actor
 from ...enums import ActivityType, DealStage, DealStatus
 from ...models import Deal
 from ...pagination import Ordering, Page, PageRequest, paginate
+from ...rules import DEFAULT_AMOUNT, DEFAULT_CURRENCY
 from .._common import Precondition, apply_changes, ensure_in_org, get_in_org
 from ..delivery import events
 from . import contacts, organizations, timeline
@@ -23,9 +24,6 @@ TIMELINE_FIELDS = (
     ("status", ActivityType.STATUS_CHANGED),
     ("stage", ActivityType.STAGE_CHANGED),
 )
-# What a new deal gets when the request leaves amount or currency out.
-DEFAULT_AMOUNT = Decimal("0.00")
-DEFAULT_CURRENCY = "USD"
 ORDERABLE = {"created_at": Deal.created_at, "amount": Deal.amount, "updated_at": Deal.updated_at}
 
 

@@ -9,12 +9,10 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
-from crm_domain.enums import ImportKind
-from crm_domain.services.transfer.import_run import RowInvalid, RowLoader
-
-from .resources.contacts import ContactCreateSchema
-from .resources.deals import DealCreateSchema, DealUpdateSchema
-from .schemas import id_field
+from ...enums import ImportKind
+from ...validation.fields import id_field
+from ...validation.writes import ContactCreateSchema, DealCreateSchema, DealUpdateSchema
+from .import_run import RowInvalid, RowLoader
 
 
 def _email_field() -> fields.Email:
