@@ -1,6 +1,6 @@
 """Running an import job: the stored file is read as a stream, each row is validated with the
-API's own schema (a loader handed in by the caller: the domain knows no HTTP schemas) and
-the domain rules, and rows are written in batches, one transaction per batch together with
+schema of a single write (services.transfer.rows, the one the API loads a POST with) and the
+domain rules, and rows are written in batches, one transaction per batch together with
 the job's progress (the last row written) and the batch's row errors. A run that stops
 anywhere resumes after the last committed batch."""
 
@@ -10,7 +10,8 @@ import datetime as dt
 import io
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -24,8 +25,9 @@ from ...enums import ImportKind, ImportStatus
 from ...errors import DomainError
 from ...models import ImportFile
 from ..records import organizations
-from . import import_writers, imports
+from . import import_writers, imports, rows
 from .imports import BatchOutcome, RowProblem, Superseded
+from .rows import RowInvalid, RowLoader
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +35,27 @@ BATCH_SIZE = 500
 FILE_CHUNK = 1024 * 1024
 
 
-class RowInvalid(Exception):
-    """A loader's verdict on a row: {column: [messages]}."""
+@dataclass(frozen=True)
+class Options:
+    """How a run works through a job (crm_worker.importing makes them from the settings)."""
 
-    def __init__(self, errors: Mapping[str, list[str]]) -> None:
-        super().__init__(errors)
-        self.errors = errors
+    stale_after: dt.timedelta  # a running job without a heartbeat this long is taken over
+    batch_size: int = BATCH_SIZE
+    # Outages: the job is released and the error raised, for the caller to retry.
+    transient: tuple[type[BaseException], ...] = ()
+    # Called after a batch that recorded outbox events commits (ask for a drain).
+    announce: Callable[[], None] | None = None
 
 
-# Turns a row's cells ({column: text}, empty cells left out) into the values the API's schema
-# loads from them, or raises RowInvalid.
-RowLoader = Callable[[dict[str, str]], dict[str, Any]]
+@dataclass(frozen=True)
+class _Claimed:
+    """A job this run claimed, with what its batches need."""
+
+    job_id: int
+    lease: uuid.UUID
+    kind: ImportKind
+    after: int  # the last row written before this run
+    owners: import_writers.Owners
 
 
 class StoredFile(io.RawIOBase):
@@ -100,24 +112,13 @@ def _load(
     return loaded, problems
 
 
-def run(
-    db: Database,
-    job_id: int,
-    loaders: Mapping[ImportKind, RowLoader],
-    *,
-    stale_after: dt.timedelta,
-    batch_size: int = BATCH_SIZE,
-    transient: tuple[type[BaseException], ...] = (),
-    announce: Callable[[], None] | None = None,
-    after_batch: Callable[[int], None] | None = None,
-) -> ImportStatus | None:
+def run(db: Database, job_id: int, options: Options) -> ImportStatus | None:
     """Claim and run a job to its end; returns its final status, or None when there was
     nothing to claim (another run has it, or it is finished). `transient` errors (an
     outage) release the job and are raised for the caller to retry; any other error fails
-    the job with its message (a retry resumes it). `announce` is called after a batch that
-    recorded outbox events commits; `after_batch(last_row)` after each batch (tests)."""
+    the job with its message (a retry resumes it)."""
     with db.transaction() as session:
-        job = imports.claim(session, job_id, stale_after)
+        job = imports.claim(session, job_id, options.stale_after)
         if job is None:
             return None
         lease = job.lease
@@ -128,16 +129,14 @@ def run(
     try:
         if owners is None:
             raise _JobError("The importing user is no longer a member of the organization")
-        _run_batches(
-            db, job_id, lease, kind, after, owners, loaders[kind], batch_size, announce, after_batch
-        )
+        _run_batches(db, _Claimed(job_id, lease, kind, after, owners), options)
         with db.transaction() as session:
             imports.finish(session, job_id, lease)
         return ImportStatus.DONE
     except Superseded:
         log.warning("import %s was taken over by another run; this one stops", job_id)
         return None
-    except transient:
+    except options.transient:
         with db.transaction() as session:
             imports.release(session, job_id, lease)
         raise
@@ -164,34 +163,22 @@ def _actor(session: Session, organization_id: int, user_id: int | None) -> Actor
     return None if role is None or user_id is None else Actor(user_id, organization_id, role)
 
 
-def _run_batches(
-    db: Database,
-    job_id: int,
-    lease: uuid.UUID,
-    kind: ImportKind,
-    after: int,
-    owners: import_writers.Owners,
-    loader: RowLoader,
-    batch_size: int,
-    announce: Callable[[], None] | None,
-    after_batch: Callable[[int], None] | None,
-) -> None:
-    buffered = io.BufferedReader(StoredFile(db, job_id), FILE_CHUNK)
+def _run_batches(db: Database, job: _Claimed, options: Options) -> None:
+    loader = rows.LOADERS[job.kind]
+    buffered = io.BufferedReader(StoredFile(db, job.job_id), FILE_CHUNK)
     with csvio.open_text(buffered) as text:
-        reader = csvio.Reader(text, kind)
-        for batch in _batches(reader.rows(after=after), batch_size):
+        reader = csvio.Reader(text, job.kind)
+        for batch in _batches(reader.rows(after=job.after), options.batch_size):
             loaded, problems = _load(batch, len(reader.header), loader)
             with db.transaction() as session:
-                job = imports.lock_for_batch(session, job_id, lease)
+                locked = imports.lock_for_batch(session, job.job_id, job.lease)
                 outcome: BatchOutcome = import_writers.write(
-                    session, job, owners, reader.header, loaded
+                    session, locked, job.owners, reader.header, loaded
                 )
                 outcome.problems = sorted(problems + outcome.problems, key=lambda p: p.row)
                 imports.record_batch(
-                    session, job, last_row=batch[-1][0], rows=len(batch), outcome=outcome
+                    session, locked, last_row=batch[-1][0], rows=len(batch), outcome=outcome
                 )
-                recorded = kind is ImportKind.DEALS and outcome.created > 0
-            if recorded and announce is not None:
-                announce()
-            if after_batch is not None:
-                after_batch(batch[-1][0])
+                recorded = job.kind is ImportKind.DEALS and outcome.created > 0
+            if recorded and options.announce is not None:
+                options.announce()

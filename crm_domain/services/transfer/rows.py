@@ -1,9 +1,10 @@
-"""How a CSV row is validated: with the API's own create schemas (so the rules are the ones a
-POST meets), adapted only where a CSV differs from JSON: every cell is text, and the owner
-and a deal's contact are named by e-mail. Used by the import worker."""
+"""How a CSV row is validated: with the schemas of a single write (crm_domain.validation.writes,
+the ones a POST meets), adapted only where a CSV differs from JSON: every cell is text, and
+the owner and a deal's contact are named by e-mail. Used by the import run (import_run)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import marshmallow as ma
@@ -12,7 +13,19 @@ from marshmallow import fields, validate, validates_schema
 from ...enums import ImportKind
 from ...validation.fields import id_field
 from ...validation.writes import ContactCreateSchema, DealCreateSchema, DealUpdateSchema
-from .import_run import RowInvalid, RowLoader
+
+
+class RowInvalid(Exception):
+    """A loader's verdict on a row: {column: [messages]}."""
+
+    def __init__(self, errors: Mapping[str, list[str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+# Turns a row's cells ({column: text}, empty cells left out) into the values the write schema
+# loads from them, or raises RowInvalid.
+RowLoader = Callable[[dict[str, str]], dict[str, Any]]
 
 
 def _email_field() -> fields.Email:
