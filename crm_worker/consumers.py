@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from crm_domain import request_id
 from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
-from crm_domain.services.delivery import events, outbox, webhooks
+from crm_domain.services.delivery import events, outbox, webhook_fanout, webhooks
 from crm_domain.services.mailing import digests, invitations, outbound_email, report_emails
 from crm_domain.services.records import timeline
 from crm_domain.services.reporting import reports
@@ -46,7 +46,7 @@ def install() -> None:
     composers with the mail queue (running it again changes nothing)."""
     registry = outbox.registry
     registry.on(timeline.TIMELINE_TOPIC, timeline.apply_activities)
-    registry.on(events.EVENT_TYPES, webhooks.fan_out)
+    registry.on(events.EVENT_TYPES, webhook_fanout.fan_out)
     registry.on(reports.REPORT_TOPIC, reports.build_requested)
     for topic, handler in QUEUES_MAIL:
         registry.on(topic, handler)
@@ -142,11 +142,11 @@ class WebhookWakeups(RunConsumer):
         self.endpoints: set[int] = set()
 
     def register(self, registry: outbox.Registry) -> None:
-        registry.replace(webhooks.fan_out, self.fan_out)
+        registry.replace(webhook_fanout.fan_out, self.fan_out)
         registry.on(webhooks.WEBHOOK_SEND_TOPIC, self.send_asked)
 
     def fan_out(self, session: Session, batch: Sequence[OutboxEvent]) -> None:
-        self.endpoints.update(webhooks.fan_out_endpoints(session, batch))
+        self.endpoints.update(webhook_fanout.fan_out_endpoints(session, batch))
 
     def send_asked(self, _session: Session, batch: Sequence[OutboxEvent]) -> None:
         self.endpoints.update(int(ev.payload["endpoint_id"]) for ev in batch)

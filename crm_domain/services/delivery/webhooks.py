@@ -1,44 +1,32 @@
-"""Outbound webhooks (Standard Webhooks): endpoints, the fan-out of events to deliveries, and
-the state of each delivery between attempts.
+"""Outbound webhooks (Standard Webhooks): the endpoints and their deliveries as the API
+manages them. Endpoints belong to an organization; owners and admins manage them. The signing
+secret is `whsec_` + base64 of 32 random bytes, shown once at creation and at each rotation.
+A redelivery or a ping asks for the endpoint's sender through the outbox (`webhooks.send`).
 
-- Endpoints belong to an organization; owners and admins manage them. The signing secret is
-  `whsec_` + base64 of 32 random bytes, shown once at creation and at each rotation.
-- Fan-out (`fan_out`, an outbox handler): one query per outbox batch finds the enabled
-  endpoints of the batch's organizations; every (endpoint, event) pair that the endpoint's
-  filter accepts becomes a delivery row, inserted in one statement with ON CONFLICT DO
-  NOTHING on (endpoint_id, event_id). An organization without endpoints costs that query only.
-- Sending is done by crm_worker.webhook_sender, one endpoint at a time per sender (a lease on
-  the endpoint row): `claim_next` takes the endpoint's oldest due delivery (FOR UPDATE SKIP
-  LOCKED), counts the attempt and pushes its due time out by the lease, so a sender killed
-  mid-request leaves it due again once the lease ends; `record_result` then stores the
-  outcome and the next due time (`RetryPolicy`), or `succeeded` / `failed`.
-- An endpoint is disabled on its own (with the reason in `disabled_reason`) when it answers
-  410 Gone, has failed without a single success for `disable_after`, or when
-  `disable_after_failed_events` deliveries in a row ran out of attempts."""
+The rest of webhooks, one job a module: webhook_fanout (events -> deliveries),
+webhook_leases (one sender per endpoint), webhook_attempts (a delivery's state between
+attempts) and webhook_policy (when to retry, when to give up on an endpoint)."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
-import random
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ... import egress, representation, rules
+from ... import egress, rules
 from ...context import Actor
 from ...errors import Conflict, NotFound, ValidationFailed
-from ...models import OutboxEvent, WebhookDelivery, WebhookEndpoint
+from ...models import WebhookDelivery, WebhookEndpoint
 from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import Precondition, apply_changes, get_in_org
 from . import events, outbox
+from .webhook_fanout import serialize
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # the spec asks for 24 to 64
@@ -154,13 +142,13 @@ def update_endpoint(
         changes["event_types"] = normalize_event_types(changes["event_types"])
     changed = apply_changes(endpoint, changes)
     if "enabled" in changed:
-        _set_enabled(endpoint, endpoint.enabled, "Disabled through the API")
+        set_enabled(endpoint, endpoint.enabled, "Disabled through the API")
     if changed:
         session.flush()
     return endpoint
 
 
-def _set_enabled(endpoint: WebhookEndpoint, enabled: bool, reason: str) -> None:
+def set_enabled(endpoint: WebhookEndpoint, enabled: bool, reason: str) -> None:
     """Disabling keeps the reason; enabling again starts a clean failure record."""
     endpoint.enabled = enabled
     endpoint.failing_since = None
@@ -288,350 +276,4 @@ def _wake_sender(session: Session, endpoint: WebhookEndpoint) -> None:
     """Through the outbox, so the sender is asked only once this change is committed."""
     outbox.record(
         session, endpoint.organization_id, WEBHOOK_SEND_TOPIC, {"endpoint_id": endpoint.id}
-    )
-
-
-# --- fan-out (outbox handler) ------------------------------------------------------------------
-
-
-def serialize(body: dict[str, Any]) -> str:
-    """The text that is signed and sent, byte for byte, on every attempt."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-
-
-def webhook_body(event: OutboxEvent) -> str:
-    return serialize(
-        {
-            "type": event.topic,
-            "timestamp": event.created_at.astimezone(dt.UTC).isoformat(),
-            "organization_id": event.organization_id,
-            "data": _in_api_order(event.topic, event.payload),
-        }
-    )
-
-
-def _in_api_order(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    """The resource's fields in the API's order (JSONB, where the outbox keeps the payload,
-    reorders keys), then `changes`."""
-    names = representation.FIELDS_BY_KIND.get(event_type.split(".", 1)[0], ())
-    ordered = {name: data[name] for name in names if name in data}
-    return {**ordered, **{k: v for k, v in data.items() if k not in ordered}}
-
-
-def subscribed_organizations(session: Session, org_ids: set[int], event_type: str) -> set[int]:
-    """Which of `org_ids` have an enabled endpoint that wants `event_type` (one query)."""
-    if not org_ids:
-        return set()
-    return set(
-        session.scalars(
-            select(WebhookEndpoint.organization_id)
-            .where(
-                WebhookEndpoint.organization_id.in_(sorted(org_ids)),
-                WebhookEndpoint.enabled.is_(True),
-                (func.cardinality(WebhookEndpoint.event_types) == 0)
-                | WebhookEndpoint.event_types.contains([event_type]),
-            )
-            .distinct()
-        )
-    )
-
-
-def fan_out_endpoints(session: Session, batch: Sequence[OutboxEvent]) -> set[int]:
-    """Write a delivery for every (enabled endpoint, event it subscribes to) of the batch;
-    returns the endpoints that got deliveries. One SELECT, and one INSERT if anything
-    matched."""
-    org_ids = {ev.organization_id for ev in batch}
-    if not org_ids:
-        return set()
-    endpoints = session.execute(
-        select(
-            WebhookEndpoint.id, WebhookEndpoint.organization_id, WebhookEndpoint.event_types
-        ).where(
-            WebhookEndpoint.organization_id.in_(sorted(org_ids)),
-            WebhookEndpoint.enabled.is_(True),
-        )
-    ).all()
-    if not endpoints:
-        return set()
-    by_org: dict[int, list[tuple[int, frozenset[str]]]] = {}
-    for endpoint_id, org_id, types in endpoints:
-        by_org.setdefault(org_id, []).append((endpoint_id, frozenset(types)))
-    rows: list[dict[str, Any]] = []
-    for ev in batch:
-        targets = [
-            endpoint_id
-            for endpoint_id, types in by_org.get(ev.organization_id, ())
-            if not types or ev.topic in types
-        ]
-        if not targets:
-            continue
-        body = webhook_body(ev)
-        rows.extend(
-            {
-                "organization_id": ev.organization_id,
-                "endpoint_id": endpoint_id,
-                "event_id": ev.event_key,
-                "event_type": ev.topic,
-                "body": body,
-            }
-            for endpoint_id in targets
-        )
-    if rows:
-        session.execute(
-            insert(WebhookDelivery).on_conflict_do_nothing(
-                index_elements=[WebhookDelivery.endpoint_id, WebhookDelivery.event_id]
-            ),
-            rows,
-        )
-    return {row["endpoint_id"] for row in rows}
-
-
-def fan_out(session: Session, batch: Sequence[OutboxEvent]) -> None:
-    fan_out_endpoints(session, batch)
-
-
-# --- sending: leases, claims, outcomes -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When to try again and when to give up on an endpoint."""
-
-    schedule: tuple[float, ...]  # seconds before retry 1, 2, ...
-    disable_after: dt.timedelta = dt.timedelta(days=5)
-    disable_after_failed_events: int = 50  # 0: never for this reason
-    jitter: float = 0.2  # each delay is scaled by a random factor in [1 - jitter, 1 + jitter]
-
-    @property
-    def max_attempts(self) -> int:
-        return 1 + len(self.schedule)
-
-    def delay(self, attempts_made: int, retry_after: float | None = None) -> dt.timedelta:
-        """The wait before the next attempt after `attempts_made` (>= 1) attempts. A
-        receiver's Retry-After is honored up to the schedule's longest step."""
-        base = self.schedule[min(attempts_made, len(self.schedule)) - 1]
-        seconds = base * random.uniform(1 - self.jitter, 1 + self.jitter)
-        if retry_after is not None:
-            seconds = max(seconds, min(retry_after, max(self.schedule)))
-        return dt.timedelta(seconds=seconds)
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One claimed delivery, with what the sender needs (read in the claiming transaction)."""
-
-    delivery_id: int
-    endpoint_id: int
-    url: str
-    secrets: tuple[str, ...]  # current secret first; the previous one during its grace period
-    event_id: str
-    event_type: str
-    body: str
-    number: int  # 1 for the first attempt
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    status_code: int | None = None
-    response_body: str | None = None
-    error: str | None = None  # no answer (timeout, refused, blocked) or a non-2xx reason
-    retry_after: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.status_code is not None and self.status_code < 300
-
-
-def _lease_until(seconds: float) -> Any:
-    return func.now() + dt.timedelta(seconds=seconds)
-
-
-def acquire(session: Session, endpoint_id: int, lease_seconds: float) -> bool:
-    """Become the endpoint's only sender for `lease_seconds` (False if another holds it or
-    the endpoint is disabled or gone)."""
-    got = session.scalar(
-        update(WebhookEndpoint)
-        .where(
-            WebhookEndpoint.id == endpoint_id,
-            WebhookEndpoint.enabled.is_(True),
-            or_(
-                WebhookEndpoint.sender_lease_until.is_(None),
-                WebhookEndpoint.sender_lease_until < func.now(),
-            ),
-        )
-        .values(
-            sender_lease_until=_lease_until(lease_seconds),
-            updated_at=WebhookEndpoint.updated_at,  # bookkeeping, not a change of the endpoint
-        )
-        .returning(WebhookEndpoint.id)
-    )
-    return got is not None
-
-
-def release(session: Session, endpoint_id: int) -> None:
-    session.execute(
-        update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == endpoint_id)
-        .values(sender_lease_until=None, updated_at=WebhookEndpoint.updated_at)
-    )
-
-
-def claim_next(session: Session, endpoint_id: int, lease_seconds: float) -> Attempt | None:
-    """Claim the endpoint's oldest due delivery (if the endpoint is still enabled): count the
-    attempt, and make it due again after the lease in case this sender dies. Renews the
-    endpoint lease."""
-    row = session.execute(
-        select(WebhookDelivery, WebhookEndpoint)
-        .join(
-            WebhookEndpoint,
-            (WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            & (WebhookEndpoint.organization_id == WebhookDelivery.organization_id),
-        )
-        .where(
-            WebhookDelivery.endpoint_id == endpoint_id,
-            WebhookDelivery.status == PENDING,
-            WebhookDelivery.next_attempt_at <= func.now(),
-            WebhookEndpoint.enabled.is_(True),
-        )
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-        .limit(1)
-        .with_for_update(of=WebhookDelivery, skip_locked=True)
-    ).first()
-    if row is None:
-        return None
-    delivery, endpoint = row
-    delivery.attempts += 1
-    delivery.last_attempt_at = func.now()
-    delivery.next_attempt_at = _lease_until(lease_seconds)
-    session.execute(
-        update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == endpoint_id)
-        .values(
-            sender_lease_until=_lease_until(lease_seconds), updated_at=WebhookEndpoint.updated_at
-        )
-    )
-    keys: tuple[str, ...] = (endpoint.secret,)
-    expires = endpoint.previous_secret_expires_at
-    if endpoint.previous_secret and expires and expires > dt.datetime.now(dt.UTC):
-        keys += (endpoint.previous_secret,)
-    session.flush()
-    return Attempt(
-        delivery_id=delivery.id,
-        endpoint_id=endpoint.id,
-        url=endpoint.url,
-        secrets=keys,
-        event_id=str(delivery.event_id),
-        event_type=delivery.event_type,
-        body=delivery.body,
-        number=delivery.attempts,
-    )
-
-
-def record_result(
-    session: Session,
-    attempt: Attempt,
-    result: AttemptResult,
-    policy: RetryPolicy,
-    *,
-    now: dt.datetime | None = None,
-) -> WebhookDelivery | None:
-    """Store an attempt's outcome; schedule the next one or close the delivery; keep the
-    endpoint's failure record and disable it when it has failed for too long."""
-    now = now or dt.datetime.now(dt.UTC)
-    delivery = session.scalar(
-        select(WebhookDelivery).where(WebhookDelivery.id == attempt.delivery_id).with_for_update()
-    )
-    if delivery is None or delivery.status != PENDING:
-        return delivery  # the endpoint was deleted, or the delivery settled meanwhile
-    endpoint = session.scalar(
-        select(WebhookEndpoint).where(WebhookEndpoint.id == delivery.endpoint_id).with_for_update()
-    )
-    assert endpoint is not None  # deliveries go with their endpoint
-    delivery.last_status_code = result.status_code
-    delivery.last_response_body = _clip(result.response_body, RESPONSE_BODY_LIMIT)
-    delivery.last_error = _clip(result.error, ERROR_LIMIT)
-    if result.ok:
-        delivery.status = SUCCEEDED
-        delivery.delivered_at = now
-        delivery.next_attempt_at = None
-        if endpoint.failing_since is not None or endpoint.failed_events:
-            endpoint.failing_since = None
-            endpoint.failed_events = 0
-        return delivery
-    if delivery.attempts >= policy.max_attempts:
-        delivery.status = FAILED
-        delivery.next_attempt_at = None
-        endpoint.failed_events += 1
-    else:
-        delivery.next_attempt_at = now + policy.delay(delivery.attempts, result.retry_after)
-    if endpoint.failing_since is None:
-        endpoint.failing_since = now
-    reason = _disable_reason(endpoint, result, policy, now)
-    if reason is not None and endpoint.enabled:
-        _set_enabled(endpoint, False, reason)
-    return delivery
-
-
-def _disable_reason(
-    endpoint: WebhookEndpoint, result: AttemptResult, policy: RetryPolicy, now: dt.datetime
-) -> str | None:
-    last = result.error or f"HTTP {result.status_code}"
-    if result.status_code == 410:
-        return "Disabled automatically: the receiver answered 410 Gone"
-    since = endpoint.failing_since
-    if since is not None and now - since >= policy.disable_after:
-        return (
-            f"Disabled automatically: every delivery failed since {since.isoformat()} "
-            f"({policy.disable_after.total_seconds() / 3600:g} hours or more); last error: {last}"
-        )
-    limit = policy.disable_after_failed_events
-    if limit and endpoint.failed_events >= limit:
-        return (
-            f"Disabled automatically: {endpoint.failed_events} deliveries in a row failed "
-            f"every attempt; last error: {last}"
-        )
-    return None
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[:limit] + "…"
-
-
-def due_endpoints(session: Session, limit: int = 1000) -> list[int]:
-    """Enabled endpoints with a due delivery and no sender holding them (beat's sweep)."""
-    due = exists().where(
-        WebhookDelivery.endpoint_id == WebhookEndpoint.id,
-        WebhookDelivery.status == PENDING,
-        WebhookDelivery.next_attempt_at <= func.now(),
-    )
-    return list(
-        session.scalars(
-            select(WebhookEndpoint.id)
-            .where(
-                WebhookEndpoint.enabled.is_(True),
-                or_(
-                    WebhookEndpoint.sender_lease_until.is_(None),
-                    WebhookEndpoint.sender_lease_until < func.now(),
-                ),
-                due,
-            )
-            .order_by(WebhookEndpoint.id)
-            .limit(limit)
-        )
-    )
-
-
-def has_due(session: Session, endpoint_id: int) -> bool:
-    return bool(
-        session.scalar(
-            select(
-                exists().where(
-                    WebhookDelivery.endpoint_id == endpoint_id,
-                    WebhookDelivery.status == PENDING,
-                    WebhookDelivery.next_attempt_at <= func.now(),
-                )
-            )
-        )
     )

@@ -16,7 +16,7 @@ from ... import request_id
 from ...enums import ActivityType
 from ...models import Activity, Deal, OutboxEvent
 from ..delivery import events as domain_events
-from ..delivery import outbox, webhooks
+from ..delivery import outbox, webhook_fanout
 
 TIMELINE_TOPIC = "timeline.activity"  # {deal_id, author_id, type, payload} -> an activity
 
@@ -80,7 +80,7 @@ def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     ids = {event_key: activity_id for activity_id, event_key in written}
     # `activity.created` exists for webhooks only: recorded where an endpoint wants it, so
     # an organization without one costs no second delivery pass.
-    wanted_by = webhooks.subscribed_organizations(
+    wanted_by = webhook_fanout.subscribed_organizations(
         session, {row["organization_id"] for row in rows}, domain_events.ACTIVITY_CREATED
     )
     request_ids = {ev.event_key: ev.request_id for ev in events}
