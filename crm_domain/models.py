@@ -483,7 +483,7 @@ class WebhookEndpoint(Base):
     previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    # Failure streak since the last successful delivery (auto-disable, see services.webhooks).
+    # Failure streak since the last successful delivery (auto-disable: webhook_attempts).
     failing_since: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     failed_events: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     # One sender at a time per endpoint: a lease renewed with every attempt.

@@ -3,8 +3,8 @@ change happens (so a rolled-back change records nothing).
 
 The event's topic is its type and its payload the `data` of the webhook: the resource as the
 API returns it (crm_domain.representation), plus `changes` ({field: {"old", "new"}}) on the
-change events. Consumers: the webhook fan-out (every type, services.delivery.webhooks) and the
-analytics refresh (the deal types that change figures, crm_worker.dispatch)."""
+change events. Consumers (registered in crm_worker.consumers): the webhook fan-out (every type,
+webhook_fanout) and the analytics refresh (the deal types that change figures)."""
 
 from __future__ import annotations
 
