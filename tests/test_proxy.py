@@ -12,10 +12,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
 
+from crm_domain import request_id
 from crm_domain.embedded import free_port
 from scripts.procfile import ROOT, Process, process_env
 
@@ -73,14 +75,21 @@ def proxy(test_services, tmp_path_factory) -> Iterator[str]:
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
+    status, body, answer = _request(url, headers)
+    return status, body, answer.get("Content-Type", "")
+
+
+def _request(
+    url: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, Message | dict[str, str]]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
-            return r.status, r.read(), r.headers.get("Content-Type", "")
+            return r.status, r.read(), r.headers
     except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers.get("Content-Type", "")
+        return error.code, error.read(), error.headers
     except OSError:
-        return 0, b"", ""
+        return 0, b"", {}
 
 
 def _error_code(body: bytes) -> str:
@@ -137,3 +146,16 @@ def test_slow_bodies_never_reach_a_single_sync_worker(proxy: str) -> None:
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_the_clients_request_id_is_kept_when_the_api_would_accept_it(proxy: str) -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert f'"~^{request_id.ACCEPTED}$"' in conf  # nginx and the API accept the same ids
+    _, _, answer = _request(proxy + "/health", {"X-Request-ID": "trace-42"})
+    assert answer["X-Request-ID"] == "trace-42"
+    for offered in ("[ERROR] forged line", "x" * 129):
+        _, _, answer = _request(proxy + "/health", {"X-Request-ID": offered})
+        replaced = answer["X-Request-ID"]
+        assert replaced != offered and len(replaced) == 32 and int(replaced, 16) >= 0
+    _, _, answer = _request(proxy + "/health")
+    assert len(answer["X-Request-ID"]) == 32
