@@ -295,4 +295,5 @@ def compose_email(
         link=link,
         token=token,
         expires=invitation.expires_at.strftime("%Y-%m-%d %H:%M"),
+        secrets=(token,),
     )
