@@ -24,6 +24,7 @@ from .jwt import init_jwt
 from .metrics import init_metrics
 from .observability import init_observability
 from .openapi import TEXT_RULES, document
+from .proxies import ProxyCheck, ProxyWarnings
 from .ratelimit import init_rate_limits
 from .resources import MODULES
 from .routing import IdConverter
@@ -96,6 +97,11 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     register_error_handlers(app)
     if settings.trusted_proxies > 0:  # the client address is the one these proxies saw
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    proxy_warnings = ProxyWarnings(client, settings.redis_key_prefix)
+    app.extensions["crm_proxy_warnings"] = proxy_warnings
+    app.wsgi_app = ProxyCheck(  # type: ignore[method-assign]
+        app.wsgi_app, trusted=settings.trusted_proxies, warnings=proxy_warnings
+    )
     init_rate_limits(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
 
     # every `<int:...>` path parameter is an id in 1..2**31-1 (404 otherwise, never a 500)
