@@ -21,6 +21,7 @@ from .cli import crm
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .login_backoff import init_login_backoff
 from .metrics import init_metrics
 from .observability import init_observability
 from .openapi import TEXT_RULES, document
@@ -46,7 +47,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_API=settings.ratelimit_api,
         RATELIMIT_LOGIN=settings.ratelimit_login,
-        RATELIMIT_LOGIN_EMAIL=settings.ratelimit_login_email,
+        RATELIMIT_LOGIN_FREE_FAILURES=settings.ratelimit_login_free_failures,
+        RATELIMIT_LOGIN_MAX_DELAY=settings.ratelimit_login_max_delay,
+        RATELIMIT_LOGIN_KNOWN_DAYS=settings.ratelimit_login_known_days,
         RATELIMIT_AUTH_ADDRESS=settings.ratelimit_auth_address,
         OUTBOX_DISPATCH="celery",
         API_TITLE="CRM API",
@@ -103,6 +106,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         app.wsgi_app, trusted=settings.trusted_proxies, warnings=proxy_warnings
     )
     init_rate_limits(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
+    init_login_backoff(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
 
     # every `<int:...>` path parameter is an id in 1..2**31-1 (404 otherwise, never a 500)
     app.url_map.converters["int"] = IdConverter
