@@ -427,34 +427,22 @@ def test_the_window_counts_from_the_exact_time_of_the_refresh(api: ApiClient, ap
     (counted from the second the refresh began, it would be 10.85 s: outside)."""
     user = api.register()
     claims = pyjwt.decode(user.refresh_token, options={"verify_signature": False})
-    grace = dt.timedelta(seconds=10)
     refreshed_at = dt.datetime.now(dt.UTC).replace(microsecond=900_000)
-    with app.extensions["crm_db"].transaction() as session:
-        grant = auth_service.rotate_session(
-            session,
-            session_id=claims["sid"],
-            presented_jti=claims["jti"],
-            grace=grace,
-            now=refreshed_at,
-        )
-    replayed_at = refreshed_at + dt.timedelta(seconds=9.95)
-    with app.extensions["crm_db"].transaction() as session:
-        again = auth_service.rotate_session(
-            session,
-            session_id=claims["sid"],
-            presented_jti=claims["jti"],
-            grace=grace,
-            now=replayed_at,
-        )
-    assert again == grant
-    with app.extensions["crm_db"].transaction() as session, pytest.raises(auth_service.TokenReused):
-        auth_service.rotate_session(
-            session,
-            session_id=claims["sid"],
-            presented_jti=claims["jti"],
-            grace=grace,
-            now=refreshed_at + dt.timedelta(seconds=10.05),
-        )
+
+    def present_the_first_token(seconds_later: float) -> auth_service.TokenGrant:
+        with app.extensions["crm_db"].transaction() as session:
+            return auth_service.rotate_session(
+                session,
+                session_id=claims["sid"],
+                presented_jti=claims["jti"],
+                grace=dt.timedelta(seconds=10),
+                now=refreshed_at + dt.timedelta(seconds=seconds_later),
+            )
+
+    grant = present_the_first_token(0)  # the refresh
+    assert present_the_first_token(9.95) == grant  # a replay within the window
+    with pytest.raises(auth_service.TokenReused):
+        present_the_first_token(10.05)
 
 
 def test_a_token_two_rotations_old_is_reuse_even_within_the_window(api: ApiClient) -> None:

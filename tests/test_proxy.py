@@ -1,6 +1,10 @@
 """The deployment's nginx (deploy/nginx.conf, used by docker-compose.yml) in front of a real
 gunicorn: it answers its own errors in the API's JSON shape, and it buffers slow clients so
-they never reach the application (even a single sync worker stays responsive)."""
+they never reach the application (even a single sync worker stays responsive). With compose's
+TRUSTED_PROXIES every client of nginx has rate limits of its own (clients speak from loopback
+addresses of their own), /metrics never takes nginx for a loopback client, a client's safe
+X-Request-ID is kept, and a file of exactly the upload limit gets through; an API that does not
+count nginx (TRUSTED_PROXIES=0) says so in /ready and its log."""
 
 from __future__ import annotations
 
