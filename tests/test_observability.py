@@ -82,11 +82,32 @@ def test_request_id_comes_back_and_is_stored_on_the_outbox_events(api: ApiClient
     ]
 
 
-@pytest.mark.parametrize("offered", ["x" * 129, "bad\x7fid", "caf\xe9", "tab\there"])
+@pytest.mark.parametrize(
+    "offered",
+    [
+        "x" * 129,
+        "bad\x7fid",
+        "caf\xe9",
+        "tab\there",
+        "with space",
+        "[ERROR] forged",
+        'quo"te',
+        "semi;colon",
+        "<b>",
+        "a\\b",
+    ],
+)
 def test_an_unacceptable_request_id_is_replaced(api: ApiClient, offered: str) -> None:
     r = api.get("/health", headers={"X-Request-ID": offered})
     generated = r.headers["X-Request-ID"]
     assert generated != offered and len(generated) == 32 and int(generated, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "offered", ["trace-42", "0f8fad5b-d9cb-469f-a165-70867728950e", "a.b_c:d@e+f=g/h", "Z"]
+)
+def test_a_safe_request_id_is_kept(api: ApiClient, offered: str) -> None:
+    assert api.get("/health", headers={"X-Request-ID": offered}).headers["X-Request-ID"] == offered
 
 
 def test_each_request_without_an_id_gets_a_new_one(api: ApiClient) -> None:

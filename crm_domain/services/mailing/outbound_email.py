@@ -158,7 +158,7 @@ def _send_one(
         return "skipped"
     message = build_message(content, sender=context.sender, to=row.to_address)
     try:
-        transport.send(message)
+        transport.send(message, redact=content.secrets)
     except Exception as exc:
         _fail(row, exc, permanent=is_permanent(exc))
         if is_connection_failure(exc):
