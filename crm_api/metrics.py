@@ -63,12 +63,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 REQUESTS = Counter("crm_http_requests", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
     "crm_http_request_duration_seconds",
-    "Time to produce the response, by route template",
+    "Time from the request to its response's close (the last byte sent), by route template",
     ["route", "method", "status"],
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge(
-    "crm_http_requests_in_flight", "Requests being handled now", multiprocess_mode="livesum"
+    "crm_http_requests_in_flight",
+    "Requests being handled now (a streamed response until its last byte)",
+    multiprocess_mode="livesum",
 )
 LOGINS = Counter(
     "crm_login_attempts",
