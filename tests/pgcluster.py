@@ -5,13 +5,13 @@ The binaries come from PG_BIN, else the newest /usr/lib/postgresql/*/bin, else t
 embedded `pgserver` package ships. The cluster lives in a fresh directory under the system's
 temporary directory, listens on a free loopback port with trust authentication, and runs as
 an unprivileged user when the tests run as root (PostgreSQL refuses to run as root): the
-`postgres` user of the distribution's packages, else `pgserver`'s own. `postgres` runs in a
-process group of its own, so `freeze()` stops the postmaster and every backend at once
-(SIGSTOP: connections are accepted by the kernel and then nothing answers, as on a hung
-host) and `thaw()` lets them go on."""
+`postgres` user of the distribution's packages, else `pgserver`'s own. `freeze()` stops the
+postmaster and every backend (SIGSTOP: connections are accepted by the kernel and then
+nothing answers, as on a hung host) and `thaw()` lets them go on."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -124,7 +124,7 @@ class PrivatePostgres:
             stdout=log,
             stderr=subprocess.STDOUT,
             user=self.user,
-            start_new_session=True,  # its own process group: freeze() reaches every backend
+            start_new_session=True,  # the test's Ctrl-C is not the server's
         )
         log.close()
         deadline = time.monotonic() + 30
@@ -157,14 +157,38 @@ class PrivatePostgres:
         self.stop()
         self.start()
 
-    def freeze(self) -> None:
+    def _children(self) -> list[int]:
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid:
+                found.append(int(entry))
+        return found
+
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster, then every child (each backend is a session of its own,
+        so one signal to the process group does not reach them); a stopped postmaster
+        starts no new one meanwhile."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
         self.frozen = True
+        for pid in self._children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
         if self.frozen and self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGCONT)
+            for pid in self._children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGCONT)
         self.frozen = False
 
     def create_database(self, name: str) -> str:
