@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
@@ -76,11 +77,13 @@ def _closed_by_server(dbapi_connection: Any, *_: Any) -> None:
     per checkout (measured: ~60 us of client and ~15 us of server CPU, about 6 % of an
     authenticated GET; docs/PERFORMANCE.md). A connection that died without a word (a
     crashed host, a dropped NAT entry) is not seen here: its first statement fails (503)."""
-    if dbapi_connection.closed:
-        raise DisconnectionError("connection closed")
-    poller = select.poll()
-    poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
-    if poller.poll(0):
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
+        readable = bool(poller.poll(0))
+    except (psycopg.Error, OSError) as exc:  # closed, or no socket left
+        raise DisconnectionError(f"connection unusable: {exc}") from exc
+    if readable:
         raise DisconnectionError("the server closed the connection while it was idle")
 
 
