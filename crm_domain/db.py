@@ -73,10 +73,11 @@ def _closed_by_server(dbapi_connection: Any, *_: Any) -> None:
     An idle connection has nothing to read: psycopg consumed every reply up to the last
     ReadyForQuery, and nothing here LISTENs. A readable socket therefore holds the server's
     goodbye (FATAL 57P01 "terminating connection") or its end of file. Finding that is one
-    poll(2) with a zero timeout, no round trip; SQLAlchemy's pre-ping would cost a SELECT 1
-    per checkout (measured: ~60 us of client and ~15 us of server CPU, about 6 % of an
-    authenticated GET; docs/PERFORMANCE.md). A connection that died without a word (a
-    crashed host, a dropped NAT entry) is not seen here: its first statement fails (503)."""
+    poll(2) with a zero timeout, no round trip (about 1 us); SQLAlchemy's pre-ping would
+    cost a SELECT 1 round trip per checkout (measured: 65-90 us of client and 10-20 us of
+    server CPU, 7-10 % of an authenticated GET; bench/pool_checkout.py, docs/PERFORMANCE.md).
+    A connection that died without a word (a crashed host, a dropped NAT entry) is not seen
+    here: its first statement fails (503)."""
     try:
         poller = select.poll()
         poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
