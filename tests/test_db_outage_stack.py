@@ -231,6 +231,21 @@ def every_worker_answers(stack: Stack, tenant: dict[str, Any]) -> dict[int, int]
     raise AssertionError(f"not every gunicorn worker answered: {first}")
 
 
+def refreshes_finished(worker: Process) -> bool:
+    """Every refresh task the worker received has succeeded (by its log)."""
+    assert worker.log_path is not None
+    received, succeeded = set(), set()
+    for line in json_lines(worker.log_path):
+        message = line.get("message", "")
+        if message.startswith("Task crm.analytics.refresh["):
+            task = message.split("[", 1)[1].split("]", 1)[0]
+            if message.endswith("received"):
+                received.add(task)
+            elif "] succeeded in " in message:
+                succeeded.add(task)
+    return received <= succeeded
+
+
 # --- 1. an analytics refresh outlives an outage ----------------------------------------------
 
 
@@ -241,9 +256,11 @@ def test_a_refresh_caught_by_a_long_outage_is_right_soon_after_it(
     assert won(stack, tenant) == 0  # stored: served from Redis from now on
     epoch = cache.epoch()
     epoch_key = cache.stale_key(epoch)
-    # The refresh the deal's creation asked for is done: one refresh will be in play below.
+    # The refresh the deal's creation asked for is over, task included (stopped while it
+    # finishes, it would be given back and run again): one refresh will be in play below.
     wait_until(lambda: undelivered(db, tenant["org"]) == 0, 60)
     wait_until(lambda: cache.client.zscore(epoch_key, str(tenant["org"])) is None, 30)  # type: ignore[union-attr]
+    wait_until(lambda: refreshes_finished(analytics_worker(stack)), 30)
     analytics_worker(stack).stop()
     set_status(stack, tenant, "won")
     # Delivered: the refresh is asked for (and waits on its queue), the organization marked.
@@ -291,6 +308,7 @@ def test_a_refresh_caught_by_a_long_outage_is_right_soon_after_it(
     assert len(counts) == 1, counts  # the one refresh the change asked for
     (task_id,) = counts
     stored = cache.client.hget(cache.org_key(tenant["org"], epoch), "summary:30")  # type: ignore[union-attr]
+    assert stored is not None
     assert json.loads(stored)["by_status"]["won"]["count"] == 0  # not refreshed yet
 
     cluster.start()
