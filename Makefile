@@ -2,6 +2,7 @@
 # `make bench BENCH_ARGS='--duration 30'`: the benchmark harness (bench/README.md).
 # `make exec CMD='flask --app wsgi crm reminders'`: a command against the running `make run`.
 # Another interpreter: `make test PYTHON=python3.13 VENV=.venv-3.13` (CI does, .ci/run).
+# `make openapi-snapshot`: after a deliberate API change, rewrite tests/openapi_snapshot.json.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 LOCK_DEV := requirements/dev.txt
 LOCK_APP := requirements/app.txt
 
-.PHONY: install run exec test lint migrate bench lock audit
+.PHONY: install run exec test lint migrate bench openapi-snapshot lock audit
 
 install: $(VENV)/.installed
 
@@ -35,6 +36,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 migrate: install
 	$(BIN)/alembic upgrade head
@@ -56,3 +58,6 @@ lock: install
 # docs/DEPENDENCIES.md). AUDIT_STRICT=1 also fails when packages could not be audited.
 audit: install
 	$(BIN)/python scripts/audit.py $(if $(AUDIT_STRICT),--strict)
+
+openapi-snapshot: install
+	$(BIN)/python -m scripts.openapi_snapshot

@@ -6,6 +6,7 @@ from typing import Any
 
 import marshmallow as ma
 
+from . import conditional
 from .schemas import DecimalString
 
 # A string the API accepts has no NUL character (PostgreSQL cannot store one). JSON Schema
@@ -37,3 +38,4 @@ def document(api: Any) -> None:
     """Call before registering blueprints: schemas are converted when their paths are added."""
     api.register_field(DecimalString, "string", "decimal")
     api.ma_plugin.converter.add_attribute_function(_no_nul)
+    conditional.register_components(api.spec, api.ERROR_SCHEMA)
