@@ -67,7 +67,7 @@ class Receiver:
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 if receiver.gate is not None:
-                    receiver.gate.wait(60)
+                    receiver.gate.wait(300)  # a test that forgets to open it ends anyway
                 with receiver._lock:
                     receiver.in_flight -= 1
                     answer = receiver.script.pop(0) if receiver.script else 200
