@@ -12,8 +12,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
 from crm_domain.passwords import PasswordHasher
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
+from crm_worker import consumers
 
 from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
@@ -21,9 +22,11 @@ from .cli import crm
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .login_backoff import init_login_backoff
 from .metrics import init_metrics
 from .observability import init_observability
 from .openapi import TEXT_RULES, document
+from .proxies import ProxyCheck, ProxyWarnings
 from .ratelimit import init_rate_limits
 from .resources import MODULES
 from .routing import IdConverter
@@ -45,7 +48,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_API=settings.ratelimit_api,
         RATELIMIT_LOGIN=settings.ratelimit_login,
-        RATELIMIT_LOGIN_EMAIL=settings.ratelimit_login_email,
+        RATELIMIT_LOGIN_FREE_FAILURES=settings.ratelimit_login_free_failures,
+        RATELIMIT_LOGIN_MAX_DELAY=settings.ratelimit_login_max_delay,
+        RATELIMIT_LOGIN_KNOWN_DAYS=settings.ratelimit_login_known_days,
         RATELIMIT_AUTH_ADDRESS=settings.ratelimit_auth_address,
         OUTBOX_DISPATCH="celery",
         API_TITLE="CRM API",
@@ -88,6 +93,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
     db.count_cache = LargeCountCache(client, settings.redis_key_prefix, identity=db.identity)
+    consumers.install()  # the domain's outbox consumers, for whatever delivers in this process
     _install_outbox_publisher(app, db, client, settings)
 
     init_jwt(
@@ -96,7 +102,13 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     register_error_handlers(app)
     if settings.trusted_proxies > 0:  # the client address is the one these proxies saw
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    proxy_warnings = ProxyWarnings(client, settings.redis_key_prefix)
+    app.extensions["crm_proxy_warnings"] = proxy_warnings
+    app.wsgi_app = ProxyCheck(  # type: ignore[method-assign]
+        app.wsgi_app, trusted=settings.trusted_proxies, warnings=proxy_warnings
+    )
     init_rate_limits(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
+    init_login_backoff(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
 
     # every `<int:...>` path parameter is an id in 1..2**31-1 (404 otherwise, never a 500)
     app.url_map.converters["int"] = IdConverter
@@ -151,15 +163,22 @@ def _install_outbox_publisher(
     or "none" (beat re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
-        from crm_worker.dispatch import inline_publisher
         from crm_worker.importing import run_import
 
-        db.publisher = inline_publisher(
+        db.publisher = consumers.inline_publisher(
             db, app.extensions["crm_analytics"], lambda job_id: run_import(db, job_id, settings)
         )
     elif mode == "celery":
         from crm_worker.dispatch import DrainFlag, DrainWaker
 
-        db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix))
+        db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix), _send_drain)
     else:
         db.publisher = None
+
+
+def _send_drain() -> None:
+    """Publish a drain task through the worker's Celery app, imported on the first wake-up
+    (after gunicorn forked its workers)."""
+    from crm_worker.publishing import send_drain
+
+    send_drain()

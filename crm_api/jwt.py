@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response, current_app
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 
-from crm_domain.services.auth import TokenGrant
+from crm_domain.services.records.auth import TokenGrant
 
 from .errors import error_response
 
@@ -21,7 +21,7 @@ def issue_tokens(user_id: int, session_id: str, grant: TokenGrant) -> tuple[str,
     grant and the configured lifetimes, so one grant always encodes to the same two tokens
     (HS256 is deterministic): a refresh replayed within the grace window gets the very pair
     the first one got."""
-    issued = grant.issued_at
+    issued = grant.issued_at.replace(microsecond=0)  # JWT times are whole seconds
     config = current_app.config
     common = {"sid": session_id, "iat": issued, "nbf": issued}
     access = create_access_token(

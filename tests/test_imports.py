@@ -4,24 +4,65 @@ resumption after an interruption, tenant isolation and beat's safety net."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import Session
 
 from crm_domain.db import Database
 from crm_domain.enums import ImportStatus
 from crm_domain.models import Contact, Deal, ImportFile, ImportJob, OutboxEvent
-from crm_domain.services import imports
+from crm_domain.services.transfer import imports
 from crm_worker.importing import run_import
 
 from .api import ApiClient, User, error_code
 
 CONTACTS_HEADER = "name,email,phone,owner_email\r\n"
+
+
+AfterBatch = Callable[[int], None]
+
+
+@pytest.fixture
+def after_import_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[AfterBatch], contextlib.AbstractContextManager[None]]]:
+    """`with after_import_batch(hook): ...` calls `hook(last_row)` right after each import
+    batch commits, as a worker dying there would be seen (the hook raises)."""
+    hooks: list[AfterBatch] = []
+    record_batch = imports.record_batch
+
+    def recording(session: Session, job: ImportJob, *, last_row: int, **kwargs: Any) -> None:
+        record_batch(session, job, last_row=last_row, **kwargs)
+        session.info["test_import_batch_row"] = last_row
+
+    def committed(session: Session) -> None:
+        last_row = session.info.pop("test_import_batch_row", None)
+        if last_row is not None:
+            for hook in list(hooks):
+                hook(last_row)
+
+    @contextlib.contextmanager
+    def calling(hook: AfterBatch) -> Iterator[None]:
+        hooks.append(hook)
+        try:
+            yield
+        finally:
+            hooks.remove(hook)
+
+    monkeypatch.setattr(imports, "record_batch", recording)
+    event.listen(Session, "after_commit", committed)
+    try:
+        yield calling
+    finally:
+        event.remove(Session, "after_commit", committed)
 
 
 def _email(tag: str = "") -> str:
@@ -361,7 +402,7 @@ def test_manager_assigns_owners_by_email(api: ApiClient) -> None:
     assert owners == {"For member": member.id, "Own": manager.id}
 
 
-def test_retry_rules(api: ApiClient, app, db: Database) -> None:
+def test_retry_rules(api: ApiClient, app, db: Database, after_import_batch) -> None:
     team = api.team()
     member, member2, owner = team["member"], team["member2"], team["owner"]
     job_id = _pending_job(db, member, CONTACTS_HEADER + "A,,,\r\nB,,,\r\n", kind="contacts")
@@ -370,7 +411,8 @@ def test_retry_rules(api: ApiClient, app, db: Database) -> None:
         raise Crash("boom")
 
     settings = app.extensions["crm_settings"]
-    assert run_import(db, job_id, settings, after_batch=crash) is ImportStatus.FAILED
+    with after_import_batch(crash):
+        assert run_import(db, job_id, settings) is ImportStatus.FAILED
     r = api.post(f"/imports/{job_id}/retry", user=member2, org=member.org_id)
     assert r.status_code == 403
     assert error_code(r) == "NOT_OWNER"
@@ -452,7 +494,7 @@ def _deal_csv(contact_id: int, n: int, bad_every: int = 0) -> str:
 
 
 def test_a_failed_run_resumes_after_the_last_committed_batch(
-    api: ApiClient, app, db: Database
+    api: ApiClient, app, db: Database, after_import_batch
 ) -> None:
     owner = api.register()
     contact = api.contact(owner)
@@ -466,7 +508,8 @@ def test_a_failed_run_resumes_after_the_last_committed_batch(
         if len(seen) == 3:
             raise Crash("worker lost")
 
-    status = run_import(db, job_id, settings_small, after_batch=crash_after_three_batches)
+    with after_import_batch(crash_after_three_batches):
+        status = run_import(db, job_id, settings_small)
     assert status is ImportStatus.FAILED
     job = _job(api, owner, job_id)
     assert job["status"] == "failed"
@@ -487,7 +530,7 @@ def test_a_failed_run_resumes_after_the_last_committed_batch(
 
 
 def test_a_dead_run_is_taken_over_and_rows_are_never_written_twice(
-    api: ApiClient, app, db: Database
+    api: ApiClient, app, db: Database, after_import_batch
 ) -> None:
     owner = api.register()
     contact = api.contact(owner)
@@ -498,8 +541,8 @@ def test_a_dead_run_is_taken_over_and_rows_are_never_written_twice(
     def die(last_row: int) -> None:
         raise KeyboardInterrupt  # like a worker killed mid-run: nothing marks the job
 
-    with pytest.raises(KeyboardInterrupt):
-        run_import(db, job_id, small, after_batch=die)
+    with pytest.raises(KeyboardInterrupt), after_import_batch(die):
+        run_import(db, job_id, small)
     job = _job(api, owner, job_id)
     assert (job["status"], job["rows_done"]) == ("running", 3)
 

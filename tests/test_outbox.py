@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session
 from crm_domain.db import Database
 from crm_domain.enums import ActivityType
 from crm_domain.models import Activity, OutboxEvent
-from crm_domain.services import outbox
+from crm_domain.services.delivery import events, outbox
+from crm_domain.services.records import timeline
 from crm_worker.dispatch import DrainFlag, DrainWaker
 
 from .api import ApiClient
+from .delivery import timeline_handled_by
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def record_status_changes(db: Database, deal: dict[str, Any], n: int) -> list[in
     """Record n timeline events for the deal (nothing delivers them); returns their ids."""
     with db.transaction() as s:
         for i in range(n):
-            outbox.record_activity(
+            timeline.record_activity(
                 s,
                 organization_id=deal["organization_id"],
                 deal_id=deal["id"],
@@ -81,7 +83,7 @@ def test_events_are_inserted_at_commit_and_not_on_rollback(quiet_db: Database, d
 
     with pytest.raises(Boom), quiet_db.transaction() as s:
         outbox.record(
-            s, deal["organization_id"], outbox.DEAL_CHANGED_TOPIC, {"deal_id": deal["id"]}
+            s, deal["organization_id"], events.DEAL_CHANGED_TOPIC, {"deal_id": deal["id"]}
         )
         raise Boom
     assert record_status_changes(quiet_db, deal, 0) == []
@@ -102,10 +104,10 @@ def test_event_key_guard_alone_stops_a_second_entry(quiet_db: Database, deal) ->
     ids = record_status_changes(quiet_db, deal, 3)
     with quiet_db.transaction() as s:
         events = list(s.scalars(select(OutboxEvent).where(OutboxEvent.id.in_(ids))))
-        outbox.apply_activities(s, events + events)
+        timeline.apply_activities(s, events + events)
     with quiet_db.transaction() as s:
         events = list(s.scalars(select(OutboxEvent).where(OutboxEvent.id.in_(ids))))
-        outbox.apply_activities(s, events)
+        timeline.apply_activities(s, events)
     assert entries(quiet_db, deal["id"]) == 3
 
 
@@ -138,9 +140,9 @@ def test_one_bad_event_does_not_hold_back_the_batch(quiet_db: Database, deal) ->
     def picky(session: Session, events: Sequence[OutboxEvent]) -> None:
         if any(ev.id == bad for ev in events):
             raise ValueError("cannot deliver this one")
-        outbox.apply_activities(session, events)
+        timeline.apply_activities(session, events)
 
-    outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: picky})
+    outbox.deliver_pending(quiet_db, timeline_handled_by(picky))
     assert entries(quiet_db, deal["id"]) == 3
     state = {ev.id: ev for ev in pending(quiet_db, ids)}
     assert state[bad].delivered_at is None and state[bad].attempts == 1
@@ -158,7 +160,7 @@ def test_an_event_failing_every_time_is_parked_after_max_attempts(quiet_db: Data
         raise ValueError("always")
 
     for _ in range(outbox.MAX_ATTEMPTS + 2):
-        outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: broken})
+        outbox.deliver_pending(quiet_db, timeline_handled_by(broken))
     (ev,) = pending(quiet_db, [event_id])
     assert ev.attempts == outbox.MAX_ATTEMPTS and ev.delivered_at is None
     with quiet_db.transaction() as s:
@@ -174,7 +176,7 @@ def test_an_outage_costs_no_attempt_and_is_raised(quiet_db: Database, deal) -> N
 
     with pytest.raises(OperationalError):
         outbox.deliver_pending(
-            quiet_db, {outbox.TIMELINE_TOPIC: database_away}, transient=(OperationalError,)
+            quiet_db, timeline_handled_by(database_away), transient=(OperationalError,)
         )
     (ev,) = pending(quiet_db, [event_id])
     assert ev.attempts == 0 and ev.delivered_at is None

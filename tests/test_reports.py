@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from crm_domain.models import Organization, Report, Task
-from crm_domain.services import reports
+from crm_domain.services.reporting import reports
 
 from .api import ApiClient, User, error_code
 

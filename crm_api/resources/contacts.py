@@ -7,13 +7,14 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from crm_domain.services import contacts as service
-from crm_domain.services import exports
+from crm_domain.services.records import contacts as service
+from crm_domain.services.transfer import exports
+from crm_domain.validation.writes import ContactCreateSchema, ContactUpdateSchema
 
 from ..by_id import ByIdDocs, register_by_id
-from ..exports import csv_download, csv_response_doc
+from ..exports import ExportArgs, csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
-from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of, query_id_field
+from ..schemas import PageArgs, Schema, Trimmed, page_of, query_id_field
 
 blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="Contacts")
 
@@ -29,25 +30,15 @@ class ContactSchema(Schema):
     updated_at = fields.DateTime(dump_only=True)
 
 
-class ContactCreateSchema(Schema):
-    name = name_field(required=True)
-    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
-    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
-    owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
-
-
-class ContactUpdateSchema(Schema):
-    name = name_field()
-    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
-    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
-    owner_id = id_field()
-
-
 class ContactListArgs(PageArgs):
     search = Trimmed(
         validate=validate.Length(max=255), metadata={"description": "in name or email"}
     )
     owner_id = query_id_field(metadata={"description": "manager and above only"})
+
+
+class ContactExportArgs(ContactListArgs, ExportArgs):
+    pass
 
 
 schema = ContactSchema()
@@ -56,18 +47,21 @@ schema = ContactSchema()
 @blp.route("/export.csv")
 class ContactsExport(MethodView):
     @blp.tenant_required
-    @blp.arguments(ContactListArgs(exclude=PageArgs.PAGE_FIELDS), location="query")
+    @blp.arguments(ContactExportArgs(exclude=PageArgs.PAGE_FIELDS), location="query")
     @blp.doc(
         responses=csv_response_doc(
             "name,email,phone,owner_email\r\n"
-            "John Doe,john.doe@example.com,+123456789,owner@example.com\r\n"
+            "John Doe,john.doe@example.com,'+123456789,owner@example.com\r\n"
         )
     )
     def get(self, args: dict[str, Any]) -> Any:
         """Export contacts as CSV (the list's filters and order; the import's columns)
 
-        Columns: name, email, phone, owner_email. Streamed: any size, little memory."""
-        return csv_download(exports.contacts_export(current_actor(), **args), "contacts.csv")
+        Columns: name, email, phone, owner_email. Streamed: any size, little memory. Text
+        that a spreadsheet would run as a formula starts with a ' (see `raw`)."""
+        raw = args.pop("raw")
+        export = exports.contacts_export(current_actor(), **args)
+        return csv_download(export, "contacts.csv", raw=raw)
 
 
 @blp.route("")
