@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from crm_domain.db import Database
 from crm_domain.models import Contact
-from crm_domain.services import imports
+from crm_domain.services.transfer import imports
 
 from .stack import Stack, running_stack, wait_until
 

@@ -589,7 +589,7 @@ def _no_heartbeat_for_minutes(db: Database, job_id: int) -> None:
 
 
 def test_a_run_whose_job_was_taken_over_writes_no_further_batch(
-    api: ApiClient, app, db: Database
+    api: ApiClient, app, db: Database, after_import_batch
 ) -> None:
     """Run A stalls after its first batch; run B takes the job over, writes the second batch
     and freezes in turn. When A wakes up, the lease is B's: A writes nothing more and stops
@@ -599,21 +599,21 @@ def test_a_run_whose_job_was_taken_over_writes_no_further_batch(
     job_id = _pending_job(db, owner, _deal_csv(contact["id"], 10))
     settings = app.extensions["crm_settings"]
     small = type(settings)(**{**settings.__dict__, "import_batch_size": 3})
-    taken_over: list[int] = []
+    phase = ["a stalls"]
 
-    def b_freezes(last_row: int) -> None:
-        raise Frozen
+    def after_batch(last_row: int) -> None:
+        if phase[0] == "a stalls":  # A's first batch is committed; A stalls here
+            phase[0] = "b runs"
+            _no_heartbeat_for_minutes(db, job_id)
+            with pytest.raises(Frozen):
+                run_import(db, job_id, small)  # B takes the job over...
+            phase[0] = "a wakes up"
+        elif phase[0] == "b runs":
+            raise Frozen  # ...and freezes after its first batch
 
-    def a_stalls_and_is_taken_over(last_row: int) -> None:
-        if taken_over:
-            return
-        _no_heartbeat_for_minutes(db, job_id)
-        with pytest.raises(Frozen):
-            run_import(db, job_id, small, after_batch=b_freezes)
-        taken_over.append(last_row)
-
-    assert run_import(db, job_id, small, after_batch=a_stalls_and_is_taken_over) is None
-    assert taken_over  # B did take over
+    with after_import_batch(after_batch):
+        assert run_import(db, job_id, small) is None
+    assert phase == ["a wakes up"]
     job = _job(api, owner, job_id)
     assert (job["status"], job["rows_done"], job["created"]) == ("running", 6, 6)
     assert _count(db, Deal, owner.org_id) == 6
@@ -628,7 +628,7 @@ def test_a_run_whose_job_was_taken_over_writes_no_further_batch(
 
 
 def test_a_job_whose_runs_keep_dying_is_given_up_after_max_attempts(
-    api: ApiClient, app, db: Database
+    api: ApiClient, app, db: Database, after_import_batch
 ) -> None:
     owner = api.register()
     rows = "".join(f"Person {i},,,\r\n" for i in range(imports.MAX_ATTEMPTS * 2))
@@ -640,8 +640,8 @@ def test_a_job_whose_runs_keep_dying_is_given_up_after_max_attempts(
         raise Frozen
 
     for _ in range(imports.MAX_ATTEMPTS):  # each run commits one row, then its worker dies
-        with pytest.raises(Frozen):
-            run_import(db, job_id, one_row, after_batch=dies)
+        with pytest.raises(Frozen), after_import_batch(dies):
+            run_import(db, job_id, one_row)
         _no_heartbeat_for_minutes(db, job_id)
     assert run_import(db, job_id, one_row) is None  # the next run gives up instead
     job = _job(api, owner, job_id)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from crm_domain import identity, installation
 from crm_domain.db import Database
 from crm_domain.models import Deal
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
 from .api import ApiClient
 from .scratch import ScratchDatabase

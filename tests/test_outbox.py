@@ -277,7 +277,8 @@ def test_an_event_committed_during_a_drain_asks_for_a_drain_of_its_own(
     quiet_db.publisher = DrainWaker(flag, lambda: asked.append("drain")).wake
     first = record_status_changes(quiet_db, deal, 1)  # its commit asks for the drain below
     assert asked == ["drain"]
-    real_deliver = outbox_tasks.deliver
+    dispatcher = outbox_tasks.dispatcher
+    real_deliver = dispatcher.deliver
     late: list[int] = []
 
     def deliver_then_a_commit(*args: Any, **kwargs: Any) -> int:
@@ -285,11 +286,11 @@ def test_an_event_committed_during_a_drain_asks_for_a_drain_of_its_own(
         late.extend(set(record_status_changes(quiet_db, deal, 1)) - set(first))
         return delivered
 
-    monkeypatch.setattr(outbox_tasks, "deliver", deliver_then_a_commit)
+    monkeypatch.setattr(dispatcher, "deliver", deliver_then_a_commit)
     outbox_tasks.drain()  # the task, run in this process
     assert len(late) == 1 and pending(quiet_db, late)[0].delivered_at is None
     assert asked == ["drain", "drain"]  # the late commit asked for a drain
-    monkeypatch.setattr(outbox_tasks, "deliver", real_deliver)
+    monkeypatch.setattr(dispatcher, "deliver", real_deliver)
     outbox_tasks.drain()  # ...which delivers it
     assert all(ev.delivered_at is not None for ev in pending(quiet_db, first + late))
     assert entries(quiet_db, deal["id"]) == 2

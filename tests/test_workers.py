@@ -23,7 +23,7 @@ from crm_api import create_app
 from crm_domain.db import Database
 from crm_domain.embedded import free_port
 from crm_domain.models import Activity, OutboxEvent
-from crm_domain.services import outbox
+from crm_domain.services.delivery import outbox
 from scripts.procfile import Process
 
 from .stack import Stack, running_stack, wait_until
