@@ -23,7 +23,7 @@ from crm_api import create_app
 from crm_domain.db import Database
 from crm_domain.embedded import free_port
 from crm_domain.models import Activity, OutboxEvent
-from crm_domain.services.delivery import outbox
+from crm_domain.services.delivery import events, outbox
 from scripts.procfile import Process
 
 from .stack import Stack, running_stack, wait_until
@@ -372,7 +372,7 @@ def test_idle_housekeeping_leaves_the_worker_log_quiet(
 
     wait_until(lambda: idle_runs_sent() >= 3, 30)
     with quiet_db.transaction() as s:  # committed without a wake-up...
-        outbox.record(s, tenant["org"], outbox.DEAL_CHANGED_TOPIC, {})
+        outbox.record(s, tenant["org"], events.DEAL_CHANGED_TOPIC, {})
     with quiet_db.transaction() as s:  # ...and pending for a minute already
         s.execute(
             update(OutboxEvent)
