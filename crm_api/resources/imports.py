@@ -20,7 +20,6 @@ from crm_domain.settings import Settings
 from ..exports import csv_download, csv_response_doc
 from ..extensions import Blueprint, Parser, current_actor, transaction
 from ..schemas import PageArgs, Schema, page_of
-from ..slow_clients import read_deadline
 
 
 class MultipartParser(Parser):
@@ -142,9 +141,9 @@ def _settings() -> Settings:
 
 
 def large_upload(func: Any) -> Any:
-    """This route alone takes bodies up to IMPORT_MAX_BYTES (413 above), read under the
-    same per-read timeout as other bodies. Placed under tenant_required: nobody's body is
-    read before their token and organization are checked."""
+    """This route alone takes bodies up to IMPORT_MAX_BYTES (413 above), read from the socket
+    under the web worker's body deadlines (crm_api.web_worker). Placed under tenant_required:
+    nobody's body is read before their token and organization are checked."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -152,8 +151,7 @@ def large_upload(func: Any) -> Any:
         limit = settings.import_max_bytes
         request.max_content_length = limit
         try:
-            with read_deadline(request.environ, settings.body_read_timeout):
-                return func(*args, **kwargs)
+            return func(*args, **kwargs)
         except RequestEntityTooLarge as exc:
             raise RequestEntityTooLarge(
                 f"An upload may be at most {limit} bytes ({limit / 2**20:g} MiB)"
