@@ -28,7 +28,7 @@ class RequestFrame:
         self.data = bytearray()
         self.head_end = 0  # offset just past the head's blank line; 0 while the head is coming
         self.ready = False  # a thread can take the request now (see `feed`)
-        self.streamed = False  # the body is not all in `data`: the thread reads it from the socket
+        self.partial = False  # ready, but not all here: the thread may read the rest itself
         self.expects_continue = False  # `Expect: 100-continue` on an HTTP/1.1 request
         self._body_end = -1  # a body of known length ends here
         self._chunk = -1  # a chunked body: where the next chunk-size line starts
@@ -42,7 +42,7 @@ class RequestFrame:
             end = self.data.find(b"\r\n\r\n", max(0, start - 3))
             if end < 0:
                 if len(self.data) > self.max_head or _bare_lf(self.data, start):
-                    self.ready = True
+                    self._pass_on()
                 return self.ready
             self.head_end = end + 4
             self._frame(bytes(self.data[:end]))
@@ -51,6 +51,12 @@ class RequestFrame:
         return self.ready
 
     def _frame(self, head: bytes) -> None:
+        lowered = head.lower()
+        if not (
+            b"content-length" in lowered or b"transfer-encoding" in lowered or b"expect" in lowered
+        ):
+            self._body_end = self.head_end  # no body (the common case, kept cheap)
+            return
         lines = head.split(b"\r\n")
         if not lines[0]:
             del lines[0]  # one empty line may come before the request line (RFC 9112 2.2)
@@ -60,7 +66,7 @@ class RequestFrame:
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or line[:1] in (b" ", b"\t"):  # no field, or obsolete line folding
-                self.ready = True
+                self._pass_on()
                 return
             name = name.lower()
             if name == b"content-length":
@@ -73,17 +79,20 @@ class RequestFrame:
                 )
         if codings:
             if lengths or version != b"HTTP/1.1" or codings[-1] != b"chunked":
-                self.ready = True  # gunicorn refuses these (RFC 9112 6.1, 6.3)
+                self._pass_on()  # gunicorn refuses these (RFC 9112 6.1, 6.3)
             else:
                 self._chunk = self.head_end
         elif len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
-            self.ready = True
+            self._pass_on()
         else:
             length = int(lengths[0]) if lengths else 0
             if length > self.max_body:
-                self.ready = self.streamed = True
+                self._pass_on()
             else:
                 self._body_end = self.head_end + length
+
+    def _pass_on(self) -> None:
+        self.ready = self.partial = True
 
     def _check_body(self) -> None:
         if self._body_end >= 0:
@@ -93,19 +102,22 @@ class RequestFrame:
         while True:
             line_end = data.find(b"\r\n", self._chunk)
             if line_end < 0:
-                self.ready = len(data) - self._chunk > _MAX_CHUNK_LINE
+                if len(data) - self._chunk > _MAX_CHUNK_LINE:
+                    self._pass_on()
                 return
             size = data[self._chunk : line_end].split(b";", 1)[0].strip(b" \t")
             if not _CHUNK_SIZE.fullmatch(size):
-                self.ready = True
+                self._pass_on()
                 return
             if int(size, 16) == 0:  # the last chunk: then trailer fields and a blank line
-                end = data.find(b"\r\n\r\n", line_end)
-                self.ready = end >= 0 or len(data) - line_end > _MAX_TRAILERS
+                if data.find(b"\r\n\r\n", line_end) >= 0:
+                    self.ready = True
+                elif len(data) - line_end > _MAX_TRAILERS:
+                    self._pass_on()
                 return
             following = line_end + 2 + int(size, 16) + 2  # the chunk's data and its CRLF
             if following - self.head_end > self.max_body:
-                self.ready = self.streamed = True
+                self._pass_on()
                 return
             if len(data) < following:
                 return

@@ -91,6 +91,12 @@ class Incoming:
             self.deadline = min(now + self.deadlines.body_idle, self.body_end)
         return ready
 
+    @property
+    def last_read(self) -> float:
+        """No read of a request passed on unfinished (its body larger than the poller reads,
+        or a head for gunicorn to refuse) starts after this."""
+        return self.body_end if self.frame.head_end else self.deadline
+
 
 class BodyDeadline:
     """Stands in for the socket of a request whose body a thread reads (gunicorn's
@@ -261,16 +267,16 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         incoming: Incoming = conn.incoming
         if incoming.continue_sent:
             req._expected_100_continue = False  # the poller has sent it; gunicorn would again
-        if incoming.frame.streamed:  # the connection closes after it (_keepalive_after)
+        if incoming.frame.partial:  # the connection closes after it (_keepalive_after)
             conn.parser.unreader.sock = BodyDeadline(
-                conn.sock, self.deadlines.body_idle, incoming.body_end
+                conn.sock, self.deadlines.body_idle, incoming.last_read
             )
         return super().handle_request(req, conn)
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         # A body read from the socket may have an unread rest, which gunicorn would drain for
         # up to 5 s from a client that may be slow: close the connection instead.
-        if conn.incoming.frame.streamed:
+        if conn.incoming.frame.partial:
             return False
         return bool(super()._keepalive_after(conn, keepalive))
 
