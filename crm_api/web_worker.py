@@ -1,12 +1,14 @@
-"""The web server's worker (gunicorn.conf.py): gunicorn's gthread worker, except that a
-thread gets a request only once the whole request has arrived.
+"""The web server's worker (gunicorn.conf.py): gunicorn's gthread worker, except that no
+thread ever waits for a client to send its request.
 
 Stock gthread hands a connection to a thread as soon as its first bytes arrive; the thread
 then blocks until the client has sent the rest, so a few dozen clients that stop half-way
-hold every thread (60 of them kept /health from answering for 40 s). Here the worker's main
-thread, the poller that already accepts connections and watches kept-alive ones, also reads
-requests, without blocking, and submits one to the thread pool when its head and its body
-(up to MAX_CONTENT_LENGTH) are all there. Deadlines (crm_domain.settings.ClientDeadlines):
+hold every thread (60 of them kept /health from answering for 40 s). Here a thread reads
+what has arrived without blocking; if the request is not all there (head, and a body up to
+MAX_CONTENT_LENGTH) it gives the connection back to the poller at once, with the bytes so
+far, and takes it up again when more arrive. Only a complete request is handled. The poller
+(the worker's main thread, which accepts connections and watches kept-alive ones) keeps the
+deadlines (crm_domain.settings.ClientDeadlines):
 
 - the head must be complete within HEADER_READ_TIMEOUT of the connection (or, on a kept-alive
   connection, of the request's first byte);
@@ -17,14 +19,16 @@ Past a deadline the client gets 408 (the API's JSON error) and the connection is
 connection that sent nothing is just closed. A slow client therefore holds a socket and the
 bytes it sent, never a thread (memory: at most worker_connections, 1000 by default, times
 MAX_CONTENT_LENGTH per process, should that many clients each send a whole body and stall).
+The reads stay in the threads, as in stock gthread: a read on the main thread would wait for
+the GIL behind busy threads on every request.
 
-A larger body (an import, up to IMPORT_MAX_BYTES) goes to a thread with its head; the thread
-reads it under the same two body deadlines (a socket timeout before each read) and then
-closes the connection instead of draining what the application left unread. Connections are
-closed by the poller without blocking it (gunicorn's graceful close waits up to 2 s for the
-client's FIN on the main thread, so clients that never close stalled the poller).
+A larger body (an import, up to IMPORT_MAX_BYTES) is handled with its head; the thread reads
+it under the same two body deadlines (a socket timeout before each read) and then closes the
+connection instead of draining what the application left unread. Connections are closed by
+the poller without blocking it (gunicorn's graceful close waits up to 2 s for the client's
+FIN on the main thread, so clients that never close stalled the poller).
 
-gunicorn's parser still parses and checks each request; the poller only finds where it ends
+gunicorn's parser still parses and checks each request; the worker only finds where it ends
 (crm_api.request_framing), and sends `100 Continue` itself when a body is expected. Plain
 HTTP/1.x only: TLS, HTTP/2 and the PROXY protocol are refused at start (they belong to the
 proxy in front); WEB_WORKER_CLASS=gthread selects gunicorn's own worker."""
@@ -68,6 +72,7 @@ TIMEOUT_RESPONSE = (
 )
 
 _MORE, _READY, _GONE = "more", "ready", "gone"
+_WAIT = object()  # handle(): the request is not all there; the poller waits for more
 
 
 class Incoming:
@@ -136,73 +141,25 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- the poller (main thread) ---------------------------------------------------------
 
-    def enqueue_req(self, conn: Any) -> None:
-        """Every way to a thread comes here (a new connection, a kept-alive one that turned
-        readable, bytes read ahead behind the previous request): read what has arrived,
-        submit the request if it is complete, wait for the rest in the poller if not."""
-        now = time.monotonic()
-        incoming = Incoming(
-            RequestFrame(max_head=self.max_head, max_body=MAX_CONTENT_LENGTH), self.deadlines, now
-        )
-        ahead = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
-        if ahead and incoming.feed(ahead, now):
-            self._submit(conn, incoming)
-            return
-        if conn.sock.gettimeout() != 0.0:
-            conn.sock.setblocking(False)
-        state = self._receive(conn, incoming)
-        if state is _READY:
-            self._submit(conn, incoming)
-        elif state is _GONE:
-            self._close(conn)
-        else:
-            self.incoming[conn] = incoming
-            self.next_expiry = min(self.next_expiry, incoming.deadline)
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
-
-    def _readable(self, conn: Any, _sock: Any) -> None:
-        incoming = self.incoming[conn]
-        state = self._receive(conn, incoming)
-        if state is _MORE:
-            self.next_expiry = min(self.next_expiry, incoming.deadline)
-            return
-        self.poller.unregister(conn.sock)
-        del self.incoming[conn]
-        if state is _READY:
-            self._submit(conn, incoming)
-        else:
-            self._close(conn)
-
-    def _receive(self, conn: Any, incoming: Incoming) -> str:
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return _MORE
-        except OSError:
-            return _GONE
-        if not data:
-            return _GONE
-        if incoming.feed(data, time.monotonic()):
-            return _READY
-        frame = incoming.frame
-        if frame.head_end and frame.expects_continue and not incoming.continue_sent:
-            incoming.continue_sent = True
-            _send(conn.sock, CONTINUE)
-        return _MORE
-
-    def _submit(self, conn: Any, incoming: Incoming) -> None:
-        if conn.parser is None:  # gthread makes it in the thread (TConn.init) if not here
-            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
-        conn.parser.unreader.unread(bytes(incoming.frame.data))
-        conn.incoming = incoming  # for the thread: see handle_request
-        conn.data_ready = True  # gthread's thread would otherwise wait for bytes to arrive
-        super().enqueue_req(conn)
-
     def finish_request(self, conn: Any, fs: Future[Any]) -> None:
-        if not fs.cancelled() and fs.exception() is None and fs.result() is False:
+        result = None if fs.cancelled() or fs.exception() is not None else fs.result()
+        if result is _WAIT:
+            self._wait(conn)
+        elif result is False:
             self._linger(conn)  # instead of gunicorn's close, which blocks the poller
         else:
             super().finish_request(conn, fs)
+
+    def _wait(self, conn: Any) -> None:
+        """Watch a connection whose request is not all there for more bytes or its deadline."""
+        self.incoming[conn] = conn.incoming
+        self.next_expiry = min(self.next_expiry, conn.incoming.deadline)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+
+    def _readable(self, conn: Any, _sock: Any) -> None:
+        self.poller.unregister(conn.sock)
+        del self.incoming[conn]
+        self.enqueue_req(conn)  # a thread reads what came (handle)
 
     def _linger(self, conn: Any) -> None:
         """Close after the client's FIN (or LINGER_SECONDS), so that data it still sends does
@@ -262,6 +219,55 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self.next_expiry = min(self.next_expiry, until)
 
     # -- a thread ---------------------------------------------------------------------------
+
+    def handle(self, conn: Any) -> Any:
+        """Read what has arrived, without blocking; handle the request if it is all there,
+        else give the connection back to the poller (_WAIT)."""
+        incoming: Incoming | None = getattr(conn, "incoming", None)
+        if incoming is None:  # a new request (on a new or a kept-alive connection)
+            now = time.monotonic()
+            frame = RequestFrame(max_head=self.max_head, max_body=MAX_CONTENT_LENGTH)
+            incoming = conn.incoming = Incoming(frame, self.deadlines, now)
+            if conn.parser is not None:  # bytes read ahead behind the previous request
+                ahead = conn.parser.unreader.take_buffered()
+                if ahead:
+                    incoming.feed(ahead, now)
+        if not incoming.frame.ready:
+            state = self._receive(conn, incoming)
+            if state is not _READY:
+                if state is _GONE:
+                    conn.incoming = None
+                    return False
+                return _WAIT
+        if conn.parser is None:  # else gthread makes it in TConn.init
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(bytes(incoming.frame.data))
+        conn.data_ready = True  # gthread would otherwise wait for bytes (5 s, on this thread)
+        try:
+            return super().handle(conn)
+        finally:
+            conn.incoming = None
+
+    def _receive(self, conn: Any, incoming: Incoming) -> str:
+        """Read until the request is all there or nothing more has come."""
+        if conn.sock.gettimeout() != 0.0:
+            conn.sock.setblocking(False)
+        while True:
+            try:
+                data = conn.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                return _GONE
+            if not data:
+                return _GONE
+            if incoming.feed(data, time.monotonic()):
+                return _READY
+        frame = incoming.frame
+        if frame.head_end and frame.expects_continue and not incoming.continue_sent:
+            incoming.continue_sent = True
+            _send(conn.sock, CONTINUE)
+        return _MORE
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         incoming: Incoming = conn.incoming
