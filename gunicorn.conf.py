@@ -4,12 +4,12 @@ Default: `gthread` workers (cores + 1 processes, WEB_THREADS threads each) with 
 the application preloaded in the master so a new or recycled worker is fast from its first
 request. Measured against sync workers and other thread counts in docs/PERFORMANCE.md.
 
-Slow clients: the worker class is gthread's, except that a thread gets a request only once
-all of it has arrived (crm_api.web_worker): the poller reads heads and bodies (up to
-MAX_CONTENT_LENGTH) under HEADER_READ_TIMEOUT, BODY_READ_TIMEOUT and BODY_TOTAL_TIMEOUT and
-answers 408 past them, so slow clients hold sockets, never threads. In front of the internet
-put a buffering proxy anyway (docker-compose.yml has nginx). WEB_WORKER_CLASS=gthread gives
-gunicorn's own worker.
+Slow clients: the worker class is gthread's, except that no thread waits for a client
+(crm_api.web_worker): a request is handled once its head and body (up to MAX_CONTENT_LENGTH)
+have arrived, under HEADER_READ_TIMEOUT, BODY_READ_TIMEOUT and BODY_TOTAL_TIMEOUT (408 past
+them), so slow clients hold sockets, never threads. In front of the internet put a buffering
+proxy anyway (docker-compose.yml has nginx). WEB_WORKER_CLASS=gthread gives gunicorn's own
+worker.
 
 Logs: text, or JSON with LOG_FORMAT=json, for gunicorn and the application alike; the access
 line carries the route template, user, organization and request id (crm_api.access_log).
