@@ -27,12 +27,9 @@ from .openapi import TEXT_RULES, document
 from .ratelimit import init_rate_limits
 from .resources import MODULES
 from .routing import IdConverter
-from .slow_clients import init_slow_clients
+from .slow_clients import MAX_CONTENT_LENGTH, init_slow_clients
 
 API_PREFIX = "/api/v1"
-# The largest body most routes take (413 above); the web worker reads a body up to this size
-# before a thread takes the request (crm_api.web_worker).
-MAX_CONTENT_LENGTH = 1024 * 1024
 SWAGGER_ASSETS = "/api/v1/docs/assets/"
 
 

@@ -13,6 +13,10 @@ from werkzeug.exceptions import ClientDisconnected, RequestTimeout
 
 from .errors import http_exception_response
 
+# The largest body most routes take (413 above), and so the most the web worker reads of a
+# body before the request is handled.
+MAX_CONTENT_LENGTH = 1024 * 1024
+
 
 class BodyReadTimeout(RequestTimeout):
     description = "The request body did not arrive in time"

@@ -51,8 +51,8 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from crm_domain.settings import ClientDeadlines, client_deadlines_from_env
 
-from . import MAX_CONTENT_LENGTH
 from .request_framing import RequestFrame
+from .slow_clients import MAX_CONTENT_LENGTH
 
 RECV_SIZE = 65536
 LINGER_SECONDS = 2.0  # how long a closing connection may take to send its FIN (gunicorn's)

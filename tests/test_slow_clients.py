@@ -396,8 +396,26 @@ def test_pipelined_requests_are_all_answered(server: str) -> None:
     ]
 
 
+# A login the application answers 401 INVALID_CREDENTIALS: proof that it got the whole body.
+WRONG_LOGIN = json.dumps({"email": "nobody@example.com", "password": "WrongPassword123"}).encode()
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    sock.settimeout(LATE)
+    raw = b""
+    while not _complete(1)(raw):
+        raw += sock.recv(65536)
+    return raw
+
+
+def _assert_wrong_login(raw: bytes) -> None:
+    [(status, answer)] = _responses(raw)  # one answer (and no interim one)
+    assert status.startswith(b"HTTP/1.1 401"), raw
+    assert json.loads(answer)["error"]["code"] == "INVALID_CREDENTIALS"
+
+
 def test_a_request_in_pieces_is_answered(server: str) -> None:
-    body = json.dumps({"email": "nobody@example.com", "password": "WrongPassword123"}).encode()
+    body = WRONG_LOGIN
     request = (LOGIN + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     cuts = [7, 30, len(request) - 20, len(request) - 3, len(request)]
     sock = _connect(server, request[: cuts[0]])
@@ -405,46 +423,33 @@ def test_a_request_in_pieces_is_answered(server: str) -> None:
         for start, end in itertools.pairwise(cuts):
             time.sleep(0.1)  # each piece in a packet of its own
             sock.sendall(request[start:end])
-        sock.settimeout(LATE)
-        raw = b""
-        while not _complete(1)(raw):
-            raw += sock.recv(65536)
+        raw = _read_answer(sock)
     finally:
         sock.close()
-    [(status, answer)] = _responses(raw)
-    assert status.startswith(b"HTTP/1.1 401"), raw
-    assert json.loads(answer)["error"]["code"] == "INVALID_CREDENTIALS"
+    _assert_wrong_login(raw)
 
 
 def test_a_chunked_body_with_trailers_reaches_the_application(server: str) -> None:
-    body = json.dumps({"email": "nobody@example.com", "password": "WrongPassword123"}).encode()
+    body = WRONG_LOGIN
     chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in (body[:10], body[10:]))
     request = (LOGIN + "Transfer-Encoding: chunked\r\n\r\n").encode() + chunks
-    raw = _exchange(server, request + b"0\r\nX-Trailer: yes\r\n\r\n", _complete(1))
-    [(status, answer)] = _responses(raw)
-    assert status.startswith(b"HTTP/1.1 401"), raw
-    assert json.loads(answer)["error"]["code"] == "INVALID_CREDENTIALS"
+    _assert_wrong_login(_exchange(server, request + b"0\r\nX-Trailer: yes\r\n\r\n", _complete(1)))
 
 
 def test_expect_100_continue_gets_one_interim_answer_then_the_answer(server: str) -> None:
-    body = json.dumps({"email": "nobody@example.com", "password": "WrongPassword123"}).encode()
-    head = (LOGIN + f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (LOGIN + f"Expect: 100-continue\r\nContent-Length: {len(WRONG_LOGIN)}\r\n\r\n").encode()
     sock = _connect(server, head)
     try:
         sock.settimeout(LATE)
         interim = b""
         while not interim.endswith(b"\r\n\r\n"):
             interim += sock.recv(1)
-        sock.sendall(body)
-        raw = b""
-        while not _complete(1)(raw):
-            raw += sock.recv(65536)
+        sock.sendall(WRONG_LOGIN)
+        raw = _read_answer(sock)
     finally:
         sock.close()
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-    [(status, answer)] = _responses(raw)  # no second 100 Continue before the answer
-    assert status.startswith(b"HTTP/1.1 401"), raw
-    assert json.loads(answer)["error"]["code"] == "INVALID_CREDENTIALS"
+    _assert_wrong_login(raw)  # no second 100 Continue before the answer
 
 
 def test_a_head_with_bare_line_feeds_is_refused_at_once(server: str) -> None:
