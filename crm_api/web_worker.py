@@ -76,7 +76,7 @@ _WAIT = object()  # handle(): the request is not all there; the poller waits for
 
 
 class Incoming:
-    """A request the poller is receiving: its bytes so far and its current deadline."""
+    """A request being received: its bytes so far and its current deadline."""
 
     __slots__ = ("body_end", "continue_sent", "deadline", "deadlines", "frame")
 
@@ -98,8 +98,8 @@ class Incoming:
 
     @property
     def last_read(self) -> float:
-        """No read of a request passed on unfinished (its body larger than the poller reads,
-        or a head for gunicorn to refuse) starts after this."""
+        """No read of a request handled unfinished (its body larger than the worker reads
+        ahead, or a head for gunicorn to refuse) starts after this."""
         return self.body_end if self.frame.head_end else self.deadline
 
 
@@ -121,7 +121,7 @@ class BodyDeadline:
         return self.sock.recv(size)
 
 
-class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
+class BufferingThreadWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deadlines = client_deadlines_from_env()
@@ -272,7 +272,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def handle_request(self, req: Any, conn: Any) -> Any:
         incoming: Incoming = conn.incoming
         if incoming.continue_sent:
-            req._expected_100_continue = False  # the poller has sent it; gunicorn would again
+            req._expected_100_continue = False  # _receive sent it; gunicorn would again
         if incoming.frame.partial:  # the connection closes after it (_keepalive_after)
             conn.parser.unreader.sock = BodyDeadline(
                 conn.sock, self.deadlines.body_idle, incoming.last_read
