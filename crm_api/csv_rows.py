@@ -7,30 +7,26 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from marshmallow import fields, validate, validates_schema
+from marshmallow import fields, validates_schema
 
 from crm_domain.enums import ImportKind
 from crm_domain.services.import_run import RowInvalid, RowLoader
 
 from .resources.contacts import ContactCreateSchema
 from .resources.deals import DealCreateSchema, DealUpdateSchema
-from .schemas import id_field
-
-
-def _email_field() -> fields.Email:
-    return fields.Email(validate=validate.Length(max=320))
+from .schemas import email_field, id_field
 
 
 class ContactRowSchema(ContactCreateSchema):
-    owner_email = _email_field()
+    owner_email = email_field()
 
 
 class DealRowSchema(DealCreateSchema, DealUpdateSchema):
     """A deal's create fields plus the status and stage of the update schema."""
 
     contact_id = id_field()
-    contact_email = _email_field()
-    owner_email = _email_field()
+    contact_email = email_field()
+    owner_email = email_field()
 
     @validates_schema
     def names_a_contact(self, data: dict[str, Any], **_: Any) -> None:

@@ -13,7 +13,17 @@ from crm_domain.services import exports
 from ..by_id import ByIdDocs, register_by_id
 from ..exports import csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
-from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of, query_id_field
+from ..schemas import (
+    PageArgs,
+    Schema,
+    Trimmed,
+    email_field,
+    id_field,
+    line_field,
+    name_field,
+    page_of,
+    query_id_field,
+)
 
 blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="Contacts")
 
@@ -31,15 +41,15 @@ class ContactSchema(Schema):
 
 class ContactCreateSchema(Schema):
     name = name_field(required=True)
-    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
-    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
+    email = email_field(allow_none=True)
+    phone = line_field(50, allow_none=True)
     owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
 
 
 class ContactUpdateSchema(Schema):
     name = name_field()
-    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
-    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
+    email = email_field(allow_none=True)
+    phone = line_field(50, allow_none=True)
     owner_id = id_field()
 
 

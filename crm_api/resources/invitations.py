@@ -19,7 +19,7 @@ from crm_domain.settings import Settings
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
-from ..schemas import PageArgs, Schema, name_field, page_of
+from ..schemas import PageArgs, Schema, email_field, name_field, page_of
 from .auth import TokensSchema, UserSchema, _passwords, _start_session, password_field
 from .organizations import MyOrganizationSchema, _org_row
 
@@ -85,7 +85,7 @@ class InvitationSchema(Schema):
 
 
 class InvitationCreateSchema(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=320))
+    email = email_field(required=True)
     role = fields.Enum(
         Role,
         by_value=True,

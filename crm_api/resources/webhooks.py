@@ -12,7 +12,7 @@ from crm_domain.services import events
 from crm_domain.services import webhooks as service
 
 from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
-from ..schemas import PageArgs, Schema, Trimmed, page_of
+from ..schemas import PageArgs, Schema, SingleLine, line_field, page_of
 
 blp = Blueprint(
     "webhooks",
@@ -84,7 +84,7 @@ event_types_field = fields.List(
 
 def url_field(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=validate.Length(min=1, max=2048),
+        validate=[validate.Length(min=1, max=2048), SingleLine()],
         metadata={
             "description": "http or https; its host must resolve to public addresses only "
             "(unless the server runs with WEBHOOKS_ALLOW_PRIVATE=true)",
@@ -94,7 +94,7 @@ def url_field(**kwargs: Any) -> fields.String:
     )
 
 
-description_field = Trimmed(allow_none=True, validate=validate.Length(max=500))
+description_field = line_field(500, allow_none=True)
 
 
 class WebhookEndpointSchema(Schema):
