@@ -8,6 +8,7 @@ no longer conflicts (only the filter can stop a second delivery)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -164,6 +165,47 @@ def test_an_event_failing_every_time_is_parked_after_max_attempts(quiet_db: Data
     with quiet_db.transaction() as s:
         assert outbox.stuck_count(s) >= 1
         s.execute(delete(OutboxEvent).where(OutboxEvent.id == event_id))  # keep others clean
+
+
+def test_a_malformed_event_is_parked_and_the_events_behind_it_flow_on(
+    quiet_db: Database, deal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event no handler can apply (written by an older version: no deal id), first in line
+    before more than a batch of good ones: one delivery call delivers every good one, the bad
+    one costs one attempt per call and is parked after MAX_ATTEMPTS, with its reason."""
+    with quiet_db.transaction() as s:
+        payload = {"author_id": None, "type": "comment", "payload": {"text": "old"}}
+        outbox.record(s, deal["organization_id"], outbox.TIMELINE_TOPIC, payload)
+    (bad,) = record_status_changes(quiet_db, deal, 0)
+    ids = record_status_changes(quiet_db, deal, outbox.BATCH_SIZE + 50)
+    assert ids[0] == bad and len(ids) == outbox.BATCH_SIZE + 51
+
+    with caplog.at_level(logging.WARNING, logger="crm_domain.services.outbox"):
+        assert outbox.deliver_pending(quiet_db) >= outbox.BATCH_SIZE + 50
+    # the batches behind the bad event leave it out: it fails one batch, not every one
+    assert sum("outbox batch failed" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    assert entries(quiet_db, deal["id"]) == outbox.BATCH_SIZE + 50
+    state = {ev.id: ev for ev in pending(quiet_db, ids)}
+    assert all(state[i].delivered_at is not None for i in ids[1:])
+    assert (state[bad].attempts, state[bad].delivered_at) == (1, None)
+    assert "deal_id" in (state[bad].last_error or "")
+
+    with caplog.at_level(logging.ERROR, logger="crm_domain.services.outbox"):
+        for _ in range(outbox.MAX_ATTEMPTS - 1):
+            outbox.deliver_pending(quiet_db)
+    (ev,) = pending(quiet_db, [bad])
+    assert (ev.attempts, ev.delivered_at) == (outbox.MAX_ATTEMPTS, None)
+    assert "deal_id" in (ev.last_error or "")
+    assert [
+        r
+        for r in caplog.records
+        if f"outbox event {bad} " in r.getMessage() and "parked" in r.getMessage()
+    ]
+    with quiet_db.transaction() as s:
+        assert outbox.stuck_count(s) >= 1  # crm_outbox_stuck_events
+        assert bad not in [e.id for e in outbox.claim(s)]
+        s.execute(delete(OutboxEvent).where(OutboxEvent.id == bad))  # keep others clean
 
 
 def test_an_outage_costs_no_attempt_and_is_raised(quiet_db: Database, deal) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -156,16 +156,19 @@ def _log_fields(
     }
 
 
-def claim(session: Session, limit: int = BATCH_SIZE) -> list[OutboxEvent]:
+def claim(
+    session: Session, limit: int = BATCH_SIZE, *, skip: Collection[int] = ()
+) -> list[OutboxEvent]:
     """Lock up to `limit` undelivered events, oldest first, skipping those another
-    deliverer holds and those that failed MAX_ATTEMPTS times."""
+    deliverer holds, those that failed MAX_ATTEMPTS times and those in `skip`."""
+    stmt = select(OutboxEvent).where(
+        OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS
+    )
+    if skip:
+        stmt = stmt.where(OutboxEvent.id.not_in(sorted(skip)))
     return list(
         session.scalars(
-            select(OutboxEvent)
-            .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS)
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            stmt.order_by(OutboxEvent.id).limit(limit).with_for_update(skip_locked=True)
         )
     )
 
@@ -211,18 +214,20 @@ def deliver_pending(
 ) -> int:
     """Deliver undelivered events batch by batch until none is left (or `max_batches`);
     returns how many were delivered. A batch that fails is retried event by event, so one
-    bad event cannot hold back the others; the bad one keeps its error and attempt count.
+    bad event cannot hold back the others; the bad one keeps its error and attempt count
+    (parked after MAX_ATTEMPTS), and the next batches of this call leave it out.
     `transient` errors (a database or Redis outage) are raised instead: they are nobody's
     fault and cost no attempt; the caller retries later. Events that handlers record (a
     timeline entry's `activity.created`, a built report's `report.ready`) are delivered by
     the next round of the same call."""
     observer = observer or DeliveryObserver()
     delivered = 0
+    failed: set[int] = set()  # failed during this call: not claimed again by it
     for _ in range(max_batches):
         more = False
         try:
             with db.transaction() as session:
-                batch = claim(session, batch_size)
+                batch = claim(session, batch_size, skip=failed)
                 apply(session, batch, handlers)
                 more = len(batch) == batch_size or bool(session.info.get(_PENDING_KEY))
             delivered += len(batch)
@@ -231,10 +236,12 @@ def deliver_pending(
             raise
         except Exception:
             log.warning("outbox batch failed; delivering its events one by one", exc_info=True)
-            # Stop here: another round would claim the bad event again. What the events
-            # delivered one by one recorded waits for the next drain (beat re-dispatches).
-            more = False
-            delivered += _deliver_one_by_one(db, handlers, batch_size, transient, observer)
+            done, bad = _deliver_one_by_one(db, handlers, batch_size, transient, observer, failed)
+            delivered += done
+            failed |= bad
+            # Go on with the events behind them (and what they recorded) unless none could
+            # be delivered: then the fault is not one event's, and the next drain tries again.
+            more = done > 0
         if not more:
             break
     return delivered
@@ -246,10 +253,14 @@ def _deliver_one_by_one(
     limit: int,
     transient: tuple[type[BaseException], ...],
     observer: DeliveryObserver,
-) -> int:
+    skip: Collection[int],
+) -> tuple[int, set[int]]:
+    """Deliver the next `limit` events one per transaction; returns how many were delivered
+    and the ids of those that failed (each failure costs its event an attempt)."""
     with db.transaction() as session:
-        ids = [ev.id for ev in claim(session, limit)]
+        ids = [ev.id for ev in claim(session, limit, skip=skip)]
     delivered = 0
+    failed: set[int] = set()
     for event_id in ids:
         try:
             with db.transaction() as session:
@@ -266,16 +277,25 @@ def _deliver_one_by_one(
         except transient:
             raise
         except Exception as exc:
+            failed.add(event_id)
             with db.transaction() as session:
                 row = session.execute(
                     update(OutboxEvent)
                     .where(OutboxEvent.id == event_id)
                     .values(attempts=OutboxEvent.attempts + 1, last_error=repr(exc)[:1000])
-                    .returning(OutboxEvent.topic, OutboxEvent.request_id)
+                    .returning(OutboxEvent.topic, OutboxEvent.request_id, OutboxEvent.attempts)
                 ).first()
-            topic, rid = row if row is not None else (None, None)
+            topic, rid, attempts = row if row is not None else (None, None, 0)
             observer.failed(event_id, topic, rid, exc)
-    return delivered
+            if attempts >= MAX_ATTEMPTS:
+                log.error(
+                    "outbox event %s (%s) parked after %d failed attempts (see its last_error)",
+                    event_id,
+                    topic,
+                    attempts,
+                    extra=_log_fields(event_id, topic, None, rid),
+                )
+    return delivered, failed
 
 
 def _database_handlers() -> dict[str, BatchHandler | Sequence[BatchHandler]]:
