@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from crm_api.csv_rows import LOADERS
 from crm_domain.db import Database
-from crm_domain.enums import ImportStatus
+from crm_domain.enums import ImportKind, ImportStatus
 from crm_domain.models import Contact, Deal, ImportFile, ImportJob, OutboxEvent
-from crm_domain.services import imports
+from crm_domain.services import import_run, imports
 from crm_worker.importing import run_import
 
 from .api import ApiClient, User, error_code
@@ -533,6 +534,46 @@ def test_a_dead_run_is_taken_over_and_rows_are_never_written_twice(
     assert run_import(db, job_id, small) is ImportStatus.DONE
     assert _count(db, Deal, owner.org_id) == 10
     assert _job(api, owner, job_id)["created"] == 0
+
+
+def test_rows_that_cannot_be_read_or_written_are_row_errors_and_the_rest_are_imported(
+    api: ApiClient, app, db: Database
+) -> None:
+    """A loader that raises on a row, and one that lets through a value the database refuses
+    (as a loader without the NUL check would): each such row is a ROW_FAILED row error with
+    the reason, and every other row of its batch and of the file is imported."""
+    owner = api.register()
+    rows = [[f"Name {i}", _email(), "", ""] for i in range(10)]
+    rows[3][0], rows[6][0] = "explode", "NUL"  # CSV rows 5 and 8
+    job_id = _pending_job(
+        db, owner, _csv(["name", "email", "phone", "owner_email"], rows), "contacts"
+    )
+    schema_loader = LOADERS[ImportKind.CONTACTS]
+
+    def loader(cells: dict[str, str]) -> dict[str, Any]:
+        data = schema_loader(cells)
+        if data["name"] == "explode":
+            raise RuntimeError("the loader broke on this row")
+        if data["name"] == "NUL":
+            data["name"] = "NUL\x00"  # PostgreSQL cannot store it in text
+        return data
+
+    status = import_run.run(
+        db,
+        job_id,
+        {ImportKind.CONTACTS: loader},
+        stale_after=dt.timedelta(minutes=5),
+        batch_size=4,
+    )
+    assert status is ImportStatus.DONE
+    job = _job(api, owner, job_id)
+    assert (job["rows_done"], job["created"], job["error_rows"]) == (10, 8, 2), job["errors"]
+    errors = [(e["row"], e["field"], e["code"]) for e in job["errors"]]
+    assert errors == [(5, "", "ROW_FAILED"), (8, "", "ROW_FAILED")]
+    assert "the loader broke on this row" in job["errors"][0]["message"]
+    assert "NUL" in job["errors"][1]["message"]
+    names = sorted(c["name"] for c in _contacts(api, owner))
+    assert names == sorted(f"Name {i}" for i in range(10) if i not in (3, 6))
 
 
 def test_finished_jobs_are_not_claimed_again(api: ApiClient, app, db: Database) -> None:

@@ -11,6 +11,7 @@ beat asks for; the lease makes the old run stop should it wake up."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ from ..models import ImportFile, ImportJob, ImportRowError
 from ..pagination import Ordering, Page, PageRequest, paginate
 from . import exports, outbox
 from ._common import get_in_org
+
+log = logging.getLogger(__name__)
 
 IMPORT_TOPIC = "import.requested"  # {import_id} -> run the import on the "imports" queue
 # A job claimed this often without finishing (each claim after a crash or an outage) fails.
@@ -185,6 +188,7 @@ def claim(session: Session, job_id: int, stale_after: dt.timedelta) -> ImportJob
         return None
     if job.attempts >= MAX_ATTEMPTS:
         _mark_failed(job, f"Gave up after {job.attempts} attempts; retry when the cause is fixed")
+        log.error("import %s parked as failed after %d attempts", job.id, job.attempts)
         return None
     now = _now()
     job.status = ImportStatus.RUNNING
