@@ -24,6 +24,7 @@ from crm_api.schemas import SingleLine
 from crm_domain import text
 
 from .api import PASSWORD, ApiClient, User
+from .test_errors import Ctx as ErrorsCtx
 from .test_imports import _csv, _import
 
 # Each kind the rule names: C0 controls (tab, LF, VT, FF, CR, ESC, the information
@@ -77,17 +78,9 @@ def test_every_listed_character_is_refused() -> None:
 
 
 @dataclass
-class Ctx:
-    api: ApiClient
-    user: User
-    contact: int
-    deal: int
-    task: int
+class Ctx(ErrorsCtx):
     webhook: int
     other: User  # someone to add as a member
-
-    def call(self, method: str, path: str, body: dict[str, Any]) -> Any:
-        return self.api.call(method, path, user=self.user, org=self.user.org_id, json=body)
 
 
 @pytest.fixture(scope="module")
@@ -262,11 +255,11 @@ def test_single_line_fields_refuse_each_character_with_400(ctx: Ctx, case: str) 
     method, path, body, field, is_email = CASES[case]
     if case != "accept_invitation.name":  # the control: the body is fine with a clean value
         clean = CLEAN[case](ctx) if case in CLEAN else _email("") if is_email else "Clean"
-        r = ctx.call(method, path(ctx), body(ctx, clean))
+        r = ctx.call(method, path(ctx), json=body(ctx, clean))
         assert r.status_code in (200, 201), (case, r.get_json())
     for character in CHARACTERS:
         value = _email(character) if is_email else f"Acme{character}Corp"
-        r = ctx.call(method, path(ctx), body(ctx, value))
+        r = ctx.call(method, path(ctx), json=body(ctx, value))
         assert r.status_code == 400, (case, character, r.get_json())
         error = r.get_json()["error"]
         assert error["code"] == "VALIDATION_ERROR", error
@@ -277,14 +270,15 @@ def test_single_line_fields_refuse_each_character_with_400(ctx: Ctx, case: str) 
 
 
 def test_surrounding_line_breaks_are_trimmed_and_multi_line_text_keeps_them(ctx: Ctx) -> None:
-    r = ctx.call("PATCH", f"/contacts/{ctx.contact}", {"name": "\u2028 Trimmed \r\n"})
+    r = ctx.call("PATCH", f"/contacts/{ctx.contact}", json={"name": "\u2028 Trimmed \r\n"})
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["name"] == "Trimmed"
-    r = ctx.call("PATCH", f"/tasks/{ctx.task}", {"description": "line 1\nline 2\r\n\tindented"})
+    multi = {"description": "line 1\nline 2\r\n\tindented"}
+    r = ctx.call("PATCH", f"/tasks/{ctx.task}", json=multi)
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["description"] == "line 1\nline 2\r\n\tindented"
     comment = {"type": "comment", "payload": {"text": "first\nsecond\u2028third"}}
-    r = ctx.call("POST", f"/deals/{ctx.deal}/activities", comment)
+    r = ctx.call("POST", f"/deals/{ctx.deal}/activities", json=comment)
     assert r.status_code == 201, r.get_json()
     assert r.get_json()["payload"]["text"] == "first\nsecond\u2028third"
 
