@@ -262,7 +262,7 @@ class Monitor:
         return row[0] if row else None
 
     def backlog(self) -> Backlog:
-        from crm_domain.services.outbox import MAX_ATTEMPTS
+        from crm_domain.services.delivery.outbox import MAX_ATTEMPTS
 
         pending, oldest, parked = self.conn.execute(
             "SELECT count(*) FILTER (WHERE attempts < %(max)s),"

@@ -12,8 +12,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from crm_domain.counting import LargeCountCache
 from crm_domain.db import Database
 from crm_domain.passwords import PasswordHasher
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
+from crm_worker import consumers
 
 from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
     app.extensions["crm_analytics"] = AnalyticsCache(client, db, settings.redis_key_prefix)
     db.count_cache = LargeCountCache(client, settings.redis_key_prefix, identity=db.identity)
+    consumers.install()  # the domain's outbox consumers, for whatever delivers in this process
     _install_outbox_publisher(app, db, client, settings)
 
     init_jwt(
@@ -151,15 +153,22 @@ def _install_outbox_publisher(
     or "none" (beat re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
-        from crm_worker.dispatch import inline_publisher
         from crm_worker.importing import run_import
 
-        db.publisher = inline_publisher(
+        db.publisher = consumers.inline_publisher(
             db, app.extensions["crm_analytics"], lambda job_id: run_import(db, job_id, settings)
         )
     elif mode == "celery":
         from crm_worker.dispatch import DrainFlag, DrainWaker
 
-        db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix))
+        db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix), _send_drain)
     else:
         db.publisher = None
+
+
+def _send_drain() -> None:
+    """Publish a drain task through the worker's Celery app, imported on the first wake-up
+    (after gunicorn forked its workers)."""
+    from crm_worker.publishing import send_drain
+
+    send_drain()

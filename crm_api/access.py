@@ -22,7 +22,7 @@ from crm_domain.context import Actor
 from crm_domain.db import Database
 from crm_domain.enums import Role
 from crm_domain.errors import Forbidden, Unauthorized, ValidationFailed
-from crm_domain.services import auth as auth_service
+from crm_domain.services.records import auth as auth_service
 
 ORG_HEADER = "X-Organization-Id"
 MAX_ORG_ID = 2**31 - 1

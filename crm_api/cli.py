@@ -15,8 +15,10 @@ from sqlalchemy import select
 
 from crm_domain.db import Database
 from crm_domain.models import Organization
-from crm_domain.services import outbox, reminders, reports
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.delivery import outbox
+from crm_domain.services.records import reminders
+from crm_domain.services.reporting import reports
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
 crm = AppGroup("crm", help="Run the CRM's background jobs now, in this process.")
 
@@ -63,7 +65,7 @@ def refresh_analytics(org_id: int | None) -> None:
 @crm.command("drain-outbox")
 def drain_outbox() -> None:
     """Deliver every pending outbox event now (timeline entries, analytics, reports)."""
-    from crm_worker.dispatch import inline_publisher
+    from crm_worker.consumers import inline_publisher
 
     db = _db()
     publish = inline_publisher(db, current_app.extensions["crm_analytics"])

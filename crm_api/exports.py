@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Response, stream_with_context
 
-from crm_domain.services import exports
+from crm_domain.services.transfer import exports
 
 from .access import database
 

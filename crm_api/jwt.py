@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response, current_app
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 
-from crm_domain.services.auth import TokenGrant
+from crm_domain.services.records.auth import TokenGrant
 
 from .errors import error_response
 

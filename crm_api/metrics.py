@@ -43,8 +43,8 @@ from werkzeug.exceptions import HTTPException
 
 from crm_domain.db import Database
 from crm_domain.errors import DomainError, Unauthorized
-from crm_domain.services import outbox
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.delivery import outbox
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from .errors import error_response

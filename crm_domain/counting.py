@@ -11,7 +11,7 @@ remembered too: its next shallow pages take their total from the page's own stat
 `exact_below` there is counted here again.
 
 Keys are `<prefix>:<epoch>:count:<hash of the statement>`: the statement names the
-organization by id, so the database identity (crm_domain.installation) is part of the key and
+organization by id, so the database identity (crm_domain.identity) is part of the key and
 a total counted in another database (ids restart at 1 after a recreation) is never used.
 Without an identity (`identity=None`, or it cannot be read) nothing is cached."""
 
@@ -25,7 +25,7 @@ import redis
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from .installation import InstallationIdentity
+from .identity import InstallationIdentity
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from .installation import DEFAULT_CHECK_SECONDS, InstallationIdentity
+from .identity import DEFAULT_CHECK_SECONDS, InstallationIdentity
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -67,7 +67,7 @@ class Database:
 
     `publisher`, when set, is called after each commit that recorded outbox events;
     `count_cache`, when set, answers list totals (see crm_domain.counting); `identity` is
-    the database's epoch that data kept in Redis is bound to (crm_domain.installation),
+    the database's epoch that data kept in Redis is bound to (crm_domain.identity),
     read again whenever the pool opens a new connection.
 
     Behind PgBouncer in transaction mode (docs/SCALING.md): `prepared_statements=False`

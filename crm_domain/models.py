@@ -169,7 +169,7 @@ class Contact(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
     # What `search` matches, kept by PostgreSQL: one LIKE per row instead of two lower()s and
-    # two LIKEs (crm_domain.services.contacts.matching). Never loaded with the contact.
+    # two LIKEs (crm_domain.services.records.contacts.matching). Never loaded with the contact.
     search_text: Mapped[str | None] = mapped_column(
         Text,
         Computed(CONTACT_SEARCH_TEXT, persisted=True),
@@ -446,7 +446,7 @@ class Installation(Base):
     """Exactly one row: the random identity of this database, created by migration 0005.
 
     Everything derived from the database and kept outside it (Redis) is bound to this
-    identity (see crm_domain.installation), so a value from another database, or from this
+    identity (see crm_domain.identity), so a value from another database, or from this
     one before a restore, is never served."""
 
     __tablename__ = "installation"
@@ -484,7 +484,7 @@ class WebhookEndpoint(Base):
     previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    # Failure streak since the last successful delivery (auto-disable, see services.webhooks).
+    # Failure streak since the last successful delivery (auto-disable: webhook_attempts).
     failing_since: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     failed_events: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     # One sender at a time per endpoint: a lease renewed with every attempt.

@@ -8,6 +8,9 @@ from decimal import Decimal
 from .enums import DealStage, DealStatus, Role
 from .errors import Forbidden, ValidationFailed
 
+# What a new deal gets when the request leaves amount or currency out.
+DEFAULT_AMOUNT = Decimal("0.00")
+DEFAULT_CURRENCY = "USD"
 MANAGING_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.MANAGER})
 SETTINGS_ROLES = frozenset({Role.OWNER, Role.ADMIN})
 ROLLBACK_ROLES = frozenset({Role.OWNER, Role.ADMIN})

@@ -105,7 +105,7 @@ class Settings:
     ratelimit_auth_address: str = "30/minute"
     trusted_proxies: int = 0
     installation_check_seconds: float = 5.0
-    # Outbound webhooks (see crm_domain.services.webhooks and crm_worker.webhook_sender).
+    # Outbound webhooks (see crm_domain.services.delivery.webhooks and crm_worker.webhook_sender).
     webhooks_allow_private: bool = False
     webhook_timeout_seconds: float = 5.0
     webhook_retry_schedule: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_SCHEDULE

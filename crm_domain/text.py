@@ -8,9 +8,9 @@ and U+2029 (categories Zl and Zp). Python's `str.splitlines` splits on several o
 e-mail headers refuse them, so one such character in an organization's name would break
 every message that names it.
 
-The API refuses them on input (crm_api.schemas.SingleLine, which CSV import rows meet too);
-`one_line` makes a value that was stored before the rule existed safe to put on one line
-(e-mail subjects and bodies)."""
+The API refuses them on input (crm_domain.validation.fields.SingleLine, which CSV import
+rows meet too); `one_line` makes a value that was stored before the rule existed safe to put
+on one line (e-mail subjects and bodies)."""
 
 from __future__ import annotations
 

@@ -11,19 +11,22 @@ from celery.schedules import crontab
 from celery.signals import worker_process_init
 
 from crm_domain.db import Database
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
 from . import (
+    consumers,
     observability,  # noqa: F401  (logging and request-id signal handlers)
     quiet,
 )
 from .broker import broker_config
-from .dispatch import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK, DrainFlag
+from .dispatch import DrainFlag
+from .names import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK
 from .webhook_sender import Sender
 
 EMAIL_QUEUE = "email"
 
+consumers.install()  # the domain's outbox consumers, before anything delivers
 settings = Settings.from_env()
 database = Database.from_settings(settings, pool_size=2)
 _cache: AnalyticsCache | None = None

@@ -1,5 +1,6 @@
 """How committed outbox events reach delivery: a debounced wake-up of a Celery drain task
-(the API), or delivery right after the commit in-process (tests, tools).
+(the API), or delivery right after the commit in-process (tests, tools); and the
+`Dispatcher` that delivers them with the registered consumers.
 
 The protocol between the API and the drain task, through one Redis key per deployment
 (`<prefix>:outbox:drain`):
@@ -17,35 +18,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import kombu.exceptions
 import redis
-from celery import Celery
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
-from crm_domain import request_id
-from crm_domain.db import Database, Publisher
-from crm_domain.models import OutboxEvent
-from crm_domain.services import events, imports, invitations, outbox, report_emails, webhooks
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.db import Database
+from crm_domain.services.delivery import outbox
 
-from .broker import countdown
 from .observability import MeteredDelivery
 
 log = logging.getLogger(__name__)
 
-DRAIN_TASK = "crm.outbox.drain"
-REFRESH_TASK = "crm.analytics.refresh"
-REPORT_BUILD_TASK = "crm.reports.build"
-SEND_MAIL_TASK = "crm.email.send_pending"
-SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in .app)
-SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
-IMPORT_TASK = "crm.imports.run"
-IMPORT_QUEUE = "imports"
-REFRESH_DELAY_SECONDS = 0.3
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
 # Outages that cost an event no delivery attempt: delivery is retried when they are over
@@ -56,10 +42,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
     ConnectionError,
 )
-# A publish that finds its pooled broker connection dropped since the last one (a broker
-# restart, a load balancer's idle timeout) reconnects and sends once more, at once; a broker
-# that stays away fails the publish after that one try (the outbox keeps the work).
-PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 # Celery options of tasks that must survive a dying worker and ride out an outage.
 RESILIENT_TASK: dict[str, Any] = {
     "acks_late": True,
@@ -69,10 +51,6 @@ RESILIENT_TASK: dict[str, Any] = {
     "retry_backoff_max": 60,
     "max_retries": 8,
 }
-
-OnDealChanged = Callable[[int], None]
-OnWebhooks = Callable[[Iterable[int]], None]  # endpoints with deliveries to send
-OnImport = Callable[[int], object]
 
 
 class DrainFlag:
@@ -89,120 +67,50 @@ class DrainFlag:
         self.client.delete(self.key)
 
 
-def publish(name: str, *, app: Celery | None = None, **options: Any) -> None:
-    """Send task `name` (to the process's Celery app unless `app`), reconnecting once."""
-    if app is None:
-        from .app import celery_app
+class RunConsumer:
+    """A consumer that joins one delivery run: `Dispatcher.deliver` makes a fresh one per run
+    (so it may keep state for that run), lets it `register` its handlers on the run's copy of
+    the process's registry, and calls `finish` once the run is over."""
 
-        app = celery_app
-    app.send_task(name, retry=True, retry_policy=PUBLISH_RETRY, **options)
+    def register(self, registry: outbox.Registry) -> None:
+        raise NotImplementedError
 
-
-def send_drain() -> None:
-    publish(DRAIN_TASK)
-
-
-def deliver(
-    db: Database,
-    on_deal_changed: OnDealChanged,
-    on_report_requested: Callable[[int], None] | None = None,
-    on_mail_queued: Callable[[], None] | None = None,
-    on_webhooks: OnWebhooks | None = None,
-    on_import: OnImport | None = None,
-) -> int:
-    """Deliver every pending event. One stream, several consumers:
-    - every domain event is fanned out to the organization's webhook endpoints (one query per
-      batch); once the batches are committed, `on_webhooks` is told which endpoints got
-      deliveries (beat's sweep finds them if that fails);
-    - deal writes ask for one analytics refresh per organization, and report requests for a
-      build (without `on_report_requested`: built right here), before the batch commits, so
-      a failure to ask leaves the batch pending;
-    - import requests ask for one run each (`on_import`, else the "imports" queue);
-    - events that queue e-mail (invitations, weekly reports ready) write `outbound_emails`
-      rows in the batch; afterwards `on_mail_queued` wakes the sender (beat's sweep, if it
-      cannot).
-    A task asked for while a batch is applied carries the request id of the change that asked
-    (for a refresh: the organization's latest change in the batch); every delivered event gets
-    a log line with its request id and is counted (MeteredDelivery)."""
-    to_send: set[int] = set()
-    mail_queued = False
-
-    def deal_changed(_session: Session, batch: Sequence[OutboxEvent]) -> None:
-        latest = {ev.organization_id: ev.request_id for ev in batch}
-        for organization_id in sorted(latest):
-            with request_id.bound(latest[organization_id]):
-                on_deal_changed(organization_id)
-
-    def fan_out(session: Session, batch: Sequence[OutboxEvent]) -> None:
-        to_send.update(webhooks.fan_out_endpoints(session, batch))
-
-    def wake_senders(_session: Session, batch: Sequence[OutboxEvent]) -> None:
-        to_send.update(int(ev.payload["endpoint_id"]) for ev in batch)
-
-    def queues_mail(handler: outbox.BatchHandler) -> outbox.BatchHandler:
-        def run(session: Session, batch: Sequence[OutboxEvent]) -> None:
-            nonlocal mail_queued
-            handler(session, batch)
-            mail_queued = True
-
-        return run
-
-    handlers: dict[str, outbox.BatchHandler | tuple[outbox.BatchHandler, ...]] = {
-        **{event_type: fan_out for event_type in events.EVENT_TYPES},
-        **{event_type: (fan_out, deal_changed) for event_type in events.DEAL_WRITE_TYPES},
-        events.REPORT_READY: (fan_out, queues_mail(report_emails.queue_emails)),
-        outbox.DEAL_CHANGED_TOPIC: deal_changed,
-        outbox.WEBHOOK_SEND_TOPIC: wake_senders,
-        invitations.INVITATION_TOPIC: queues_mail(invitations.queue_emails),
-    }
-
-    def import_requested(_session: Session, batch: Sequence[OutboxEvent]) -> None:
-        requested = {ev.payload["import_id"]: ev.request_id for ev in batch}
-        for job_id in sorted(requested):
-            with request_id.bound(requested[job_id]):
-                (on_import or send_import)(job_id)
-
-    handlers[imports.IMPORT_TOPIC] = import_requested
-    if on_report_requested is not None:
-        report_requested = on_report_requested
-
-        def reports_requested(_session: Session, batch: Sequence[OutboxEvent]) -> None:
-            for ev in batch:
-                with request_id.bound(ev.request_id):
-                    report_requested(ev.payload["report_id"])
-
-        handlers[outbox.REPORT_TOPIC] = reports_requested
-    try:
-        return outbox.deliver_pending(
-            db, handlers, transient=TRANSIENT_ERRORS, observer=MeteredDelivery()
-        )
-    finally:
-        if to_send and on_webhooks is not None:
-            try:
-                on_webhooks(sorted(to_send))
-            except Exception:
-                log.warning("could not wake webhook senders; beat's sweep will", exc_info=True)
-        if mail_queued and on_mail_queued is not None:
-            try:
-                on_mail_queued()
-            except Exception:
-                log.warning("could not wake the e-mail sender; beat's sweep will send")
+    def finish(self, completed: bool) -> None:
+        """After the run's last batch; `completed` is False when the run raised (batches
+        before the failure are committed). Failures to wake others are logged, not raised."""
 
 
-def send_mail_task() -> None:
-    """Ask the e-mail worker (queue "email") to send what is due."""
-    publish(SEND_MAIL_TASK)
+class Dispatcher:
+    """Delivers every pending event with the handlers registered in the process's outbox
+    registry (crm_worker.consumers.install) plus those of the run consumers registered here
+    (the worker's: crm_worker.tasks.outbox; in-process: crm_worker.consumers). It names no
+    consumer. A task asked for while a batch is applied carries the request id of the change
+    that asked; every delivered event gets a log line with its request id and is counted
+    (MeteredDelivery)."""
 
+    def __init__(self) -> None:
+        self._consumers: list[Callable[[], RunConsumer]] = []
 
-def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) -> None:
-    """One send task per endpoint, on the "webhooks" queue."""
-    for endpoint_id in endpoint_ids:
-        publish(SEND_WEBHOOKS_TASK, args=[endpoint_id], expires=expires)
+    def register(self, make: Callable[[], RunConsumer]) -> Dispatcher:
+        """Each run gets a new `make()`; their handlers join the run in registration order."""
+        self._consumers.append(make)
+        return self
 
-
-def send_import(job_id: int) -> None:
-    """Ask the "imports" queue to run a job (the run claims it from the database)."""
-    publish(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE)
+    def deliver(self, db: Database) -> int:
+        run = [make() for make in self._consumers]
+        handlers = outbox.registry.copy()
+        for consumer in run:
+            consumer.register(handlers)
+        completed = False
+        try:
+            delivered = outbox.deliver_pending(
+                db, handlers, transient=TRANSIENT_ERRORS, observer=MeteredDelivery()
+            )
+            completed = True
+        finally:
+            for consumer in run:
+                consumer.finish(completed)
+        return delivered
 
 
 class DrainWaker:
@@ -216,7 +124,7 @@ class DrainWaker:
     def __init__(
         self,
         flag: DrainFlag,
-        send: Callable[[], None] = send_drain,
+        send: Callable[[], None],
         *,
         gather: float = GATHER_SECONDS,
         cooldown: float = 5.0,
@@ -269,41 +177,3 @@ class DrainWaker:
             self._flag.clear()  # let the next commit try again
             raise
         return True
-
-
-def send_report_build(report_id: int) -> None:
-    """Reports are built on the bulk queue, never inside the outbox drain."""
-    publish(REPORT_BUILD_TASK, args=[report_id])
-
-
-def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
-    """Debounced: at most one refresh is scheduled per organization at a time."""
-    from .app import celery_app
-
-    if cache.claim_refresh(organization_id):
-        delay = countdown(celery_app.conf.broker_url, REFRESH_DELAY_SECONDS)
-        publish(REFRESH_TASK, args=[organization_id], countdown=delay)
-
-
-def inline_publisher(
-    db: Database, cache: AnalyticsCache, run_import: OnImport | None = None
-) -> Publisher:
-    """Deliver right after the commit, in-process, refreshing analytics synchronously and
-    running requested imports once the delivery is over (`run_import`, else they are left
-    to beat's re-queueing). Webhook deliveries are written but not sent
-    (crm_worker.webhook_sender sends them)."""
-
-    def refresh_now(organization_id: int) -> None:
-        try:
-            cache.refresh(organization_id)
-        except redis.RedisError:
-            log.warning("analytics refresh skipped: Redis unavailable", exc_info=True)
-
-    def publish() -> None:
-        requested: list[int] = []
-        deliver(db, refresh_now, on_import=requested.append)
-        for job_id in requested:
-            if run_import is not None:
-                run_import(job_id)
-
-    return publish

@@ -1,4 +1,4 @@
-"""Running an import job with the API's row schemas: shared by the "imports" queue's task and
+"""Running an import job with the process's settings: shared by the "imports" queue's task and
 the in-process (inline) delivery of the tests and tools."""
 
 from __future__ import annotations
@@ -6,10 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from crm_api.csv_rows import LOADERS
 from crm_domain.db import Database
 from crm_domain.enums import ImportStatus
-from crm_domain.services import import_run
+from crm_domain.services.transfer import import_run
 from crm_domain.settings import Settings
 
 from .dispatch import TRANSIENT_ERRORS
@@ -21,15 +20,11 @@ def run_import(
     settings: Settings,
     *,
     announce: Callable[[], None] | None = None,
-    after_batch: Callable[[int], None] | None = None,
 ) -> ImportStatus | None:
-    return import_run.run(
-        db,
-        job_id,
-        LOADERS,
+    options = import_run.Options(
         stale_after=dt.timedelta(seconds=settings.import_stall_seconds),
         batch_size=settings.import_batch_size,
         transient=TRANSIENT_ERRORS,
         announce=announce,
-        after_batch=after_batch,
     )
+    return import_run.run(db, job_id, options)

@@ -21,7 +21,7 @@ from prometheus_client import Counter, Histogram
 
 from crm_domain import logs, request_id
 from crm_domain.models import OutboxEvent
-from crm_domain.services.outbox import DeliveryObserver
+from crm_domain.services.delivery.outbox import DeliveryObserver
 from crm_domain.settings import log_format_from_env
 
 REQUEST_ID_HEADER = "x_request_id"

@@ -29,8 +29,10 @@ from standardwebhooks.webhooks import Webhook
 
 from crm_domain import egress
 from crm_domain.db import Database
-from crm_domain.services import webhooks
-from crm_domain.services.webhooks import Attempt, AttemptResult, RetryPolicy
+from crm_domain.services.delivery import webhook_attempts, webhook_leases
+from crm_domain.services.delivery.webhook_attempts import Attempt, AttemptResult
+from crm_domain.services.delivery.webhook_policy import RetryPolicy
+from crm_domain.services.delivery.webhooks import FAILED
 from crm_domain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -265,20 +267,20 @@ def run_endpoint(
     `budget` seconds have passed."""
     lease = lease_seconds(sender)
     with db.transaction() as session:
-        if not webhooks.acquire(session, endpoint_id, lease):
+        if not webhook_leases.acquire(session, endpoint_id, lease):
             return RunResult(0, False)
     sent, failed = 0, False
     stop_at = time.monotonic() + budget
     try:
         while sent < max_deliveries and not failed and time.monotonic() < stop_at:
             with db.transaction() as session:
-                attempt = webhooks.claim_next(session, endpoint_id, lease)
+                attempt = webhook_attempts.claim_next(session, endpoint_id, lease)
             if attempt is None:
                 break
             result = _attempt_result(sender, attempt)
             with db.transaction() as session:
-                delivery = webhooks.record_result(session, attempt, result, policy)
-                parked = delivery is not None and delivery.status == webhooks.FAILED
+                delivery = webhook_attempts.record_result(session, attempt, result, policy)
+                parked = delivery is not None and delivery.status == FAILED
             sent += 1
             failed = not result.ok
             if parked:
@@ -299,9 +301,9 @@ def run_endpoint(
                 )
     finally:
         with db.transaction() as session:
-            webhooks.release(session, endpoint_id)
+            webhook_leases.release(session, endpoint_id)
     if failed:
         return RunResult(sent, False)
     # Checked after the release: deliveries whose wake-up found the lease held are seen here.
     with db.transaction() as session:
-        return RunResult(sent, webhooks.has_due(session, endpoint_id))
+        return RunResult(sent, webhook_attempts.has_due(session, endpoint_id))

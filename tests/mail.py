@@ -20,7 +20,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from crm_domain.db import Database
 from crm_domain.embedded import free_port
 from crm_domain.mail.transport import SmtpTransport
-from crm_domain.services import outbound_email
+from crm_domain.services.mailing import outbound_email
 
 from .stack import wait_until
 

@@ -16,9 +16,9 @@ import redis
 from sqlalchemy import delete, insert, update
 
 from crm_domain.models import Deal
-from crm_domain.services import analytics_cache
-from crm_domain.services.analytics_cache import AnalyticsCache
-from crm_worker.dispatch import inline_publisher
+from crm_domain.services.reporting import analytics_cache
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
+from crm_worker.consumers import inline_publisher
 
 from .api import ApiClient, User, error_code
 

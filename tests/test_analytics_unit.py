@@ -14,7 +14,7 @@ from sqlalchemy import insert
 from crm_domain.db import Database
 from crm_domain.enums import STAGE_ORDER, DealStage, DealStatus
 from crm_domain.models import Contact, Deal
-from crm_domain.services import analytics
+from crm_domain.services.reporting import analytics
 
 from .api import ApiClient, User, error_code
 

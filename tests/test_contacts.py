@@ -9,7 +9,7 @@ from sqlalchemy import insert, or_, select, text
 
 from crm_domain.db import Database
 from crm_domain.models import Contact
-from crm_domain.services import contacts as contacts_service
+from crm_domain.services.records import contacts as contacts_service
 
 from .api import ApiClient, User, error_code
 

@@ -22,11 +22,14 @@ from crm_domain.mail import transport
 from crm_domain.mail.render import Content, build_message
 from crm_domain.models import Invitation, Organization, OutboundEmail, OutboxEvent, Report, Task
 from crm_domain.models import User as UserRow
-from crm_domain.services import digests, events, outbound_email, outbox
-from crm_domain.services.invitations import hash_token
+from crm_domain.services.delivery import events, outbox
+from crm_domain.services.mailing import digests, outbound_email
+from crm_domain.services.mailing.invitations import hash_token
+from crm_domain.services.reporting import reports
 from crm_domain.settings import MailSettings
 from crm_worker.app import EMAIL_QUEUE, celery_app
-from crm_worker.dispatch import SEND_MAIL_TASK, deliver
+from crm_worker.dispatch import Dispatcher
+from crm_worker.names import SEND_MAIL_TASK
 
 from .api import ApiClient, User
 from .mail import SmtpServer, context, send_all, smtp_server, token_from
@@ -98,7 +101,7 @@ def _weekly_report(db, org_id: int, start: dt.date) -> int:
         )
         session.add(report)
         session.flush()
-        outbox.record(session, org_id, outbox.REPORT_TOPIC, {"report_id": report.id})
+        outbox.record(session, org_id, reports.REPORT_TOPIC, {"report_id": report.id})
         return report.id
 
 
@@ -185,7 +188,7 @@ def test_weekly_report_goes_to_owners_and_admins(api: ApiClient, db, smtp: SmtpS
             )
             .values(delivered_at=None)
         )
-    assert deliver(db, lambda _org: None) >= 1
+    assert Dispatcher().deliver(db) >= 1
     send_all(db, smtp)
     assert len(smtp.to(owner.email)) == len(smtp.to(team["admin"].email)) == 1
 
@@ -465,7 +468,7 @@ def test_rows_that_cannot_be_built_are_parked_and_the_fifty_behind_them_are_sent
             assert reason in (row.last_error or ""), row.last_error
             assert row.next_attempt_at > dt.datetime.now(dt.UTC)  # behind the others now
 
-    with caplog.at_level(logging.ERROR, logger="crm_domain.services.outbound_email"):
+    with caplog.at_level(logging.ERROR, logger="crm_domain.services.mailing.outbound_email"):
         for _ in range(outbound_email.MAX_ATTEMPTS - 1):
             _due_now(db, poisoned)
             assert send_all(db, smtp).failed == 2

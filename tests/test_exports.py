@@ -15,7 +15,7 @@ from crm_domain.csvio import COLUMNS
 from crm_domain.db import Database
 from crm_domain.enums import ImportKind
 from crm_domain.models import Contact
-from crm_domain.services import exports
+from crm_domain.services.transfer import exports
 
 from .api import ApiClient, User, error_code
 

@@ -4,25 +4,65 @@ resumption after an interruption, tenant isolation and beat's safety net."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import Session
 
-from crm_api.csv_rows import LOADERS
 from crm_domain.db import Database
 from crm_domain.enums import ImportKind, ImportStatus
 from crm_domain.models import Contact, Deal, ImportFile, ImportJob, OutboxEvent
-from crm_domain.services import import_run, imports
+from crm_domain.services.transfer import import_run, imports, rows
 from crm_worker.importing import run_import
 
 from .api import ApiClient, User, error_code
 
 CONTACTS_HEADER = "name,email,phone,owner_email\r\n"
+
+
+AfterBatch = Callable[[int], None]
+
+
+@pytest.fixture
+def after_import_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[AfterBatch], contextlib.AbstractContextManager[None]]]:
+    """`with after_import_batch(hook): ...` calls `hook(last_row)` right after each import
+    batch commits, as a worker dying there would be seen (the hook raises)."""
+    hooks: list[AfterBatch] = []
+    record_batch = imports.record_batch
+
+    def recording(session: Session, job: ImportJob, *, last_row: int, **kwargs: Any) -> None:
+        record_batch(session, job, last_row=last_row, **kwargs)
+        session.info["test_import_batch_row"] = last_row
+
+    def committed(session: Session) -> None:
+        last_row = session.info.pop("test_import_batch_row", None)
+        if last_row is not None:
+            for hook in list(hooks):
+                hook(last_row)
+
+    @contextlib.contextmanager
+    def calling(hook: AfterBatch) -> Iterator[None]:
+        hooks.append(hook)
+        try:
+            yield
+        finally:
+            hooks.remove(hook)
+
+    monkeypatch.setattr(imports, "record_batch", recording)
+    event.listen(Session, "after_commit", committed)
+    try:
+        yield calling
+    finally:
+        event.remove(Session, "after_commit", committed)
 
 
 def _email(tag: str = "") -> str:
@@ -367,7 +407,7 @@ def test_manager_assigns_owners_by_email(api: ApiClient) -> None:
     assert owners == {"For member": member.id, "Own": manager.id}
 
 
-def test_retry_rules(api: ApiClient, app, db: Database) -> None:
+def test_retry_rules(api: ApiClient, app, db: Database, after_import_batch) -> None:
     team = api.team()
     member, member2, owner = team["member"], team["member2"], team["owner"]
     job_id = _pending_job(db, member, CONTACTS_HEADER + "A,,,\r\nB,,,\r\n", kind="contacts")
@@ -376,7 +416,8 @@ def test_retry_rules(api: ApiClient, app, db: Database) -> None:
         raise Crash("boom")
 
     settings = app.extensions["crm_settings"]
-    assert run_import(db, job_id, settings, after_batch=crash) is ImportStatus.FAILED
+    with after_import_batch(crash):
+        assert run_import(db, job_id, settings) is ImportStatus.FAILED
     r = api.post(f"/imports/{job_id}/retry", user=member2, org=member.org_id)
     assert r.status_code == 403
     assert error_code(r) == "NOT_OWNER"
@@ -458,7 +499,7 @@ def _deal_csv(contact_id: int, n: int, bad_every: int = 0) -> str:
 
 
 def test_a_failed_run_resumes_after_the_last_committed_batch(
-    api: ApiClient, app, db: Database
+    api: ApiClient, app, db: Database, after_import_batch
 ) -> None:
     owner = api.register()
     contact = api.contact(owner)
@@ -472,7 +513,8 @@ def test_a_failed_run_resumes_after_the_last_committed_batch(
         if len(seen) == 3:
             raise Crash("worker lost")
 
-    status = run_import(db, job_id, settings_small, after_batch=crash_after_three_batches)
+    with after_import_batch(crash_after_three_batches):
+        status = run_import(db, job_id, settings_small)
     assert status is ImportStatus.FAILED
     job = _job(api, owner, job_id)
     assert job["status"] == "failed"
@@ -493,7 +535,7 @@ def test_a_failed_run_resumes_after_the_last_committed_batch(
 
 
 def test_a_dead_run_is_taken_over_and_rows_are_never_written_twice(
-    api: ApiClient, app, db: Database
+    api: ApiClient, app, db: Database, after_import_batch
 ) -> None:
     owner = api.register()
     contact = api.contact(owner)
@@ -504,8 +546,8 @@ def test_a_dead_run_is_taken_over_and_rows_are_never_written_twice(
     def die(last_row: int) -> None:
         raise KeyboardInterrupt  # like a worker killed mid-run: nothing marks the job
 
-    with pytest.raises(KeyboardInterrupt):
-        run_import(db, job_id, small, after_batch=die)
+    with pytest.raises(KeyboardInterrupt), after_import_batch(die):
+        run_import(db, job_id, small)
     job = _job(api, owner, job_id)
     assert (job["status"], job["rows_done"]) == ("running", 3)
 
@@ -537,18 +579,18 @@ def test_a_dead_run_is_taken_over_and_rows_are_never_written_twice(
 
 
 def test_rows_that_cannot_be_read_or_written_are_row_errors_and_the_rest_are_imported(
-    api: ApiClient, app, db: Database
+    api: ApiClient, app, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A loader that raises on a row, and one that lets through a value the database refuses
     (as a loader without the NUL check would): each such row is a ROW_FAILED row error with
     the reason, and every other row of its batch and of the file is imported."""
     owner = api.register()
-    rows = [[f"Name {i}", _email(), "", ""] for i in range(10)]
-    rows[3][0], rows[6][0] = "explode", "NUL"  # CSV rows 5 and 8
+    table = [[f"Name {i}", _email(), "", ""] for i in range(10)]
+    table[3][0], table[6][0] = "explode", "NUL"  # CSV rows 5 and 8
     job_id = _pending_job(
-        db, owner, _csv(["name", "email", "phone", "owner_email"], rows), "contacts"
+        db, owner, _csv(["name", "email", "phone", "owner_email"], table), "contacts"
     )
-    schema_loader = LOADERS[ImportKind.CONTACTS]
+    schema_loader = rows.LOADERS[ImportKind.CONTACTS]
 
     def loader(cells: dict[str, str]) -> dict[str, Any]:
         data = schema_loader(cells)
@@ -558,13 +600,9 @@ def test_rows_that_cannot_be_read_or_written_are_row_errors_and_the_rest_are_imp
             data["name"] = "NUL\x00"  # PostgreSQL cannot store it in text
         return data
 
-    status = import_run.run(
-        db,
-        job_id,
-        {ImportKind.CONTACTS: loader},
-        stale_after=dt.timedelta(minutes=5),
-        batch_size=4,
-    )
+    monkeypatch.setitem(rows.LOADERS, ImportKind.CONTACTS, loader)
+    options = import_run.Options(stale_after=dt.timedelta(minutes=5), batch_size=4)
+    status = import_run.run(db, job_id, options)
     assert status is ImportStatus.DONE
     job = _job(api, owner, job_id)
     assert (job["rows_done"], job["created"], job["error_rows"]) == (10, 8, 2), job["errors"]

@@ -1,6 +1,6 @@
-"""The database identity (crm_domain.installation): one row made by migration 0005, read once
-per process per interval (not per request), again after a new pool connection, changed by
-`rotate`; without it nothing derived is cached."""
+"""The database identity (crm_domain.identity; commands in crm_domain.installation): one row
+made by migration 0005, read once per process per interval (not per request), again after a
+new pool connection, changed by `rotate`; without it nothing derived is cached."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
-from crm_domain import installation
+from crm_domain import identity, installation
 from crm_domain.db import Database
 from crm_domain.models import Deal
 
@@ -187,7 +187,7 @@ def test_without_an_identity_nothing_is_cached_and_answers_still_come(
 
     with psycopg.connect(scratch.url.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("ALTER TABLE installation_set_aside RENAME TO installation")
-    time.sleep(installation.RETRY_SECONDS + 0.1)
+    time.sleep(identity.RETRY_SECONDS + 0.1)
     r = api.get("/analytics/deals/summary", user=user, org=user.org_id)
     assert r.get_json()["total_deals"] == 3
     epoch = db.identity.epoch()

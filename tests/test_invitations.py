@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from sqlalchemy import func, select, update
 
 from crm_domain.models import Invitation, OutboundEmail, OutboxEvent
-from crm_domain.services import invitations
-from crm_worker.dispatch import deliver
+from crm_domain.services.mailing import invitations
+from crm_worker.consumers import MailWakeup
+from crm_worker.dispatch import Dispatcher
 
 from .api import PASSWORD, ApiClient, User, error_code
 from .mail import BASE_URL, SENDER, Received, SmtpServer, invitation_link, send_all, token_from
@@ -259,7 +260,7 @@ def test_a_second_delivery_of_the_event_sends_no_second_email(
             update(OutboxEvent).where(OutboxEvent.id == event_id).values(delivered_at=None)
         )
     woken: list[bool] = []
-    assert deliver(db, lambda _org: None, on_mail_queued=lambda: woken.append(True)) >= 1
+    assert Dispatcher().register(lambda: MailWakeup(lambda: woken.append(True))).deliver(db) >= 1
     assert woken == [True]  # the handler ran again ...
     with db.transaction() as session:
         assert session.get(OutboxEvent, event_id).delivered_at is not None

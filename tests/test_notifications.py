@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from crm_domain.services.reminders import send_due_reminders
+from crm_domain.services.records.reminders import send_due_reminders
 
 from .api import ApiClient, User, error_code
 

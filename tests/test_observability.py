@@ -22,11 +22,13 @@ from crm_domain import logs, request_id
 from crm_domain.db import Database
 from crm_domain.enums import ActivityType
 from crm_domain.models import OutboxEvent
-from crm_domain.services import events, outbox
+from crm_domain.services.delivery import events, outbox
+from crm_domain.services.records import timeline
 from crm_domain.settings import Settings
 from crm_worker.observability import MeteredDelivery, _send_request_id
 
 from .api import PASSWORD, ApiClient, error_code
+from .delivery import timeline_handled_by
 from .scrape import Samples, has, parse, value
 
 DEAL_ROUTE = "/api/v1/deals/<int:deal_id>"
@@ -76,7 +78,7 @@ def test_request_id_comes_back_and_is_stored_on_the_outbox_events(api: ApiClient
         events.ACTIVITY_CREATED,
         events.DEAL_STATUS_CHANGED,
         events.DEAL_UPDATED,
-        outbox.TIMELINE_TOPIC,
+        timeline.TIMELINE_TOPIC,
     ]
 
 
@@ -160,7 +162,7 @@ def test_each_delivered_or_failed_event_is_logged_with_its_request_id_and_counte
     try:
         with quiet_db.transaction() as s:
             for _ in range(2):
-                outbox.record_activity(
+                timeline.record_activity(
                     s,
                     organization_id=owner.org_id,
                     deal_id=deal["id"],
@@ -175,12 +177,12 @@ def test_each_delivered_or_failed_event_is_logged_with_its_request_id_and_counte
         raise ValueError("handler bug")
 
     before = parse_registry()
-    caplog.set_level(logging.INFO, logger="crm_domain.services.outbox")
-    outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: broken}, observer=MeteredDelivery())
+    caplog.set_level(logging.INFO, logger="crm_domain.services.delivery.outbox")
+    outbox.deliver_pending(quiet_db, timeline_handled_by(broken), observer=MeteredDelivery())
     failed = [r for r in caplog.records if r.getMessage().startswith("outbox event")]
     assert len(failed) == 2 and {r.levelname for r in failed} == {"ERROR"}
     assert {(r.request_id, r.topic) for r in failed} == {
-        ("rid-of-the-change", outbox.TIMELINE_TOPIC)
+        ("rid-of-the-change", timeline.TIMELINE_TOPIC)
     }
     caplog.clear()
     outbox.deliver_pending(quiet_db, observer=MeteredDelivery())
@@ -193,7 +195,7 @@ def test_each_delivered_or_failed_event_is_logged_with_its_request_id_and_counte
     assert len(delivered) == 2
     assert {r.request_id for r in delivered} == {"rid-of-the-change"}
     after = parse_registry()
-    topic = {"topic": outbox.TIMELINE_TOPIC}
+    topic = {"topic": timeline.TIMELINE_TOPIC}
     failures = "crm_outbox_delivery_failures_total"
     assert value(after, failures, **topic) - value(before, failures, **topic) == 2
     delivered_total = "crm_outbox_delivered_total"

@@ -126,7 +126,7 @@ def test_one_patch_followed_from_its_header_to_the_worker_line(
         )
 
     timeline = wait_until(lambda: worker_line("timeline.activity"), 30)
-    assert timeline["logger"] == "crm_domain.services.outbox"
+    assert timeline["logger"] == "crm_domain.services.delivery.outbox"
     assert timeline["message"].endswith("delivered (timeline.activity)")
     assert timeline["organization_id"] == t["org"] and isinstance(timeline["event_id"], int)
     # The timeline entry it reports is really there.

@@ -22,10 +22,12 @@ from sqlalchemy.orm import Session
 from crm_domain.db import Database
 from crm_domain.enums import ActivityType
 from crm_domain.models import Activity, OutboxEvent
-from crm_domain.services import outbox
+from crm_domain.services.delivery import events, outbox
+from crm_domain.services.records import timeline
 from crm_worker.dispatch import DrainFlag, DrainWaker
 
 from .api import ApiClient
+from .delivery import timeline_handled_by
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def record_status_changes(db: Database, deal: dict[str, Any], n: int) -> list[in
     """Record n timeline events for the deal (nothing delivers them); returns their ids."""
     with db.transaction() as s:
         for i in range(n):
-            outbox.record_activity(
+            timeline.record_activity(
                 s,
                 organization_id=deal["organization_id"],
                 deal_id=deal["id"],
@@ -82,7 +84,7 @@ def test_events_are_inserted_at_commit_and_not_on_rollback(quiet_db: Database, d
 
     with pytest.raises(Boom), quiet_db.transaction() as s:
         outbox.record(
-            s, deal["organization_id"], outbox.DEAL_CHANGED_TOPIC, {"deal_id": deal["id"]}
+            s, deal["organization_id"], events.DEAL_CHANGED_TOPIC, {"deal_id": deal["id"]}
         )
         raise Boom
     assert record_status_changes(quiet_db, deal, 0) == []
@@ -103,10 +105,10 @@ def test_event_key_guard_alone_stops_a_second_entry(quiet_db: Database, deal) ->
     ids = record_status_changes(quiet_db, deal, 3)
     with quiet_db.transaction() as s:
         events = list(s.scalars(select(OutboxEvent).where(OutboxEvent.id.in_(ids))))
-        outbox.apply_activities(s, events + events)
+        timeline.apply_activities(s, events + events)
     with quiet_db.transaction() as s:
         events = list(s.scalars(select(OutboxEvent).where(OutboxEvent.id.in_(ids))))
-        outbox.apply_activities(s, events)
+        timeline.apply_activities(s, events)
     assert entries(quiet_db, deal["id"]) == 3
 
 
@@ -139,9 +141,9 @@ def test_one_bad_event_does_not_hold_back_the_batch(quiet_db: Database, deal) ->
     def picky(session: Session, events: Sequence[OutboxEvent]) -> None:
         if any(ev.id == bad for ev in events):
             raise ValueError("cannot deliver this one")
-        outbox.apply_activities(session, events)
+        timeline.apply_activities(session, events)
 
-    outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: picky})
+    outbox.deliver_pending(quiet_db, timeline_handled_by(picky))
     assert entries(quiet_db, deal["id"]) == 3
     state = {ev.id: ev for ev in pending(quiet_db, ids)}
     assert state[bad].delivered_at is None and state[bad].attempts == 1
@@ -159,7 +161,7 @@ def test_an_event_failing_every_time_is_parked_after_max_attempts(quiet_db: Data
         raise ValueError("always")
 
     for _ in range(outbox.MAX_ATTEMPTS + 2):
-        outbox.deliver_pending(quiet_db, {outbox.TIMELINE_TOPIC: broken})
+        outbox.deliver_pending(quiet_db, timeline_handled_by(broken))
     (ev,) = pending(quiet_db, [event_id])
     assert ev.attempts == outbox.MAX_ATTEMPTS and ev.delivered_at is None
     with quiet_db.transaction() as s:
@@ -175,12 +177,12 @@ def test_a_malformed_event_is_parked_and_the_events_behind_it_flow_on(
     one costs one attempt per call and is parked after MAX_ATTEMPTS, with its reason."""
     with quiet_db.transaction() as s:
         payload = {"author_id": None, "type": "comment", "payload": {"text": "old"}}
-        outbox.record(s, deal["organization_id"], outbox.TIMELINE_TOPIC, payload)
+        outbox.record(s, deal["organization_id"], timeline.TIMELINE_TOPIC, payload)
     (bad,) = record_status_changes(quiet_db, deal, 0)
     ids = record_status_changes(quiet_db, deal, outbox.BATCH_SIZE + 50)
     assert ids[0] == bad and len(ids) == outbox.BATCH_SIZE + 51
 
-    with caplog.at_level(logging.WARNING, logger="crm_domain.services.outbox"):
+    with caplog.at_level(logging.WARNING, logger="crm_domain.services.delivery.outbox"):
         assert outbox.deliver_pending(quiet_db) >= outbox.BATCH_SIZE + 50
     # the batches behind the bad event leave it out: it fails one batch, not every one
     assert sum("outbox batch failed" in r.getMessage() for r in caplog.records) == 1
@@ -191,7 +193,7 @@ def test_a_malformed_event_is_parked_and_the_events_behind_it_flow_on(
     assert (state[bad].attempts, state[bad].delivered_at) == (1, None)
     assert "deal_id" in (state[bad].last_error or "")
 
-    with caplog.at_level(logging.ERROR, logger="crm_domain.services.outbox"):
+    with caplog.at_level(logging.ERROR, logger="crm_domain.services.delivery.outbox"):
         for _ in range(outbox.MAX_ATTEMPTS - 1):
             outbox.deliver_pending(quiet_db)
     (ev,) = pending(quiet_db, [bad])
@@ -216,7 +218,7 @@ def test_an_outage_costs_no_attempt_and_is_raised(quiet_db: Database, deal) -> N
 
     with pytest.raises(OperationalError):
         outbox.deliver_pending(
-            quiet_db, {outbox.TIMELINE_TOPIC: database_away}, transient=(OperationalError,)
+            quiet_db, timeline_handled_by(database_away), transient=(OperationalError,)
         )
     (ev,) = pending(quiet_db, [event_id])
     assert ev.attempts == 0 and ev.delivered_at is None

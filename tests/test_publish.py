@@ -17,6 +17,9 @@ from crm_domain.db import Database
 from crm_domain.models import OutboxEvent
 from crm_worker import dispatch
 from crm_worker.broker import broker_config
+from crm_worker.consumers import AnalyticsRefresh
+from crm_worker.names import REFRESH_TASK
+from crm_worker.publishing import TaskSender
 
 from .api import ApiClient
 from .tcpproxy import TcpProxy
@@ -58,10 +61,11 @@ def test_a_publish_after_the_broker_dropped_the_connection_reconnects(
     proxy, url = TcpProxy.to_url(test_services.broker_url)
     app = app_through(url, queue_name)
     try:
-        dispatch.publish(TASK, app=app)
+        publish = TaskSender(app)
+        publish(TASK)
         connections = proxy.accepted
         assert proxy.cut() >= 2  # the pooled connection is gone; the client does not know yet
-        dispatch.publish(TASK, app=app)  # would raise "connection reset" without a retry
+        publish(TASK)  # would raise "connection reset" without a retry
         assert proxy.accepted > connections
         assert waiting_messages(test_services.broker_url, queue_name) == 2
     finally:
@@ -79,7 +83,7 @@ def test_a_drain_that_finds_the_broker_away_costs_no_attempt(
     proxy.close()  # the broker is unreachable from here on
 
     def ask_for_refresh(organization_id: int) -> None:
-        dispatch.publish(dispatch.REFRESH_TASK, app=app, args=[organization_id])
+        TaskSender(app)(REFRESH_TASK, args=[organization_id])
 
     with quiet_db.transaction() as s:
         s.execute(
@@ -89,7 +93,9 @@ def test_a_drain_that_finds_the_broker_away_costs_no_attempt(
         )
     try:
         with pytest.raises(dispatch.TRANSIENT_ERRORS):
-            dispatch.deliver(quiet_db, ask_for_refresh)
+            dispatch.Dispatcher().register(lambda: AnalyticsRefresh(ask_for_refresh)).deliver(
+                quiet_db
+            )
     finally:
         app.close()
     with quiet_db.transaction() as s:

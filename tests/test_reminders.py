@@ -1,4 +1,4 @@
-"""Deadline reminders (crm_domain.services.reminders.send_due_reminders), domain level.
+"""Deadline reminders (crm_domain.services.records.reminders.send_due_reminders), domain level.
 
 The function scans every organization. Each test only creates tasks with ids above the ones
 that exist when it starts, so scanning from `after_id=<first id of the test> - 1` sees exactly
@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 
 from crm_domain.enums import ActivityType
 from crm_domain.models import Activity, Notification, Task
-from crm_domain.services.reminders import TASK_DUE, reminder_key, send_due_reminders
+from crm_domain.services.records.reminders import TASK_DUE, reminder_key, send_due_reminders
 
 from .api import ApiClient, User
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from crm_domain.models import Organization, Report, Task
-from crm_domain.services import reports
+from crm_domain.services.reporting import reports
 
 from .api import ApiClient, User, error_code
 
@@ -388,7 +388,7 @@ def test_a_report_that_cannot_be_built_is_counted_then_parked_and_the_others_are
     assert _get(api, user, good_id)["status"] == "ready"
     first = _get(api, user, bad_id)
     assert first["status"] == "pending" and "OverflowError" in first["error"]
-    with caplog.at_level("ERROR", logger="crm_domain.services.reports"):
+    with caplog.at_level("ERROR", logger="crm_domain.services.reporting.reports"):
         for _ in range(reports.MAX_BUILD_ATTEMPTS - 1):
             reports.build_or_park(db, bad_id)
     parked = _get(api, user, bad_id)

@@ -15,8 +15,8 @@ import redis
 from flask import Flask
 
 from crm_domain.db import Database
-from crm_domain.services import analytics
-from crm_domain.services.analytics_cache import AnalyticsCache
+from crm_domain.services.reporting import analytics
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
 from .api import ApiClient, User
 from .scratch import ScratchDatabase, wait_ready, without_as_of

@@ -1,7 +1,7 @@
-"""The single-line rule (crm_domain.text, crm_api.schemas.SingleLine): names, titles, e-mail
-addresses, phone numbers, URLs and labels refuse control characters and line or paragraph
-separators with a 400 naming the field, on every route and in CSV import rows alike, while
-multi-line text keeps its line breaks. Also: every input string of every schema is either
+"""The single-line rule (crm_domain.text, crm_domain.validation.fields.SingleLine): names,
+titles, e-mail addresses, phone numbers, URLs and labels refuse control characters and line or
+paragraph separators with a 400 naming the field, on every route and in CSV import rows alike,
+while multi-line text keeps its line breaks. Also: every input string of every schema is either
 single-line or listed here with the reason it is not."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from flask import Flask
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crm_api import csv_rows
-from crm_api.schemas import SingleLine
 from crm_domain import text
+from crm_domain.services.transfer import rows as csv_rows
+from crm_domain.validation.fields import SingleLine
 
 from .api import PASSWORD, ApiClient, User
 from .test_errors import Ctx as ErrorsCtx

@@ -29,8 +29,9 @@ from crm_domain.context import Actor
 from crm_domain.db import Database
 from crm_domain.enums import Role
 from crm_domain.models import Deal, OutboxEvent, WebhookDelivery, WebhookEndpoint
-from crm_domain.services import contacts, events, outbox
-from crm_domain.services.webhooks import RetryPolicy
+from crm_domain.services.delivery import events, outbox
+from crm_domain.services.delivery.webhook_policy import RetryPolicy
+from crm_domain.services.records import contacts
 from crm_domain.settings import DEFAULT_WEBHOOK_RETRY_SCHEDULE, Settings
 from crm_worker import webhook_sender
 from crm_worker.webhook_sender import Sender

@@ -8,7 +8,7 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 
 from crm_domain.enums import ActivityType
-from crm_domain.services import activities as service
+from crm_domain.services.records import activities as service
 
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, page_of

@@ -9,7 +9,7 @@ from flask import Response, current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from crm_domain.services import analytics_cache
+from crm_domain.services.reporting import analytics_cache
 
 from ..extensions import Blueprint, current_actor
 from ..schemas import total_field

@@ -13,8 +13,8 @@ from marshmallow import fields, validate
 
 from crm_domain.errors import Unauthorized
 from crm_domain.passwords import PasswordHasher
-from crm_domain.services import auth as auth_service
-from crm_domain.services import digests
+from crm_domain.services.mailing import digests
+from crm_domain.services.records import auth as auth_service
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction

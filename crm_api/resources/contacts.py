@@ -7,23 +7,14 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from crm_domain.services import contacts as service
-from crm_domain.services import exports
+from crm_domain.services.records import contacts as service
+from crm_domain.services.transfer import exports
+from crm_domain.validation.writes import ContactCreateSchema, ContactUpdateSchema
 
 from ..by_id import ByIdDocs, register_by_id
 from ..exports import csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
-from ..schemas import (
-    PageArgs,
-    Schema,
-    Trimmed,
-    email_field,
-    id_field,
-    line_field,
-    name_field,
-    page_of,
-    query_id_field,
-)
+from ..schemas import PageArgs, Schema, Trimmed, page_of, query_id_field
 
 blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="Contacts")
 
@@ -37,20 +28,6 @@ class ContactSchema(Schema):
     phone = fields.String(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
-
-
-class ContactCreateSchema(Schema):
-    name = name_field(required=True)
-    email = email_field(allow_none=True)
-    phone = line_field(50, allow_none=True)
-    owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
-
-
-class ContactUpdateSchema(Schema):
-    name = name_field()
-    email = email_field(allow_none=True)
-    phone = line_field(50, allow_none=True)
-    owner_id = id_field()
 
 
 class ContactListArgs(PageArgs):

@@ -5,26 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from crm_domain.enums import DealStage, DealStatus
-from crm_domain.services import deals as service
-from crm_domain.services import exports
+from crm_domain.services.records import deals as service
+from crm_domain.services.transfer import exports
+from crm_domain.validation.writes import DealCreateSchema, DealUpdateSchema
 
 from ..by_id import ByIdDocs, register_by_id
 from ..exports import csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
-from ..schemas import PageArgs, Schema, amount_field, id_field, name_field, page_of, query_id_field
+from ..schemas import PageArgs, Schema, amount_field, page_of, query_id_field
 
 blp = Blueprint("deals", __name__, url_prefix="/deals", description="Deals")
-
-
-def currency_field(**kwargs: Any) -> fields.String:
-    return fields.String(
-        validate=validate.Regexp(r"^[A-Z]{3}$", error="Must be a 3-letter ISO 4217 code."),
-        metadata={"example": "EUR", "description": "ISO 4217 code (lower case is upper-cased)"},
-        **kwargs,
-    )
 
 
 class DealSchema(Schema):
@@ -39,36 +32,6 @@ class DealSchema(Schema):
     stage = fields.Enum(DealStage, by_value=True, dump_only=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
-
-
-class _UpperCurrency(Schema):
-    @pre_load
-    def upper_currency(self, data: Any, **_: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("currency"), str):
-            return {**data, "currency": data["currency"].strip().upper()}
-        return data
-
-
-class DealCreateSchema(_UpperCurrency):
-    contact_id = id_field(required=True)
-    title = name_field(required=True)
-    amount = amount_field(
-        load_default=service.DEFAULT_AMOUNT,
-        allow_none=True,
-        metadata={"description": 'a decimal string; left out or null: "0.00"'},
-    )
-    currency = currency_field(load_default=service.DEFAULT_CURRENCY)
-    owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
-
-
-class DealUpdateSchema(_UpperCurrency):
-    title = name_field()
-    amount = amount_field()
-    currency = currency_field()
-    status = fields.Enum(DealStatus, by_value=True)
-    stage = fields.Enum(DealStage, by_value=True)
-    owner_id = id_field()
-    contact_id = id_field()
 
 
 class DealListArgs(PageArgs):

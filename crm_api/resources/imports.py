@@ -2,164 +2,34 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from flask import current_app, request, url_for
+from flask import current_app, url_for
 from flask.views import MethodView
-from flask_smorest.fields import Upload
-from marshmallow import fields
-from werkzeug.datastructures import CombinedMultiDict
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from crm_domain import csvio
-from crm_domain.enums import ImportKind, ImportStatus, OnDuplicate
-from crm_domain.services import imports as service
+from crm_domain.services.transfer import imports as service
 from crm_domain.settings import Settings
 
 from ..exports import csv_download, csv_response_doc
-from ..extensions import Blueprint, Parser, current_actor, transaction
-from ..schemas import PageArgs, Schema, page_of
-from ..slow_clients import read_deadline
-
-
-class MultipartParser(Parser):
-    """Adds the `multipart` location: the form fields and the files of one multipart body,
-    loaded by one schema (and documented as one multipart/form-data request body)."""
-
-    __location_map__ = {**Parser.__location_map__, "multipart": "load_multipart"}
-
-    def load_multipart(self, req: Any, schema: Any) -> Any:
-        return CombinedMultiDict([req.files, req.form])
-
-
-class ImportsBlueprint(Blueprint):
-    ARGUMENTS_PARSER = MultipartParser()
-    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {
-        **Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
-        "multipart": "multipart/form-data",
-    }
-
+from ..extensions import current_actor, transaction
+from ..schemas import PageArgs, page_of
+from ..uploads import ImportsBlueprint, large_upload
+from .import_schemas import (
+    EXAMPLE_JOB,
+    PENDING,
+    ImportDetailSchema,
+    ImportSchema,
+    ImportUploadSchema,
+)
 
 blp = ImportsBlueprint(
     "imports", __name__, url_prefix="/imports", description="CSV imports of contacts and deals"
 )
 
-EXAMPLE_JOB = {
-    "id": 7,
-    "organization_id": 1,
-    "kind": "contacts",
-    "on_duplicate": "skip",
-    "filename": "contacts.csv",
-    "status": "running",
-    "rows_total": 50000,
-    "rows_done": 12500,
-    "created": 12400,
-    "updated": 0,
-    "skipped": 95,
-    "error_rows": 5,
-    "error": None,
-    "created_by": 3,
-    "created_at": "2026-11-23T10:00:00+00:00",
-    "started_at": "2026-11-23T10:00:01+00:00",
-    "finished_at": None,
-}
-
-
-PENDING = {
-    "status": "pending",
-    "rows_done": 0,
-    "created": 0,
-    "skipped": 0,
-    "error_rows": 0,
-    "started_at": None,
-}
-
-
-class ImportUploadSchema(Schema):
-    file = Upload(required=True, metadata={"description": "the CSV file (UTF-8, header row)"})
-    kind = fields.Enum(ImportKind, by_value=True, required=True)
-    on_duplicate = fields.Enum(
-        OnDuplicate,
-        by_value=True,
-        load_default=OnDuplicate.SKIP,
-        metadata={
-            "description": "contacts whose e-mail the organization already has (ignored for "
-            "deals): skip them, or update the oldest contact with that e-mail"
-        },
-    )
-
-
-class RowErrorSchema(Schema):
-    row = fields.Integer(metadata={"description": "row in the file; the header is row 1"})
-    field = fields.String(metadata={"description": "the column ('' for the whole row)"})
-    code = fields.String(metadata={"example": "OWNER_NOT_FOUND"})
-    message = fields.String()
-
-
-class ImportSchema(Schema):
-    id = fields.Integer(dump_only=True)
-    organization_id = fields.Integer(dump_only=True)
-    kind = fields.Enum(ImportKind, by_value=True, dump_only=True)
-    on_duplicate = fields.Enum(OnDuplicate, by_value=True, dump_only=True)
-    filename = fields.String(dump_only=True)
-    status = fields.Enum(
-        ImportStatus,
-        by_value=True,
-        dump_only=True,
-        metadata={"description": "pending -> running -> done | failed"},
-    )
-    rows_total = fields.Integer(dump_only=True, metadata={"description": "non-blank rows"})
-    rows_done = fields.Integer(dump_only=True, metadata={"description": "rows processed so far"})
-    created = fields.Integer(attribute="created_count", dump_only=True)
-    updated = fields.Integer(attribute="updated_count", dump_only=True)
-    skipped = fields.Integer(
-        attribute="skipped_count",
-        dump_only=True,
-        metadata={"description": "duplicates left alone (on_duplicate=skip)"},
-    )
-    error_rows = fields.Integer(dump_only=True, metadata={"description": "rows not written"})
-    error = fields.String(
-        dump_only=True, allow_none=True, metadata={"description": "why a failed job stopped"}
-    )
-    created_by = fields.Integer(dump_only=True, allow_none=True)
-    created_at = fields.DateTime(dump_only=True)
-    started_at = fields.DateTime(dump_only=True, allow_none=True)
-    finished_at = fields.DateTime(dump_only=True, allow_none=True)
-
-
-class ImportDetailSchema(ImportSchema):
-    errors_total = fields.Integer(dump_only=True)
-    errors = fields.List(
-        fields.Nested(RowErrorSchema),
-        dump_only=True,
-        metadata={"description": f"the first {service.ERRORS_SHOWN}; all in errors.csv"},
-    )
-
 
 def _settings() -> Settings:
     return current_app.extensions["crm_settings"]  # type: ignore[no-any-return]
-
-
-def large_upload(func: Any) -> Any:
-    """This route alone takes bodies up to IMPORT_MAX_BYTES (413 above), read under the
-    same per-read timeout as other bodies. Placed under tenant_required: nobody's body is
-    read before their token and organization are checked."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        settings = _settings()
-        limit = settings.import_max_bytes
-        request.max_content_length = limit
-        try:
-            with read_deadline(request.environ, settings.body_read_timeout):
-                return func(*args, **kwargs)
-        except RequestEntityTooLarge as exc:
-            raise RequestEntityTooLarge(
-                f"An upload may be at most {limit} bytes ({limit / 2**20:g} MiB)"
-            ) from exc
-
-    return wrapper
 
 
 class _Detail:

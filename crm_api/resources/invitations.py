@@ -6,124 +6,41 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, cast
 
-import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import fields, validate
 
-from crm_domain.enums import Role
-from crm_domain.services import auth as auth_service
-from crm_domain.services import invitations as service
-from crm_domain.services import organizations as org_service
+from crm_domain.services.mailing import invitations as service
+from crm_domain.services.records import auth as auth_service
+from crm_domain.services.records import organizations as org_service
 from crm_domain.settings import Settings
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
-from ..schemas import PageArgs, Schema, email_field, name_field, page_of
-from .auth import TokensSchema, UserSchema, _passwords, _start_session, password_field
+from ..schemas import PageArgs, page_of
+from .auth import _passwords, _start_session
+from .invitation_schemas import (
+    INVITATION_EXAMPLE,
+    ORGANIZATION_EXAMPLE,
+    TOKEN_ERRORS,
+    TOKEN_EXAMPLE,
+    AcceptNewUserSchema,
+    AcceptSchema,
+    InvitationCreateSchema,
+    InvitationSchema,
+    JoinedSchema,
+    PreviewArgs,
+    PreviewSchema,
+    error_example,
+)
 from .organizations import MyOrganizationSchema, _org_row
 
 blp = Blueprint("invitations", __name__, url_prefix="", description="Team invitations")
-
-TOKEN_EXAMPLE = "q3Vf1n0bYc8l0xJgI8k0cQm2l8r3hC8oZ8kU7yQy0aE"
-INVITATION_EXAMPLE = {
-    "id": 7,
-    "organization_id": 1,
-    "email": "bob@example.com",
-    "role": "manager",
-    "invited_by": 1,
-    "created_at": "2026-11-23T10:00:00+00:00",
-    "expires_at": "2026-11-30T10:00:00+00:00",
-}
-ORGANIZATION_EXAMPLE = {
-    "id": 1,
-    "name": "Acme Inc",
-    "created_at": "2026-11-01T09:00:00+00:00",
-    "role": "manager",
-}
-
-
-def _error_example(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": {}}}
-
-
-TOKEN_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
-    404: (
-        "Unknown token",
-        _error_example("INVITATION_NOT_FOUND", "No invitation has this token"),
-    ),
-    410: (
-        "INVITATION_USED, INVITATION_REVOKED (revoked or replaced by a newer invitation, or the"
-        " inviter may no longer grant the role) or INVITATION_EXPIRED",
-        _error_example("INVITATION_EXPIRED", "This invitation has expired; ask for a new one"),
-    ),
-}
 
 
 def _token_errors(func: Any) -> Any:
     for status, (description, example) in TOKEN_ERRORS.items():
         func = blp.alt_response(status, description=description, example=example)(func)
     return func
-
-
-def _token_field() -> fields.String:
-    return fields.String(
-        required=True,
-        validate=validate.Length(min=1, max=256),
-        metadata={"description": "the token from the invitation e-mail", "example": TOKEN_EXAMPLE},
-    )
-
-
-class InvitationSchema(Schema):
-    id = fields.Integer(dump_only=True)
-    organization_id = fields.Integer(dump_only=True)
-    email = fields.String(dump_only=True)
-    role = fields.Enum(Role, by_value=True, dump_only=True)
-    invited_by = fields.Integer(dump_only=True, allow_none=True)
-    created_at = fields.DateTime(dump_only=True)
-    expires_at = fields.DateTime(dump_only=True)
-
-
-class InvitationCreateSchema(Schema):
-    email = email_field(required=True)
-    role = fields.Enum(
-        Role,
-        by_value=True,
-        load_default=Role.MEMBER,
-        metadata={"description": "owner only from an owner; admins invite admin/manager/member"},
-    )
-
-
-class AcceptNewUserSchema(Schema):
-    token = _token_field()
-    name = name_field(required=True)
-    password = password_field
-
-
-class AcceptSchema(Schema):
-    token = _token_field()
-
-
-class PreviewArgs(ma.Schema):
-    token = _token_field()
-
-
-class PreviewOrganizationSchema(Schema):
-    id = fields.Integer(dump_only=True)
-    name = fields.String(dump_only=True)
-
-
-class PreviewSchema(Schema):
-    organization = fields.Nested(PreviewOrganizationSchema, dump_only=True)
-    email = fields.String(dump_only=True)
-    role = fields.Enum(Role, by_value=True, dump_only=True)
-    invited_by_name = fields.String(dump_only=True, allow_none=True)
-    expires_at = fields.DateTime(dump_only=True)
-
-
-class JoinedSchema(TokensSchema):
-    user = fields.Nested(UserSchema, required=True)
-    organization = fields.Nested(MyOrganizationSchema, required=True)
 
 
 def _settings() -> Settings:
@@ -160,7 +77,7 @@ class Invitations(MethodView):
         403,
         description="Not a member, not owner/admin (SETTINGS_FORBIDDEN), or an admin inviting"
         " an owner (OWNER_ONLY)",
-        example=_error_example("OWNER_ONLY", "Only an owner can grant or remove the owner role"),
+        example=error_example("OWNER_ONLY", "Only an owner can grant or remove the owner role"),
     )
     @blp.alt_response(409, description="The address belongs to a member (MEMBER_ALREADY_EXISTS)")
     def post(self, data: dict[str, Any], organization_id: int) -> Any:
@@ -260,7 +177,7 @@ class AcceptAsNewUser(MethodView):
     @blp.alt_response(
         409,
         description="The invited address has an account: log in and POST /invitations/accept",
-        example=_error_example(
+        example=error_example(
             "EMAIL_ALREADY_EXISTS",
             "An account with this address exists; log in and POST /invitations/accept instead",
         ),
@@ -289,7 +206,7 @@ class Accept(MethodView):
     @blp.alt_response(
         403,
         description="The invitation was sent to another address than the user's",
-        example=_error_example(
+        example=error_example(
             "INVITATION_EMAIL_MISMATCH",
             "This invitation was sent to another e-mail address than yours",
         ),

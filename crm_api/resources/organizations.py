@@ -8,7 +8,7 @@ from flask.views import MethodView
 from marshmallow import fields
 
 from crm_domain.enums import Role
-from crm_domain.services import organizations as org_service
+from crm_domain.services.records import organizations as org_service
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction

@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import fields
 
-from crm_domain.services import reports as service
+from crm_domain.services.reporting import reports as service
 
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, page_of

@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from crm_domain.services import tasks as service
+from crm_domain.services.records import tasks as service
 
 from ..by_id import ByIdDocs, register_by_id
 from ..extensions import Blueprint, current_actor, transaction

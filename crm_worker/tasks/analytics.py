@@ -9,8 +9,9 @@ from sqlalchemy.exc import OperationalError
 from crm_domain.models import Organization
 
 from ..app import analytics_cache, celery_app, database
-from ..dispatch import REFRESH_TASK, schedule_refresh
+from ..names import REFRESH_TASK
 from ..observability import ANALYTICS_REFRESH
+from ..publishing import schedule_refresh
 
 
 @celery_app.task(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from crm_domain.services import imports
+from crm_domain.services.transfer import imports
 
 from ..app import celery_app, database, drain_flag, settings
-from ..dispatch import IMPORT_TASK, RESILIENT_TASK, send_drain, send_import
+from ..dispatch import RESILIENT_TASK
 from ..importing import run_import
+from ..names import IMPORT_TASK
+from ..publishing import send_drain, send_import
 
 log = logging.getLogger(__name__)
 

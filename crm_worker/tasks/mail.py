@@ -7,10 +7,11 @@ import logging
 from sqlalchemy.exc import OperationalError
 
 from crm_domain.mail import transport
-from crm_domain.services import digests, outbound_email
+from crm_domain.services.mailing import digests, outbound_email
 
 from ..app import celery_app, database, settings
-from ..dispatch import SEND_MAIL_TASK, send_mail_task
+from ..names import SEND_MAIL_TASK
+from ..publishing import send_mail_task
 
 log = logging.getLogger(__name__)
 

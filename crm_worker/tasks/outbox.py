@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from functools import partial
 
-from crm_domain.services import outbox
+from crm_domain.services.delivery import outbox
 
 from ..app import analytics_cache, celery_app, database, drain_flag, settings
-from ..dispatch import (
-    DRAIN_TASK,
-    RESILIENT_TASK,
-    deliver,
+from ..consumers import AnalyticsRefresh, ImportRequests, MailWakeup, ReportBuilds, WebhookWakeups
+from ..dispatch import RESILIENT_TASK, Dispatcher
+from ..names import DRAIN_TASK
+from ..publishing import (
     schedule_refresh,
     send_drain,
+    send_import,
     send_mail_task,
     send_report_build,
     send_webhooks,
@@ -23,17 +25,27 @@ from ..dispatch import (
 log = logging.getLogger(__name__)
 
 
+def _refresh(organization_id: int) -> None:
+    schedule_refresh(analytics_cache(), organization_id)
+
+
+# The drain's consumers beside the domain's (crm_worker.consumers.install): each asks Celery
+# for the work that does not belong in the delivering transaction.
+dispatcher = (
+    Dispatcher()
+    .register(partial(AnalyticsRefresh, _refresh))
+    .register(partial(ReportBuilds, send_report_build))
+    .register(partial(ImportRequests, send_import))
+    .register(partial(WebhookWakeups, send_webhooks))
+    .register(partial(MailWakeup, send_mail_task))
+)
+
+
 @celery_app.task(name=DRAIN_TASK, **RESILIENT_TASK)
 def drain() -> int:
     """Deliver every pending event in batches; a redelivered batch writes nothing twice."""
     drain_flag().clear()  # commits from now on ask for another drain (see dispatch)
-    delivered = deliver(
-        database,
-        lambda org: schedule_refresh(analytics_cache(), org),
-        on_report_requested=send_report_build,
-        on_mail_queued=send_mail_task,
-        on_webhooks=send_webhooks,
-    )
+    delivered = dispatcher.deliver(database)
     if delivered >= outbox.BATCH_SIZE * 50:  # deliver_pending's cap: more may be waiting
         send_drain()
     return delivered

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crm_domain.services import reminders
+from crm_domain.services.records import reminders
 
 from ..app import celery_app, database
 from ..observability import REMINDERS_SENT

@@ -6,10 +6,11 @@ import datetime as dt
 
 from sqlalchemy.exc import OperationalError
 
-from crm_domain.services import reports
+from crm_domain.services.reporting import reports
 
 from ..app import celery_app, database
-from ..dispatch import REPORT_BUILD_TASK, send_report_build
+from ..names import REPORT_BUILD_TASK
+from ..publishing import send_report_build
 
 # A report still pending after this long lost its build task (a broker outage): send again.
 RESEND_AFTER = dt.timedelta(minutes=2)

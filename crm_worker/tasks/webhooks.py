@@ -4,10 +4,11 @@ sweep as the safety net for everything due (retries included: no countdowns on t
 
 from __future__ import annotations
 
-from crm_domain.services import webhooks
+from crm_domain.services.delivery import webhook_leases
 
 from ..app import celery_app, database, settings, webhook_sender
-from ..dispatch import SEND_WEBHOOKS_TASK, SWEEP_WEBHOOKS_TASK, send_webhooks
+from ..names import SEND_WEBHOOKS_TASK, SWEEP_WEBHOOKS_TASK
+from ..publishing import send_webhooks
 from ..webhook_sender import policy_from, run_endpoint
 
 
@@ -27,6 +28,6 @@ def sweep() -> int:
     """Beat: a send task for every endpoint with a due delivery that no sender holds (first
     attempts whose wake-up was lost, retries whose time has come, leases of dead senders)."""
     with database.transaction() as session:
-        endpoint_ids = webhooks.due_endpoints(session)
+        endpoint_ids = webhook_leases.due_endpoints(session)
     send_webhooks(endpoint_ids, expires=max(settings.webhook_dispatch_seconds * 2, 10.0))
     return len(endpoint_ids)

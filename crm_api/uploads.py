@@ -1,0 +1,59 @@
+"""Uploads: a blueprint whose arguments may come from a multipart body (form fields and files
+loaded by one schema), and the one route that takes large bodies."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from flask import current_app, request
+from werkzeug.datastructures import CombinedMultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from crm_domain.settings import Settings
+
+from .extensions import Blueprint, Parser
+from .slow_clients import read_deadline
+
+
+class MultipartParser(Parser):
+    """Adds the `multipart` location: the form fields and the files of one multipart body,
+    loaded by one schema (and documented as one multipart/form-data request body)."""
+
+    __location_map__ = {**Parser.__location_map__, "multipart": "load_multipart"}
+
+    def load_multipart(self, req: Any, schema: Any) -> Any:
+        return CombinedMultiDict([req.files, req.form])
+
+
+class ImportsBlueprint(Blueprint):
+    ARGUMENTS_PARSER = MultipartParser()
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {
+        **Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+        "multipart": "multipart/form-data",
+    }
+
+
+def _settings() -> Settings:
+    return current_app.extensions["crm_settings"]  # type: ignore[no-any-return]
+
+
+def large_upload(func: Any) -> Any:
+    """This route alone takes bodies up to IMPORT_MAX_BYTES (413 above), read under the
+    same per-read timeout as other bodies. Placed under tenant_required: nobody's body is
+    read before their token and organization are checked."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings = _settings()
+        limit = settings.import_max_bytes
+        request.max_content_length = limit
+        try:
+            with read_deadline(request.environ, settings.body_read_timeout):
+                return func(*args, **kwargs)
+        except RequestEntityTooLarge as exc:
+            raise RequestEntityTooLarge(
+                f"An upload may be at most {limit} bytes ({limit / 2**20:g} MiB)"
+            ) from exc
+
+    return wrapper

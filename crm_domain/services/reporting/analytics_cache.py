@@ -1,0 +1,216 @@
+"""Precomputed analytics per organization in Redis.
+
+One hash per organization and database identity, `<prefix>:<epoch>:analytics:org:<id>`
+(the epoch names the database the figures come from, see crm_domain.identity: after the
+database is recreated or restored, the old hashes are simply never read again), holds a
+generation counter `gen` and JSON results (`summary:<days>`, `funnel`), each stamped with
+`as_of`. A refresh bumps the generation first, computes from the database, then stores only
+if no newer refresh started meanwhile, so a slow computation never overwrites a fresher one.
+Readers compute and store on a miss (under the same generation check) and fall back to the
+database if Redis is down.
+
+Every result comes from one statement (analytics.snapshot), so one response is one state of
+the data: a `days` window is computed with the default results in one scan when first asked
+for, never patched onto a stored result with a live count. A result is stored only under the
+epoch read in the same snapshot as its data, so it is never filed under another database.
+
+Every stored refresh also records its `as_of` in one sorted set per deployment and epoch,
+`<prefix>:<epoch>:analytics:refreshed` (organization id -> time), so the age of the stalest
+organization's figures is one `ZRANGE` away (the API's /metrics reports it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any, NamedTuple
+
+import redis
+
+from ...db import Database
+from . import analytics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DAYS = 30
+KEY_TTL_SECONDS = 7 * 24 * 3600
+DEBOUNCE_MS = 2000
+FUNNEL_FIELD = "funnel"
+
+# Store fields only if the generation is still ARGV[1]; ARGV[2] = 1 drops other fields first.
+_STORE_IF_CURRENT = """
+local gen = redis.call('HGET', KEYS[1], 'gen') or '0'
+if gen ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'gen', gen)
+end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def summary_field(days: int) -> str:
+    return f"summary:{days}"
+
+
+DEFAULT_FIELDS = (summary_field(DEFAULT_DAYS), FUNNEL_FIELD)
+
+
+class DerivedDataUnavailable(redis.RedisError):
+    """The database's identity cannot be read, so nothing in Redis can be trusted or stored.
+    A RedisError: every caller's "Redis is unavailable" path applies."""
+
+
+class Computed(NamedTuple):
+    epoch: str | None  # the identity of the database the results were read from
+    results: dict[str, dict[str, Any]]
+
+
+class AnalyticsCache:
+    """`prefix` namespaces the keys (one per deployment sharing a Redis); the database's
+    identity (`db.identity`) is part of every key."""
+
+    def __init__(self, client: redis.Redis | None, db: Database, prefix: str = "crm") -> None:
+        self.client = client
+        self.db = db
+        self.prefix = prefix
+
+    def epoch(self) -> str:
+        """This process's view of the database identity (cached, see crm_domain.identity)."""
+        epoch = self.db.identity.epoch()
+        if epoch is None:
+            raise DerivedDataUnavailable("database identity unknown")
+        return epoch
+
+    def org_key(self, organization_id: int, epoch: str | None = None) -> str:
+        return f"{self.prefix}:{epoch or self.epoch()}:analytics:org:{organization_id}"
+
+    def schedule_key(self, organization_id: int, epoch: str | None = None) -> str:
+        return f"{self.org_key(organization_id, epoch)}:scheduled"
+
+    def refreshed_key_of(self, epoch: str | None = None) -> str:
+        return f"{self.prefix}:{epoch or self.epoch()}:analytics:refreshed"
+
+    @property
+    def refreshed_key(self) -> str:
+        return self.refreshed_key_of()
+
+    def compute(self, organization_id: int, field: str) -> dict[str, Any]:
+        """One result from the database (nothing stored)."""
+        return self.compute_many(organization_id, [field], identify=False).results[field]
+
+    def compute_many(
+        self, organization_id: int, fields: list[str], *, identify: bool = True
+    ) -> Computed:
+        """Results from the database, all from one scan of the organization's deals, with
+        the database identity read in the same snapshot (`identify`)."""
+        as_of = dt.datetime.now(dt.UTC)
+        windows = [int(f.split(":", 1)[1]) for f in fields if f != FUNNEL_FIELD]
+        with self.db.transaction() as session:
+            epoch = None
+            if identify:  # identity and deals from one snapshot
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                epoch = self.db.identity.read(session)
+            snap = analytics.snapshot(session, organization_id, as_of=as_of, windows=windows)
+        stamp = as_of.isoformat()
+        results: dict[str, dict[str, Any]] = {}
+        for field in fields:
+            if field == FUNNEL_FIELD:
+                results[field] = {**snap.funnel(), "as_of": stamp}
+            else:
+                results[field] = {**snap.summary(int(field.split(":", 1)[1])), "as_of": stamp}
+        return Computed(epoch, results)
+
+    def _redis(self) -> redis.Redis:
+        if self.client is None:
+            raise redis.ConnectionError("no Redis configured")
+        return self.client
+
+    def _store(
+        self,
+        organization_id: int,
+        gen: str,
+        fields: dict[str, Any],
+        *,
+        replace: bool,
+        epoch: str | None = None,
+    ) -> bool:
+        args: list[Any] = [gen, "1" if replace else "0", KEY_TTL_SECONDS]
+        for name, value in fields.items():
+            args += [name, json.dumps(value)]
+        key = self.org_key(organization_id, epoch)
+        return bool(self._redis().eval(_STORE_IF_CURRENT, 1, key, *args))
+
+    def _bump(self, key: str) -> str:
+        """A new generation (the hash expires even if the computation never stores)."""
+        pipe = self._redis().pipeline()
+        pipe.hincrby(key, "gen", 1)
+        pipe.expire(key, KEY_TTL_SECONDS)
+        gen, _ = pipe.execute()
+        return str(gen)
+
+    def refresh(self, organization_id: int) -> bool:
+        """Recompute the default results and drop the other cached variants."""
+        for _attempt in range(2):
+            epoch = self.epoch()
+            gen = self._bump(self.org_key(organization_id, epoch))
+            computed = self.compute_many(organization_id, list(DEFAULT_FIELDS))
+            if computed.epoch == epoch:
+                stored = self._store(
+                    organization_id, gen, computed.results, replace=True, epoch=epoch
+                )
+                if stored:
+                    as_of = dt.datetime.fromisoformat(computed.results[FUNNEL_FIELD]["as_of"])
+                    self._redis().zadd(
+                        self.refreshed_key_of(epoch), {str(organization_id): as_of.timestamp()}
+                    )
+                return stored
+            # The database changed identity meanwhile (recreated, restored, rotated): the
+            # results belong under the new one; `compute_many` made it this process's epoch.
+        return False
+
+    def oldest_refresh(self) -> dt.datetime | None:
+        """When the organization refreshed longest ago was refreshed (None: none recorded)."""
+        oldest = self._redis().zrange(self.refreshed_key, 0, 0, withscores=True)
+        return dt.datetime.fromtimestamp(oldest[0][1], dt.UTC) if oldest else None
+
+    def get(self, organization_id: int, field: str) -> dict[str, Any]:
+        """The cached result, or a fresh one (stored for the next reader)."""
+        return dict(json.loads(self.get_json(organization_id, field)))
+
+    def get_json(self, organization_id: int, field: str) -> bytes:
+        """Like `get`, as the stored JSON document (served as is: no re-encoding)."""
+        if self.client is not None:
+            try:
+                epoch = self.epoch()
+                cached, gen = self.client.hmget(
+                    self.org_key(organization_id, epoch), [field, "gen"]
+                )
+                if cached is not None:
+                    return bytes(cached)
+                # A miss: the defaults and this field from one scan, all stored.
+                fields = list(dict.fromkeys([*DEFAULT_FIELDS, field]))
+                computed = self.compute_many(organization_id, fields)
+                if computed.epoch == epoch:
+                    self._store(
+                        organization_id,
+                        (gen or b"0").decode(),
+                        computed.results,
+                        replace=False,
+                        epoch=epoch,
+                    )
+                return json.dumps(computed.results[field]).encode()
+            except redis.RedisError as exc:
+                log.warning("analytics cache unavailable (%s); answering from the database", exc)
+        return json.dumps(self.compute(organization_id, field)).encode()
+
+    def claim_refresh(self, organization_id: int) -> bool:
+        """Debounce: True for the first caller in DEBOUNCE_MS, who then schedules the refresh."""
+        key = self.schedule_key(organization_id)
+        return bool(self._redis().set(key, "1", nx=True, px=DEBOUNCE_MS))
+
+    def release_refresh(self, organization_id: int) -> None:
+        """Called when a refresh starts: later changes schedule another one."""
+        self._redis().delete(self.schedule_key(organization_id))

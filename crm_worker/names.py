@@ -1,0 +1,11 @@
+"""Task and queue names: what publishers, the beat schedule (crm_worker.app) and the tasks
+(crm_worker.tasks) agree on."""
+
+DRAIN_TASK = "crm.outbox.drain"
+REFRESH_TASK = "crm.analytics.refresh"
+REPORT_BUILD_TASK = "crm.reports.build"
+SEND_MAIL_TASK = "crm.email.send_pending"
+SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in crm_worker.app)
+SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
+IMPORT_TASK = "crm.imports.run"
+IMPORT_QUEUE = "imports"
