@@ -22,9 +22,11 @@ from .cli import crm
 from .errors import register_error_handlers
 from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .login_backoff import init_login_backoff
 from .metrics import init_metrics
 from .observability import init_observability
 from .openapi import TEXT_RULES, document
+from .proxies import ProxyCheck, ProxyWarnings
 from .ratelimit import init_rate_limits
 from .resources import MODULES
 from .routing import IdConverter
@@ -46,7 +48,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_API=settings.ratelimit_api,
         RATELIMIT_LOGIN=settings.ratelimit_login,
-        RATELIMIT_LOGIN_EMAIL=settings.ratelimit_login_email,
+        RATELIMIT_LOGIN_FREE_FAILURES=settings.ratelimit_login_free_failures,
+        RATELIMIT_LOGIN_MAX_DELAY=settings.ratelimit_login_max_delay,
+        RATELIMIT_LOGIN_KNOWN_DAYS=settings.ratelimit_login_known_days,
         RATELIMIT_AUTH_ADDRESS=settings.ratelimit_auth_address,
         OUTBOX_DISPATCH="celery",
         API_TITLE="CRM API",
@@ -98,7 +102,13 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     register_error_handlers(app)
     if settings.trusted_proxies > 0:  # the client address is the one these proxies saw
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    proxy_warnings = ProxyWarnings(client, settings.redis_key_prefix)
+    app.extensions["crm_proxy_warnings"] = proxy_warnings
+    app.wsgi_app = ProxyCheck(  # type: ignore[method-assign]
+        app.wsgi_app, trusted=settings.trusted_proxies, warnings=proxy_warnings
+    )
     init_rate_limits(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
+    init_login_backoff(app, redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix)
 
     # every `<int:...>` path parameter is an id in 1..2**31-1 (404 otherwise, never a 500)
     app.url_map.converters["int"] = IdConverter

@@ -1,6 +1,6 @@
 """The single-resource view (`GET`/`PATCH`/`DELETE /<things>/<id>`) shared by contacts, deals
 and tasks: an ETag on every representation, `If-None-Match` → 304, `If-Match` checked against
-the locked row before a change (412 on a mismatch)."""
+the locked row before a change (412 on a mismatch); see crm_api.conditional."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 
 from crm_domain.context import Actor
 
-from .extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from .conditional import precondition, with_etag
+from .extensions import Blueprint, current_actor, transaction
 
 Getter = Callable[[Session, Actor, int], Any]
 Updater = Callable[[Session, Actor, int, dict[str, Any], Any], Any]
 Deleter = Callable[[Session, Actor, int, Any], None]
-ETAG_HEADER = {"ETag": {"schema": {"type": "string"}}}
 
 
 @dataclass(frozen=True)
@@ -52,30 +52,27 @@ def register_by_id(
 
     def patch_one(self: Any, data: dict[str, Any], **path: int) -> Any:
         with transaction() as session:
-            obj = update(
-                session, current_actor(), path[id_name], data, if_match_precondition(dumper)
-            )
+            obj = update(session, current_actor(), path[id_name], data, precondition(dumper))
             return with_etag(obj, dumper)
 
     def delete_one(self: Any, **path: int) -> None:
         with transaction() as session:
-            delete(session, current_actor(), path[id_name], if_match_precondition(dumper))
+            delete(session, current_actor(), path[id_name], precondition(dumper))
 
     get_one.__doc__, patch_one.__doc__, delete_one.__doc__ = docs.get, docs.patch, docs.delete
     not_found = {"description": "Not found in this organization"}
-    mismatch = {"description": "If-Match does not match the current ETag"}
 
     get_view = blp.tenant_required(
-        blp.response(200, schema, headers=ETAG_HEADER)(blp.alt_response(404, **not_found)(get_one))
+        blp.response(200, schema)(blp.alt_response(404, **not_found)(blp.conditional(get_one)))
     )
     patch_view = blp.tenant_required(
         blp.arguments(update_schema)(
-            blp.response(200, schema, headers=ETAG_HEADER)(
-                blp.alt_response(404, **not_found)(blp.alt_response(412, **mismatch)(patch_one))
+            blp.response(200, schema)(
+                blp.alt_response(404, **not_found)(blp.conditional(patch_one))
             )
         )
     )
-    deleting = blp.alt_response(412, **mismatch)(delete_one)
+    deleting = blp.conditional(delete_one)
     if docs.delete_conflict:
         deleting = blp.alt_response(409, description=docs.delete_conflict)(deleting)
     delete_view = blp.tenant_required(

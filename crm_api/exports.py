@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import marshmallow as ma
 from flask import Response, stream_with_context
+from marshmallow import fields
 
 from crm_domain.services.transfer import exports
 
@@ -14,9 +16,25 @@ from .access import database
 CSV_MIMETYPE = "text/csv"
 
 
-def csv_download(export: exports.Export, filename: str) -> Response:
-    """A streamed text/csv attachment of `export` (built, and its filters checked, already)."""
-    chunks: Iterator[str] = exports.stream(database(), export)
+class ExportArgs(ma.Schema):
+    """The query parameters of every export besides its list's filters."""
+
+    raw = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "false (the default): text cells starting with =, +, -, @, a tab or"
+            " a carriage return get a leading ' so a spreadsheet shows them instead of running"
+            " them as formulas (the import removes it again). true: every cell exactly as"
+            " stored, for programs that never open the file in a spreadsheet. Amounts and ids"
+            " are numbers either way."
+        },
+    )
+
+
+def csv_download(export: exports.Export, filename: str, *, raw: bool = False) -> Response:
+    """A streamed text/csv attachment of `export` (built, and its filters checked, already);
+    formulas neutralized unless `raw`."""
+    chunks: Iterator[str] = exports.stream(database(), export, raw=raw)
     return Response(
         stream_with_context(chunks),
         mimetype=CSV_MIMETYPE,

@@ -7,7 +7,6 @@ both in OpenAPI."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,14 +14,14 @@ from typing import Any, TypeVar, cast
 
 import flask_smorest
 import marshmallow as ma
-from flask import Response, current_app, g, request
+from flask import g, request
 from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from crm_domain.context import Actor
-from crm_domain.errors import PreconditionFailed
 
+from . import conditional
 from .access import ORG_HEADER, authenticate, check_access, database, resolve_actor
 from .errors import http_exception_response
 
@@ -132,13 +131,15 @@ class Blueprint(flask_smorest.Blueprint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prepare_doc_cbks.append(_document_access)
+        self._prepare_doc_cbks.append(conditional.document)
 
     @staticmethod
-    def _mark(func: Any, access: str) -> None:
+    def _mark(func: Any, key: str, value: Any) -> None:
+        """Leave `key` in the view's doc info for the doc callbacks."""
         apidoc = getattr(func, "_apidoc", None)
         if apidoc is None:
             apidoc = func._apidoc = {}
-        apidoc["crm_access"] = access
+        apidoc[key] = value
 
     def login_required(self, func: F) -> F:
         """Require a valid, unrevoked access token."""
@@ -149,7 +150,7 @@ class Blueprint(flask_smorest.Blueprint):
             check_access(None)
             return func(*args, **kwargs)
 
-        self._mark(wrapper, "login")
+        self._mark(wrapper, "crm_access", "login")
         return cast(F, wrapper)
 
     def tenant_required(self, func: F) -> F:
@@ -161,7 +162,19 @@ class Blueprint(flask_smorest.Blueprint):
             g.actor = resolve_actor(request.headers.get(ORG_HEADER))
             return func(*args, **kwargs)
 
-        self._mark(wrapper, "tenant")
+        self._mark(wrapper, "crm_access", "tenant")
+        return cast(F, wrapper)
+
+    def conditional(self, func: F) -> F:
+        """Honour If-Match / If-None-Match (crm_api.conditional): a malformed one is 400
+        before the view runs; OpenAPI lists both, the ETag and the 304/412 answers."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            conditional.check_syntax()
+            return func(*args, **kwargs)
+
+        self._mark(wrapper, conditional.DOC_KEY, True)
         return cast(F, wrapper)
 
     def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Any:
@@ -178,7 +191,7 @@ class Blueprint(flask_smorest.Blueprint):
 
     def public(self, func: F) -> F:
         """Document an operation as needing no token."""
-        self._mark(func, "public")
+        self._mark(func, "crm_access", "public")
         return func
 
 
@@ -196,56 +209,3 @@ def transaction() -> Iterator[Session]:
 
 def current_actor() -> Actor:
     return cast(Actor, g.actor)
-
-
-# --- ETag / If-Match -------------------------------------------------------------------------
-
-
-def etag_of(data: Any) -> str:
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-    return f'"{digest[:32]}"'
-
-
-def _parse_etags(header: str) -> set[str]:
-    tags = set()
-    for part in header.split(","):
-        tag = part.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag:
-            tags.add(tag)
-    return tags
-
-
-def if_match_precondition(schema: Any) -> Callable[[Any], None] | None:
-    """A precondition for the service layer: compare If-Match with the locked row's ETag."""
-    header = request.headers.get("If-Match")
-    if header is None:
-        return None
-    expected = _parse_etags(header)
-
-    def check(obj: Any) -> None:
-        if "*" in expected:
-            return
-        current = etag_of(schema.dump(obj))
-        if current not in expected:
-            raise PreconditionFailed(
-                "The resource was modified since you read it (ETag mismatch)",
-                code="PRECONDITION_FAILED",
-                details={"current_etag": current},
-            )
-
-    return check
-
-
-def with_etag(obj: Any, schema: Any) -> Response:
-    """The representation with its ETag (one dump for both), or 304 to a matching
-    If-None-Match."""
-    data = schema.dump(obj)
-    tag = etag_of(data)
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match and (tag in _parse_etags(if_none_match) or if_none_match.strip() == "*"):
-        return Response(status=304, headers={"ETag": tag})
-    response = cast(Response, current_app.json.response(data))
-    response.headers["ETag"] = tag
-    return response

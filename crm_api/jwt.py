@@ -21,7 +21,7 @@ def issue_tokens(user_id: int, session_id: str, grant: TokenGrant) -> tuple[str,
     grant and the configured lifetimes, so one grant always encodes to the same two tokens
     (HS256 is deterministic): a refresh replayed within the grace window gets the very pair
     the first one got."""
-    issued = grant.issued_at
+    issued = grant.issued_at.replace(microsecond=0)  # JWT times are whole seconds
     config = current_app.config
     common = {"sid": session_id, "iat": issued, "nbf": issued}
     access = create_access_token(

@@ -10,7 +10,9 @@ about the backlog are read at scrape time from the database and Redis
 
 Access: with METRICS_TOKEN set, `Authorization: Bearer <token>` is required; without it
 (development only: it is required when CRM_ENV=production) /metrics answers only a client
-on loopback talking to a server bound to loopback."""
+on loopback talking to a server bound to loopback, and never a request that came through a
+proxy (any X-Forwarded-For, Forwarded or X-Real-IP header): a proxy on the same host would
+otherwise make every one of its clients a loopback client."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from crm_domain.services.delivery import outbox
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.settings import Settings
 
+from . import proxies
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -60,12 +63,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 REQUESTS = Counter("crm_http_requests", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
     "crm_http_request_duration_seconds",
-    "Time to produce the response, by route template",
+    "Time from the request to its response's close (the last byte sent), by route template",
     ["route", "method", "status"],
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge(
-    "crm_http_requests_in_flight", "Requests being handled now", multiprocess_mode="livesum"
+    "crm_http_requests_in_flight",
+    "Requests being handled now (a streamed response until its last byte)",
+    multiprocess_mode="livesum",
 )
 LOGINS = Counter(
     "crm_login_attempts",
@@ -211,7 +216,10 @@ def metrics() -> Response:
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
             return error_response(401, "UNAUTHORIZED", "A valid metrics token is required")
     elif not (
-        _is_loopback(request.remote_addr) and _is_loopback(request.environ.get("SERVER_NAME"))
+        # the peer itself, not a client a proxy speaks for (a proxied request never counts)
+        _is_loopback(proxies.peer_address(request.environ))
+        and not proxies.proxied(request.environ)
+        and _is_loopback(request.environ.get("SERVER_NAME"))
     ):
         return error_response(
             403, "FORBIDDEN", "Set METRICS_TOKEN to serve /metrics beyond loopback"

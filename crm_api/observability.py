@@ -4,12 +4,15 @@ its access-log line.
 `RequestObserver`, the outermost WSGI middleware, sees every request, also those answered
 before Flask (408 from `slow_clients`): it takes the client's `X-Request-ID` when acceptable
 (crm_domain.request_id) or makes one, binds it for the request's log lines and outbox
-events, returns it as `X-Request-ID`, and counts and times the request. Flask's
+events (while the application runs and while each chunk of its body is made: a streamed
+body runs its queries after the view returned), returns it as `X-Request-ID`, and counts and
+times the request when the server closes the response, after its last byte: a streamed
+response is in flight, and timed, until then. Flask's
 `after_request` leaves the route template, user id and organization id in the WSGI environ,
 where the middleware (metric labels) and gunicorn's access log (crm_api.access_log) find
-them. Per request this costs a request id (uuid4), a few dictionary operations and five
-writes to this process's memory-mapped metric files, no I/O: about 12 us of CPU under
-gunicorn (measured, see README "Observability")."""
+them. Per request this costs a request id (uuid4), a few dictionary operations, the body
+wrapper and five writes to this process's memory-mapped metric files, no I/O: about 14 us of
+CPU under gunicorn (see README "Observability")."""
 
 from __future__ import annotations
 
@@ -41,35 +44,93 @@ class RequestObserver:
         self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        rid = request_id.accept(environ.get("HTTP_X_REQUEST_ID"))
-        token = request_id.bind(rid)
-        status = "500"  # if the application raises instead of answering
+        exchange = _Exchange(self, environ)
 
         def start(status_line: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-            nonlocal status
-            status = status_line[:3]
-            headers.append((HEADER, rid))
+            exchange.status = status_line[:3]
+            headers.append((HEADER, exchange.request_id))
             return start_response(status_line, headers, *exc_info)
 
-        IN_FLIGHT.inc()
-        started = time.perf_counter()
+        token = request_id.bind(exchange.request_id)
         try:
-            return self.app(environ, start)
+            body = self.app(environ, start)
+        except BaseException:
+            exchange.finish()
+            raise
         finally:
-            elapsed = time.perf_counter() - started
-            IN_FLIGHT.dec()
-            method = environ.get("REQUEST_METHOD", "")
-            labels = (
-                environ.get(ROUTE_KEY, UNMATCHED),
-                method if method in METHODS else "other",
-                status,
-            )
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
-            series[0].inc()
-            series[1].observe(elapsed)
             request_id.reset(token)
+        return _ObservedBody(body, exchange)
+
+    def record(self, environ: dict[str, Any], status: str, elapsed: float) -> None:
+        method = environ.get("REQUEST_METHOD", "")
+        labels = (
+            environ.get(ROUTE_KEY, UNMATCHED),
+            method if method in METHODS else "other",
+            status,
+        )
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
+        series[0].inc()
+        series[1].observe(elapsed)
+
+
+class _Exchange:
+    """One request, from its arrival until the server closes its response (PEP 3333: after
+    the last byte, or when the client went away): in flight, then counted and timed."""
+
+    __slots__ = ("environ", "finished", "observer", "request_id", "started", "status")
+
+    def __init__(self, observer: RequestObserver, environ: dict[str, Any]) -> None:
+        self.observer = observer
+        self.environ = environ
+        self.request_id = request_id.accept(environ.get("HTTP_X_REQUEST_ID"))
+        self.status = "500"  # if the application raises instead of answering
+        self.finished = False
+        IN_FLIGHT.inc()
+        self.started = time.perf_counter()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        elapsed = time.perf_counter() - self.started
+        IN_FLIGHT.dec()
+        self.observer.record(self.environ, self.status, elapsed)
+
+
+class _ObservedBody:
+    """The response body as the server reads it: each chunk is made with the request id bound
+    (a streamed body, e.g. a CSV export, runs its queries then), and `close()` closes the body,
+    then ends the observation. What werkzeug's ClosingIterator does, plus the binding around
+    each chunk, which it has no place for (a subclass would replace both its methods and
+    costs twice as much per request)."""
+
+    __slots__ = ("_close", "_exchange", "_next")
+
+    def __init__(self, body: Iterable[bytes], exchange: _Exchange) -> None:
+        self._next = iter(body).__next__
+        self._close = getattr(body, "close", None)
+        self._exchange = exchange
+
+    def __iter__(self) -> _ObservedBody:
+        return self
+
+    def __next__(self) -> bytes:
+        token = request_id.bind(self._exchange.request_id)
+        try:
+            return self._next()
+        finally:
+            request_id.reset(token)
+
+    def close(self) -> None:
+        token = request_id.bind(self._exchange.request_id)
+        try:
+            if self._close is not None:
+                self._close()  # the body's own close (a generator's cleanup, teardown)
+        finally:
+            request_id.reset(token)
+            self._exchange.finish()
 
 
 def _annotate(response: Response) -> Response:

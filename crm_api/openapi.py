@@ -8,6 +8,7 @@ import marshmallow as ma
 
 from crm_domain.text import SINGLE_LINE_PATTERN
 
+from . import conditional
 from .schemas import DecimalString, SingleLine
 
 # A string the API accepts has no NUL character (PostgreSQL cannot store one). JSON Schema
@@ -47,3 +48,4 @@ def document(api: Any) -> None:
     """Call before registering blueprints: schemas are converted when their paths are added."""
     api.register_field(DecimalString, "string", "decimal")
     api.ma_plugin.converter.add_attribute_function(_text_pattern)
+    conditional.register_components(api.spec, api.ERROR_SCHEMA)

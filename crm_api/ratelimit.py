@@ -5,7 +5,8 @@ in Redis, so it holds across processes and hosts:
 
 - API: every route, per user of a valid access token (per client address without one).
 - Login, per account: failed logins (401) per email and client address.
-- Login, per email: failed logins per email from any address (looser: a distributed guess).
+- Login, per email from any address (a distributed guess): progressive delays instead of a
+  limit of this kind, so that nobody can lock the owner out (crm_api.login_backoff).
 - Auth, per address: every login, register and refresh attempt, per route and client address
   (bcrypt costs the server ~250 ms a try).
 
@@ -67,7 +68,7 @@ def _api_key() -> str:
     return f"user:{user}" if user is not None else f"addr:{client_address()}"
 
 
-def _email_digest() -> str:
+def email_digest() -> str:
     """HMAC of the casefolded email of a JSON body, or "-" when there is none."""
     try:
         body = request.get_json(silent=True)  # parsed once: the view's parser reads the cache
@@ -82,7 +83,7 @@ def _email_digest() -> str:
 
 
 def _account_key() -> str:
-    return f"{_email_digest()}:{client_address()}"
+    return f"{email_digest()}:{client_address()}"
 
 
 def _failed_login(response: Response) -> bool:
@@ -116,13 +117,6 @@ def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
             config["RATELIMIT_LOGIN"],
             key_function=_account_key,
             scope="login-account",
-            exempt_when=_not_login,
-            deduct_when=_failed_login,
-        ),
-        ApplicationLimit(
-            config["RATELIMIT_LOGIN_EMAIL"],
-            key_function=_email_digest,
-            scope="login-email",
             exempt_when=_not_login,
             deduct_when=_failed_login,
         ),

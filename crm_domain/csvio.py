@@ -3,13 +3,21 @@
 Both directions use the same columns per kind, so an export can be imported again. Files are
 UTF-8 (a byte order mark is accepted and dropped), comma-separated, with a header row; quoting
 follows RFC 4180 and is checked strictly (an unbalanced quote is an error, not a long field).
-Rows are numbered as a spreadsheet numbers them: the header is row 1. Blank rows are skipped."""
+Rows are numbered as a spreadsheet numbers them: the header is row 1. Blank rows are skipped.
+
+Formulas (OWASP "CSV Injection"): a spreadsheet runs a cell that starts with `=`, `+`, `-`,
+`@`, a tab or a carriage return. Written text that would start so gets a leading `'`, which
+spreadsheets show as the text itself (`neutralize`); numbers (amounts, ids) are written as
+numbers. Reading removes that quote again (`restore`), so an export imports back unchanged:
+text that itself starts with quotes before such a character gets one quote more on the way
+out, and loses exactly one on the way in."""
 
 from __future__ import annotations
 
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -38,6 +46,8 @@ REQUIRED: dict[ImportKind, tuple[tuple[str, ...], ...]] = {
     ImportKind.DEALS: (("title",), ("contact_id", "contact_email")),
 }
 _TEXT_CHUNK = 64 * 1024
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_QUOTED_FORMULA = re.compile(r"'+[=+\-@\t\r]")  # what neutralize quoted: restore unquotes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +108,7 @@ class Reader:
             if len(record) != width:
                 yield self._row, None
             else:
-                yield self._row, dict(zip(self.header, record, strict=True))
+                yield self._row, {c: restore(v) for c, v in zip(self.header, record, strict=True)}
 
 
 def _check_header(cells: list[str], kind: ImportKind) -> tuple[str, ...]:
@@ -164,19 +174,36 @@ def _first_bad_byte(binary: IO[bytes]) -> dict[str, int]:
     return {}
 
 
-def cell(value: Any) -> str:
-    """How a value is written in a CSV cell (and read back by the import)."""
+def neutralize(text: str) -> str:
+    """`text` as a spreadsheet shows it without running it: a leading `'` when it starts
+    with a formula character (or with quotes before one, so that `restore` is exact)."""
+    if text.startswith(FORMULA_STARTS) or _QUOTED_FORMULA.match(text):
+        return "'" + text
+    return text
+
+
+def restore(text: str) -> str:
+    """The text `neutralize` was given: one leading quote before a formula character goes."""
+    return text[1:] if _QUOTED_FORMULA.match(text) else text
+
+
+def cell(value: Any, *, raw: bool = False) -> str:
+    """How a value is written in a CSV cell (and read back by the import). Text is
+    neutralized unless `raw` (numbers, enums and empty values never need it)."""
     if value is None:
         return ""
     if isinstance(value, Enum):
         return str(value.value)
     if isinstance(value, Decimal):
         return f"{value:.2f}"
+    if isinstance(value, str):
+        return value if raw else neutralize(value)
     return str(value)
 
 
-def to_csv(rows: Iterable[Sequence[Any]]) -> str:
-    """CSV text of `rows` (CRLF line ends, quoting only where needed)."""
+def to_csv(rows: Iterable[Sequence[Any]], *, raw: bool = False) -> str:
+    """CSV text of `rows` (CRLF line ends, quoting only where needed). Text cells that a
+    spreadsheet would run as formulas are neutralized unless `raw`."""
     buffer = io.StringIO()
-    csv.writer(buffer).writerows([cell(v) for v in row] for row in rows)
+    csv.writer(buffer).writerows([cell(v, raw=raw) for v in row] for row in rows)
     return buffer.getvalue()

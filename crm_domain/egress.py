@@ -14,11 +14,13 @@ check: for tests and local development with receivers on localhost."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from urllib.parse import SplitResult, urlsplit
 
 from .errors import ValidationFailed
 
+log = logging.getLogger(__name__)
 ALLOWED_SCHEMES = ("http", "https")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -63,7 +65,15 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class EgressRefused(Exception):
-    """A destination the guard refuses (raised at send time)."""
+    """A destination the guard refuses. Its message says only that: what the host resolved
+    to (or why it did not) is in `detail`, for the log. Whatever reaches an API answer (the
+    400, a delivery's error) must not make the guard a DNS lookup of internal names."""
+
+    MESSAGE = "the host's address is not allowed"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(self.MESSAGE)
+        self.detail = detail
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -153,6 +163,7 @@ def check_url(url: str, *, allow_private: bool) -> None:
     try:
         vetted_addresses(parts.hostname, port, allow_private=False)
     except EgressRefused as exc:
+        log.info("webhook URL refused: %s", exc.detail)
         raise ValidationFailed(
             "The URL's host must resolve to public addresses only",
             code="WEBHOOK_URL_FORBIDDEN",

@@ -6,12 +6,18 @@ A ContextVar, so every thread (gthread workers) and task sees only its own."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
-MAX_LENGTH = 128
+# An id a client may choose: 1-128 letters, digits and - _ . : @ + = / (uuids, trace ids,
+# base64). No spaces, quotes, brackets or control characters: an id ends up in log lines and
+# database rows, where nothing may forge or break a line. deploy/nginx.conf keeps a client's
+# id by the same pattern.
+ACCEPTED = r"[A-Za-z0-9._:@+=/-]{1,128}"
+_ACCEPTED = re.compile(ACCEPTED)
 
 _current: ContextVar[str | None] = ContextVar("crm_request_id", default=None)
 
@@ -25,9 +31,8 @@ def new() -> str:
 
 
 def accept(offered: str | None) -> str:
-    """The client's id when it is 1-128 printable ASCII characters, a new one otherwise (an
-    id ends up in log lines and database rows: nothing that could forge or break a line)."""
-    if offered and len(offered) <= MAX_LENGTH and offered.isascii() and offered.isprintable():
+    """The client's id when it matches ACCEPTED, a new one otherwise."""
+    if offered and _ACCEPTED.fullmatch(offered):
         return offered
     return new()
 

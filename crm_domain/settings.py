@@ -101,7 +101,10 @@ class Settings:
     ratelimit_enabled: bool = True
     ratelimit_api: str = "6000/minute"
     ratelimit_login: str = "10/minute"
-    ratelimit_login_email: str = "100/hour"
+    # Failed logins per account (crm_api.login_backoff): free ones, then doubling waits.
+    ratelimit_login_free_failures: int = 10
+    ratelimit_login_max_delay: int = 300
+    ratelimit_login_known_days: int = 30
     ratelimit_auth_address: str = "30/minute"
     trusted_proxies: int = 0
     installation_check_seconds: float = 5.0
@@ -154,7 +157,9 @@ class Settings:
             ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
             ratelimit_api=env.str("RATELIMIT_API", "6000/minute"),
             ratelimit_login=env.str("RATELIMIT_LOGIN", "10/minute"),
-            ratelimit_login_email=env.str("RATELIMIT_LOGIN_EMAIL", "100/hour"),
+            ratelimit_login_free_failures=env.int("RATELIMIT_LOGIN_FREE_FAILURES", 10),
+            ratelimit_login_max_delay=env.int("RATELIMIT_LOGIN_MAX_DELAY", 300),
+            ratelimit_login_known_days=env.int("RATELIMIT_LOGIN_KNOWN_DAYS", 30),
             ratelimit_auth_address=env.str("RATELIMIT_AUTH_ADDRESS", "30/minute"),
             trusted_proxies=env.int("TRUSTED_PROXIES", 0),
             installation_check_seconds=env.float("INSTALLATION_CHECK_SECONDS", 5.0),

@@ -197,6 +197,12 @@ class Sender:
                     if len(raw) >= RESPONSE_READ_LIMIT:
                         break
         except egress.EgressRefused as exc:
+            log.warning(
+                "webhook delivery %s (endpoint %s) refused: %s",
+                attempt.delivery_id,
+                attempt.endpoint_id,
+                exc.detail,
+            )
             return AttemptResult(error=f"destination refused: {exc}")
         except httpx.TimeoutException:
             return AttemptResult(error=f"no answer within {self.timeout:g} s")

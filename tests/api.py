@@ -12,6 +12,9 @@ from werkzeug.test import TestResponse
 
 PREFIX = "/api/v1"
 PASSWORD = "StrongPassword123"
+# Read the whole body and close the response, as a server does once it sent the last byte:
+# the request's observation (metrics, in-flight gauge) ends at that close.
+BUFFERED = True
 
 
 @dataclass
@@ -47,7 +50,12 @@ class ApiClient:
             all_headers["X-Organization-Id"] = str(org)
         url = path if path in ("/health", "/ready") else PREFIX + path
         return self.client.open(
-            url, method=method, json=json, query_string=query, headers=all_headers
+            url,
+            method=method,
+            json=json,
+            query_string=query,
+            headers=all_headers,
+            buffered=BUFFERED,
         )
 
     def get(self, path: str, **kw: Any) -> TestResponse:
@@ -81,6 +89,7 @@ class ApiClient:
             PREFIX + "/imports",
             data=data,
             content_type="multipart/form-data",
+            buffered=BUFFERED,
             headers={
                 "Authorization": f"Bearer {user.token}",
                 "X-Organization-Id": str(org or user.org_id),

@@ -14,6 +14,7 @@ from sqlalchemy import update
 from werkzeug.test import TestResponse
 
 from crm_domain.models import AuthSession
+from crm_domain.services.records import auth as auth_service
 
 from .api import PASSWORD, ApiClient, error_code
 
@@ -419,6 +420,29 @@ def test_the_replaced_token_after_the_window_revokes_the_session(api: ApiClient,
     _assert_401(_refresh(api, user.refresh_token), "TOKEN_REUSED")
     _assert_401(api.get("/auth/me", token=pair["access_token"]), "TOKEN_REVOKED")
     _assert_401(_refresh(api, pair["refresh_token"]), "TOKEN_REVOKED")
+
+
+def test_the_window_counts_from_the_exact_time_of_the_refresh(api: ApiClient, app) -> None:
+    """A refresh at x.9 s, its token replayed 9.95 s later: inside the default 10 s window
+    (counted from the second the refresh began, it would be 10.85 s: outside)."""
+    user = api.register()
+    claims = pyjwt.decode(user.refresh_token, options={"verify_signature": False})
+    refreshed_at = dt.datetime.now(dt.UTC).replace(microsecond=900_000)
+
+    def present_the_first_token(seconds_later: float) -> auth_service.TokenGrant:
+        with app.extensions["crm_db"].transaction() as session:
+            return auth_service.rotate_session(
+                session,
+                session_id=claims["sid"],
+                presented_jti=claims["jti"],
+                grace=dt.timedelta(seconds=10),
+                now=refreshed_at + dt.timedelta(seconds=seconds_later),
+            )
+
+    grant = present_the_first_token(0)  # the refresh
+    assert present_the_first_token(9.95) == grant  # a replay within the window
+    with pytest.raises(auth_service.TokenReused):
+        present_the_first_token(10.05)
 
 
 def test_a_token_two_rotations_old_is_reuse_even_within_the_window(api: ApiClient) -> None:

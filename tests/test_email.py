@@ -535,6 +535,9 @@ def test_without_smtp_messages_go_to_a_folder_and_the_log(
         token_hash = session.scalar(select(Invitation.token_hash).where(Invitation.email == email))
     token = text.split("?token=")[1].split()[0]
     assert hash_token(token) == token_hash
+    # The token is in the file, never in the log (the link and the "Token:" line are masked).
+    assert token not in caplog.text
+    assert caplog.text.count(transport.DirectoryTransport.MASK) == 2
 
 
 def test_concurrent_senders_send_each_message_once(api: ApiClient, db, smtp: SmtpServer) -> None:

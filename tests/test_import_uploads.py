@@ -3,11 +3,15 @@ body, never a 500, and no job is created."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import func, select
 
+from crm_api import create_app
 from crm_domain.db import Database
 from crm_domain.models import ImportJob
+from crm_domain.settings import Settings
 
 from .api import PREFIX, ApiClient, User, error_code
 
@@ -138,6 +142,36 @@ def test_a_file_over_the_limit_is_413(api: ApiClient, db: Database, owner: User)
     assert error_code(r) == "PAYLOAD_TOO_LARGE"
     assert r.get_json()["error"]["message"] == "An upload may be at most 20971520 bytes (20 MiB)"
     assert _jobs(db, owner) == before
+
+
+def test_a_file_of_exactly_the_limit_is_accepted(app) -> None:
+    """The limit is the file's size: the multipart framing around it does not count."""
+    limit = 100_000
+    small = create_app(
+        dataclasses.replace(Settings.from_env(), import_max_bytes=limit),
+        TESTING=True,
+        OUTBOX_DISPATCH="none",
+        RATELIMIT_ENABLED=False,
+    )
+    try:
+        api = ApiClient(small.test_client())
+        owner = api.register()
+        header, line = b"name,email\r\n", b"Someone,\r\n"
+        rows = (limit - len(header)) // len(line)
+        padded = b"S" * ((limit - len(header)) % len(line) + len(line) - 3) + b",\r\n"
+        exact = header + line * (rows - 1) + padded
+        assert len(exact) == limit
+        r = api.upload(owner, exact, filename="a-rather-long-file-name-" + "x" * 200 + ".csv")
+        assert r.status_code == 202, r.get_json()
+        assert r.get_json()["rows_total"] == rows
+        r = api.upload(owner, header + line * (rows - 1) + b"S" + padded)  # one byte more
+        assert r.status_code == 413 and error_code(r) == "PAYLOAD_TOO_LARGE"
+        assert (
+            r.get_json()["error"]["message"]
+            == "An upload may be at most 100000 bytes (0.0953674 MiB)"
+        )
+    finally:
+        small.extensions["crm_db"].dispose()
 
 
 def test_uploads_may_exceed_the_usual_1_mib_but_other_bodies_may_not(

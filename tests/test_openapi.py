@@ -453,3 +453,58 @@ def test_csv_import_and_export_routes_have_examples(spec: dict[str, Any]) -> Non
     for kind in ("contacts", "deals"):
         ok = spec["paths"][f"{PREFIX}/{kind}/export.csv"]["get"]["responses"]["200"]
         assert set(ok["content"]) == {"text/csv"}
+
+
+# --- conditional requests --------------------------------------------------------------------
+
+CONDITIONAL_PATHS = [
+    f"{PREFIX}/contacts/{{contact_id}}",
+    f"{PREFIX}/deals/{{deal_id}}",
+    f"{PREFIX}/tasks/{{task_id}}",
+    f"{PREFIX}/webhooks/{{endpoint_id}}",
+]
+
+
+def _header_parameters(spec: dict[str, Any], path: str, op: dict[str, Any]) -> dict[str, Any]:
+    resolved = [_resolve(spec, p) for p in _parameters(spec, path, op)]
+    return {p["name"]: p for p in resolved if p["in"] == "header"}
+
+
+def test_conditional_headers_are_documented_where_they_are_honoured(
+    spec: dict[str, Any],
+) -> None:
+    """A generated client learns If-Match / If-None-Match, the ETag and the 304/412 answers
+    from the document alone, on exactly the routes that honour them."""
+    honoured = {(m, p) for p in CONDITIONAL_PATHS for m in ("get", "patch", "delete")}
+    documented = {
+        (method, path)
+        for method, path, op in operations(spec)
+        if {"If-Match", "If-None-Match"} & set(_header_parameters(spec, path, op))
+    }
+    assert documented == honoured
+    for method, path in honoured:
+        op = spec["paths"][path][method]
+        headers = _header_parameters(spec, path, op)
+        for name in ("If-Match", "If-None-Match"):
+            assert headers[name]["required"] is False, (method, path, name)
+            pattern = headers[name]["schema"]["pattern"]
+            for good in ('"abc"', 'W/"abc"', "*", '"a", W/"b"'):
+                assert re.fullmatch(pattern, good), (name, good)
+            for bad in ("abc", '*, "a"', 'w/"a"', '"a" "b"'):
+                assert not re.fullmatch(pattern, bad), (name, bad)
+        assert "strong" in headers["If-Match"]["description"]
+        assert "weak" in headers["If-None-Match"]["description"]
+        responses = op["responses"]
+        failed = _resolve(spec, responses["412"])["content"]["application/json"]
+        assert failed["schema"] == {"$ref": "#/components/schemas/Error"}
+        assert failed["example"]["error"]["code"] == "PRECONDITION_FAILED"
+        assert "400" in responses  # a malformed header
+        if method == "get":
+            not_modified = _resolve(spec, responses["304"])
+            assert "content" not in not_modified
+            assert set(not_modified["headers"]) == {"ETag"}
+        else:
+            assert "304" not in responses
+        if method != "delete":
+            etag = _resolve(spec, responses["200"]["headers"]["ETag"])
+            assert etag["schema"]["type"] == "string"

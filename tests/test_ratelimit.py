@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,16 +20,19 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from crm_api import create_app
+from crm_api.ratelimit import email_digest
 from crm_domain.settings import Settings
 
 from .api import PASSWORD, ApiClient, error_code
 
 LIMITS = {
     "RATELIMIT_LOGIN": "3/minute",
-    "RATELIMIT_LOGIN_EMAIL": "5/minute",
+    "RATELIMIT_LOGIN_FREE_FAILURES": 5,
+    "RATELIMIT_LOGIN_MAX_DELAY": 60,
     "RATELIMIT_AUTH_ADDRESS": "8/minute",
     "RATELIMIT_API": "20/minute",
 }
+BACKOFF = "5 failed logins, then waits doubling up to 60 s"
 
 
 def _build(settings: Settings | None = None, **config: Any) -> Flask:
@@ -104,15 +108,105 @@ def test_successful_logins_do_not_count(limited: Flask) -> None:
         assert _login(api, user.email).status_code == 200
 
 
-def test_failed_logins_per_email_from_many_addresses(limited: Flask) -> None:
+def _backoff_key(app: Flask, email: str, address: str | None = None) -> str:
+    """The Redis key of an account's bucket: its known `address`'s, or the shared one."""
+    with app.test_request_context(json={"email": email}):
+        digest = email_digest()
+    prefix = app.extensions["crm_settings"].redis_key_prefix
+    key = f"{prefix}:ratelimit:login-backoff:{digest}"
+    return f"{key}:{address}" if address else key
+
+
+def _wait_passes(app: Flask, key: str) -> None:
+    """As if the bucket's wait were over (instead of sleeping through it)."""
+    redis_client(app).hset(key, "next", "0")
+
+
+def redis_client(app: Flask) -> redis.Redis:
+    return redis.Redis.from_url(app.extensions["crm_settings"].redis_url)
+
+
+def test_guesses_from_many_addresses_are_slowed_down_more_and_more(limited: Flask) -> None:
     email = _client(limited).register().email
-    for _ in range(5):  # each address stays under the per-account limit
+    for _ in range(5):  # free failures, each from an address of its own
         assert _login(_client(limited), email, "wrong-password").status_code == 401
-    _assert_429(_login(_client(limited), email, "wrong-password"), "5 per 1 minute")
-    _assert_429(_login(_client(limited), email), "5 per 1 minute")
+    shared = _backoff_key(limited, email)
+    waits = []
+    for _ in range(8):
+        r = _login(_client(limited), email, "wrong-password")
+        _assert_429(r, BACKOFF)
+        waits.append(int(r.headers["Retry-After"]))
+        _wait_passes(limited, shared)
+        assert _login(_client(limited), email, "wrong-password").status_code == 401
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]  # doubling, then one guess a minute at most
+    r = _login(_client(limited), email)  # the right password from a fresh address waits too
+    _assert_429(r, BACKOFF)
+    assert r.get_json()["error"]["details"]["retry_after"] <= 60  # never an hour
     # Other accounts are not affected.
     other = _client(limited).register()
     assert _login(_client(limited), other.email).status_code == 200
+
+
+def test_the_owner_logs_in_from_a_known_address_while_the_account_is_attacked(
+    limited: Flask,
+) -> None:
+    home = _address()
+    owner = _client(limited, home)
+    user = owner.register()
+    assert _login(owner, user.email).status_code == 200  # home is now a known address
+    for _ in range(5):
+        assert _login(_client(limited), user.email, "wrong-password").status_code == 401
+    for _ in range(3):  # the attacker, on fresh addresses, waits...
+        _assert_429(_login(_client(limited), user.email, "wrong-password"), BACKOFF)
+    r = _login(owner, user.email)  # ...the owner at home does not
+    assert r.status_code == 200, r.get_json()
+    # A typo at home counts in home's own bucket only, and the owner still gets in.
+    assert _login(owner, user.email, "wrong-password").status_code == 401
+    assert _login(owner, user.email).status_code == 200
+    _assert_429(_login(_client(limited), user.email), BACKOFF)  # fresh addresses still wait
+
+
+def test_a_known_ipv6_address_is_its_64_prefix(limited: Flask) -> None:
+    owner = _client(limited, "2001:db8:1:2::10")
+    user = owner.register()
+    assert _login(owner, user.email).status_code == 200
+    for _ in range(5):
+        assert _login(_client(limited), user.email, "wrong-password").status_code == 401
+    # the device's next privacy address, in the same /64
+    assert _login(_client(limited, "2001:db8:1:2:a:b:c:d"), user.email).status_code == 200
+    _assert_429(_login(_client(limited, "2001:db8:1:3::10"), user.email), BACKOFF)
+
+
+def test_parallel_guesses_cannot_share_a_slot(limited: Flask) -> None:
+    """Guesses are counted as they start: when a slot opens, a burst gets one guess in it."""
+    email = _client(limited).register().email
+    shared = _backoff_key(limited, email)
+    for _ in range(5):
+        assert _login(_client(limited), email, "wrong-password").status_code == 401
+    redis_client(limited).hset(shared, mapping={"n": 12, "next": "0"})  # waits are at 60 s
+    codes: list[int] = []
+    barrier = threading.Barrier(12)
+
+    def guess() -> None:
+        api = _client(limited)
+        barrier.wait()
+        codes.append(_login(api, email, "wrong-password").status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(codes) == [401] + [429] * 11
+
+
+def test_only_failed_logins_count_towards_the_delays(limited: Flask) -> None:
+    email = _client(limited).register().email
+    for _ in range(10):  # bad requests are no guesses
+        assert _client(limited).post("/auth/login", json={"email": email}).status_code == 400
+    for _ in range(5):
+        assert _login(_client(limited), email, "wrong-password").status_code == 401
+    _assert_429(_login(_client(limited), email, "wrong-password"), BACKOFF)
 
 
 def test_auth_attempts_per_address_and_route(limited: Flask) -> None:
@@ -178,7 +272,7 @@ def test_emails_are_not_stored_in_redis(limited: Flask, test_services) -> None:
     assert _login(api, f"{local}@example.com", "wrong-password").status_code == 401
     client = redis.Redis.from_url(test_services.redis_url)
     keys = [k.decode() for k in client.scan_iter(match="*ratelimit*login-*", count=1000)]
-    assert any("login-account" in k for k in keys) and any("login-email" in k for k in keys)
+    assert any("login-account" in k for k in keys) and any("login-backoff" in k for k in keys)
     assert not [k for k in keys if local in k]
 
 

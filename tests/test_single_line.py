@@ -328,6 +328,7 @@ FREE_TEXT = {
     ("ActivityCreateSchema", "type"): 'only "comment" is accepted (the service checks it)',
     ("LoginSchema", "email"): "a lookup: an account stored before the rule must still log in",
     ("ContactListArgs", "search"): "a lookup, never stored",
+    ("ContactExportArgs", "search"): "a lookup, never stored",
     ("LoginSchema", "password"): "a secret, never shown",
     ("RegisterSchema", "password"): "a secret, never shown",
     ("AcceptNewUserSchema", "password"): "a secret, never shown",

@@ -12,7 +12,7 @@ from crm_domain.services.transfer import exports
 from crm_domain.validation.writes import ContactCreateSchema, ContactUpdateSchema
 
 from ..by_id import ByIdDocs, register_by_id
-from ..exports import csv_download, csv_response_doc
+from ..exports import ExportArgs, csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, Trimmed, page_of, query_id_field
 
@@ -37,24 +37,31 @@ class ContactListArgs(PageArgs):
     owner_id = query_id_field(metadata={"description": "manager and above only"})
 
 
+class ContactExportArgs(ContactListArgs, ExportArgs):
+    pass
+
+
 schema = ContactSchema()
 
 
 @blp.route("/export.csv")
 class ContactsExport(MethodView):
     @blp.tenant_required
-    @blp.arguments(ContactListArgs(exclude=PageArgs.PAGE_FIELDS), location="query")
+    @blp.arguments(ContactExportArgs(exclude=PageArgs.PAGE_FIELDS), location="query")
     @blp.doc(
         responses=csv_response_doc(
             "name,email,phone,owner_email\r\n"
-            "John Doe,john.doe@example.com,+123456789,owner@example.com\r\n"
+            "John Doe,john.doe@example.com,'+123456789,owner@example.com\r\n"
         )
     )
     def get(self, args: dict[str, Any]) -> Any:
         """Export contacts as CSV (the list's filters and order; the import's columns)
 
-        Columns: name, email, phone, owner_email. Streamed: any size, little memory."""
-        return csv_download(exports.contacts_export(current_actor(), **args), "contacts.csv")
+        Columns: name, email, phone, owner_email. Streamed: any size, little memory. Text
+        that a spreadsheet would run as a formula starts with a ' (see `raw`)."""
+        raw = args.pop("raw")
+        export = exports.contacts_export(current_actor(), **args)
+        return csv_download(export, "contacts.csv", raw=raw)
 
 
 @blp.route("")

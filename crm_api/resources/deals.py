@@ -13,7 +13,7 @@ from crm_domain.services.transfer import exports
 from crm_domain.validation.writes import DealCreateSchema, DealUpdateSchema
 
 from ..by_id import ByIdDocs, register_by_id
-from ..exports import csv_download, csv_response_doc
+from ..exports import ExportArgs, csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, amount_field, page_of, query_id_field
 
@@ -55,13 +55,17 @@ class DealListArgs(PageArgs):
             raise ValidationError("min_amount must not exceed max_amount", "min_amount")
 
 
+class DealExportArgs(DealListArgs, ExportArgs):
+    pass
+
+
 schema = DealSchema()
 
 
 @blp.route("/export.csv")
 class DealsExport(MethodView):
     @blp.tenant_required
-    @blp.arguments(DealListArgs(exclude=PageArgs.PAGE_FIELDS), location="query")
+    @blp.arguments(DealExportArgs(exclude=PageArgs.PAGE_FIELDS), location="query")
     @blp.doc(
         responses=csv_response_doc(
             "title,amount,currency,status,stage,contact_id,contact_email,owner_email\r\n"
@@ -73,9 +77,11 @@ class DealsExport(MethodView):
         """Export deals as CSV (the list's filters and order; the import's columns)
 
         Columns: title, amount, currency, status, stage, contact_id, contact_email,
-        owner_email. Streamed: any size, little memory."""
+        owner_email. Streamed: any size, little memory. Text that a spreadsheet would run as
+        a formula starts with a ' (see `raw`); amounts and ids are plain numbers."""
+        raw = args.pop("raw")
         args["statuses"] = args.pop("status", ())
-        return csv_download(exports.deals_export(current_actor(), **args), "deals.csv")
+        return csv_download(exports.deals_export(current_actor(), **args), "deals.csv", raw=raw)
 
 
 @blp.route("")

@@ -9,7 +9,8 @@ from flask.views import MethodView
 
 from crm_domain.services.delivery import webhooks as service
 
-from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
+from ..conditional import precondition, with_etag
+from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, page_of
 from .webhook_schemas import (
     DELIVERY_EXAMPLE,
@@ -80,13 +81,9 @@ class WebhookEndpoints(MethodView):
 @blp.route("/<int:endpoint_id>")
 class WebhookEndpointById(MethodView):
     @blp.tenant_required
-    @blp.response(
-        200,
-        WebhookEndpointSchema,
-        headers={"ETag": {"schema": {"type": "string"}}},
-        example=ENDPOINT_EXAMPLE,
-    )
+    @blp.response(200, WebhookEndpointSchema, example=ENDPOINT_EXAMPLE)
     @blp.alt_response(404, description="Not found in this organization")
+    @blp.conditional
     def get(self, endpoint_id: int) -> Any:
         """One endpoint, with why it is disabled if it is (never its secret)"""
         with transaction() as session:
@@ -96,7 +93,7 @@ class WebhookEndpointById(MethodView):
     @blp.arguments(WebhookEndpointUpdateSchema, example={"enabled": True})
     @blp.response(200, WebhookEndpointSchema, example=ENDPOINT_EXAMPLE)
     @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    @blp.conditional
     def patch(self, data: dict[str, Any], endpoint_id: int) -> Any:
         """Change the URL, event types, description, or enable/disable the endpoint"""
         with transaction() as session:
@@ -105,7 +102,7 @@ class WebhookEndpointById(MethodView):
                 current_actor(),
                 endpoint_id,
                 data,
-                if_match_precondition(schema),
+                precondition(schema),
                 allow_private=_allow_private(),
             )
             return with_etag(endpoint, schema)
@@ -113,13 +110,11 @@ class WebhookEndpointById(MethodView):
     @blp.tenant_required
     @blp.response(204)
     @blp.alt_response(404, description="Not found in this organization")
-    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    @blp.conditional
     def delete(self, endpoint_id: int) -> None:
         """Delete the endpoint and its deliveries (pending ones are not sent)"""
         with transaction() as session:
-            service.delete_endpoint(
-                session, current_actor(), endpoint_id, if_match_precondition(schema)
-            )
+            service.delete_endpoint(session, current_actor(), endpoint_id, precondition(schema))
 
 
 @blp.route("/<int:endpoint_id>/rotate-secret")

@@ -42,13 +42,18 @@ class Content:
     subject: str
     text: str
     html: str | None = None
+    # Values for the recipient's eyes only (an invitation token): in the message, never in a
+    # log line (the transport masks them).
+    secrets: tuple[str, ...] = ()
 
 
-def render(template: str, subject: str, **context: Any) -> Content:
+def render(
+    template: str, subject: str, *, secrets: tuple[str, ...] = (), **context: Any
+) -> Content:
     """`<template>.txt` and `<template>.html` rendered with `context`."""
     text = _env.get_template(f"{template}.txt").render(subject=subject, **context)
     html = _env.get_template(f"{template}.html").render(subject=subject, **context)
-    return Content(subject=subject, text=text, html=html)
+    return Content(subject=subject, text=text, html=html, secrets=secrets)
 
 
 def build_message(content: Content, *, sender: str, to: str) -> EmailMessage:

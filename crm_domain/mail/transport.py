@@ -8,6 +8,7 @@ import logging
 import smtplib
 import ssl
 import uuid
+from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, message: EmailMessage, *, redact: Sequence[str] = ()) -> None:
+        """Hand `message` over; `redact`: values of it that no log line may show."""
 
     def close(self) -> None: ...
 
@@ -62,7 +64,7 @@ class SmtpTransport:
             raise
         return conn
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, *, redact: Sequence[str] = ()) -> None:
         if self._conn is not None:
             try:
                 self._conn.send_message(message)
@@ -84,23 +86,30 @@ class SmtpTransport:
 
 class DirectoryTransport:
     """Development stand-in for SMTP: each message becomes `<folder>/<time>-<id>.eml` (opens in
-    any mail client) and its text part is logged."""
+    any mail client) and its text part is logged, with the `redact` values (an invitation's
+    token) masked: logs travel further than the folder."""
+
+    MASK = "[hidden: see the .eml file]"
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, *, redact: Sequence[str] = ()) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         path = self.directory / f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
         path.write_bytes(message.as_bytes())
-        text = message.get_body(("plain",))
+        body = message.get_body(("plain",))
+        text = body.get_content() if body is not None else ""  # type: ignore[attr-defined]
+        for secret in redact:
+            if secret:
+                text = text.replace(secret, self.MASK)
         log.info(
             "e-mail (no SMTP_HOST; saved to %s)\nTo: %s\nSubject: %s\n\n%s",
             path,
             message["To"],
             message["Subject"],
-            text.get_content() if text is not None else "",  # type: ignore[attr-defined]
+            text,
         )
 
     def close(self) -> None:

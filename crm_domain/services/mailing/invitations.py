@@ -297,4 +297,5 @@ def compose_email(
         link=link,
         token=token,
         expires=invitation.expires_at.strftime("%Y-%m-%d %H:%M"),
+        secrets=(token,),
     )

@@ -145,13 +145,13 @@ def _fail(row: OutboundEmail, error: BaseException, *, permanent: bool) -> None:
 
 def _build(
     session: Session, row: OutboundEmail, context: MailContext, composer: Composer
-) -> EmailMessage | None:
-    """The message of a row, rendered from the current data; None when there is nothing to
-    send any more."""
+) -> tuple[EmailMessage, Content] | None:
+    """The message of a row, rendered from the current data, with the content it was built
+    from (its secrets are masked in log lines); None when there is nothing to send any more."""
     content = composer(session, row, context)
     if content is None:
         return None
-    return build_message(content, sender=context.sender, to=row.to_address)
+    return build_message(content, sender=context.sender, to=row.to_address), content
 
 
 def _send_one(
@@ -169,18 +169,19 @@ def _send_one(
         # In a savepoint: a query that fails on the row's data leaves the transaction usable
         # for writing the failure on the row.
         with session.begin_nested():
-            message = _build(session, row, context, composer)
+            built = _build(session, row, context, composer)
     except OperationalError:
         raise  # the database is away: nobody's fault, no attempt spent
     except Exception as exc:  # the row's data, a template: keep the error, retry later
         log.exception("could not build e-mail %s (%s)", row.id, row.kind)
         _fail(row, exc, permanent=False)
         return "failed"
-    if message is None:
+    if built is None:
         row.status = EmailStatus.SKIPPED
         return "skipped"
+    message, content = built
     try:
-        transport.send(message)
+        transport.send(message, redact=content.secrets)
     except Exception as exc:
         _fail(row, exc, permanent=is_permanent(exc))
         if is_connection_failure(exc):

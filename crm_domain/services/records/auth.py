@@ -106,11 +106,13 @@ class TokenGrant:
 
     refresh_jti: str
     access_jti: str
-    issued_at: dt.datetime  # whole seconds, as JWT times are
+    # The exact time (the grace window counts from it); the tokens carry it in whole seconds,
+    # as JWT times are.
+    issued_at: dt.datetime
 
 
 def _new_grant(now: dt.datetime) -> TokenGrant:
-    return TokenGrant(str(uuid.uuid4()), str(uuid.uuid4()), now.replace(microsecond=0))
+    return TokenGrant(str(uuid.uuid4()), str(uuid.uuid4()), now)
 
 
 def _record_current(auth: AuthSession, grant: TokenGrant) -> None:

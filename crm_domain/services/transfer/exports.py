@@ -80,8 +80,11 @@ def _deal_rows(session: Session, items: Sequence[Deal]) -> list[list[Any]]:
     ]
 
 
-def stream(db: Database, export: Export, batch_size: int = BATCH_SIZE) -> Iterator[str]:
-    """The CSV text: the header, then one chunk per batch."""
+def stream(
+    db: Database, export: Export, batch_size: int = BATCH_SIZE, *, raw: bool = False
+) -> Iterator[str]:
+    """The CSV text: the header, then one chunk per batch. Text that a spreadsheet would run
+    as a formula is neutralized unless `raw` (csvio.neutralize)."""
     yield csvio.to_csv([export.columns])
     ordered = export.stmt.order_by(*export.ordering.clauses()).limit(batch_size)
     after: list[Any] | None = None
@@ -91,7 +94,7 @@ def stream(db: Database, export: Export, batch_size: int = BATCH_SIZE) -> Iterat
             items = list(session.scalars(stmt))
             rows = export.to_rows(session, items)
         if rows:
-            yield csvio.to_csv(rows)
+            yield csvio.to_csv(rows, raw=raw)
         if len(items) < batch_size:
             return
         after = export.ordering.values_of(items[-1])
