@@ -91,6 +91,83 @@ def test_events_are_inserted_at_commit_and_not_on_rollback(quiet_db: Database, d
     assert len(record_status_changes(quiet_db, deal, 3)) == 3
 
 
+class _Undo(Exception):
+    """Rolls a test's savepoint back."""
+
+
+def _queue(session: Session, deal: dict[str, Any], tag: str) -> None:
+    payload = {"deal_id": deal["id"], "tag": tag}
+    outbox.record(session, deal["organization_id"], events.DEAL_CHANGED_TOPIC, payload)
+
+
+def _queued_tags(db: Database, deal: dict[str, Any]) -> list[str]:
+    """The tags of the deal's `deal.changed` events in the outbox, in the order queued."""
+    with db.transaction() as s:
+        payloads = s.scalars(
+            select(OutboxEvent.payload)
+            .where(
+                OutboxEvent.organization_id == deal["organization_id"],
+                OutboxEvent.topic == events.DEAL_CHANGED_TOPIC,
+            )
+            .order_by(OutboxEvent.id)
+        )
+        return [p["tag"] for p in payloads if p.get("deal_id") == deal["id"] and "tag" in p]
+
+
+def test_a_rolled_back_savepoint_drops_only_the_events_queued_inside_it(
+    quiet_db: Database, deal
+) -> None:
+    with quiet_db.transaction() as s:
+        _queue(s, deal, "before")
+        with pytest.raises(_Undo), s.begin_nested():
+            _queue(s, deal, "in the savepoint")
+            raise _Undo
+        _queue(s, deal, "after")
+    assert _queued_tags(quiet_db, deal) == ["before", "after"]
+
+
+def test_savepoints_inside_savepoints_keep_exactly_the_events_of_what_was_kept(
+    quiet_db: Database, deal
+) -> None:
+    """Released savepoints hand their events to the enclosing transaction; a rolled back one
+    drops its own and those of every savepoint released inside it, never those before it."""
+    with quiet_db.transaction() as s:
+        _queue(s, deal, "a")
+        with s.begin_nested():  # released
+            _queue(s, deal, "b")
+            with pytest.raises(_Undo), s.begin_nested():
+                _queue(s, deal, "dropped: inner rolled back")
+                raise _Undo
+            _queue(s, deal, "c")
+        _queue(s, deal, "d")
+        with pytest.raises(_Undo), s.begin_nested():
+            _queue(s, deal, "dropped: outer rolled back")
+            with s.begin_nested():  # released into the savepoint rolled back next
+                _queue(s, deal, "dropped: released into a rolled back one")
+            raise _Undo
+        _queue(s, deal, "e")
+    assert _queued_tags(quiet_db, deal) == ["a", "b", "c", "d", "e"]
+
+
+def test_the_publisher_hears_of_events_once_they_are_committed_not_at_a_savepoint(
+    test_services, deal
+) -> None:
+    """Releasing a savepoint commits nothing: the wake-up waits for the transaction's commit,
+    when a deliverer can see the events."""
+    seen: list[list[str]] = []
+    db = Database(test_services.database_url, pool_size=2)
+    db.publisher = lambda: seen.append(_queued_tags(db, deal))
+    try:
+        with db.transaction() as s:
+            _queue(s, deal, "before")
+            with s.begin_nested():
+                _queue(s, deal, "in the savepoint")
+            assert seen == []
+        assert seen == [["before", "in the savepoint"]]
+    finally:
+        db.engine.dispose()
+
+
 def test_a_batch_is_delivered_once_into_one_entry_each(quiet_db: Database, deal) -> None:
     ids = record_status_changes(quiet_db, deal, 5)
     assert outbox.deliver_pending(quiet_db) >= 5

@@ -2,8 +2,9 @@
 
 `record()` queues an event on the caller's session; right before that transaction commits,
 every queued event is inserted in one statement, so the events exist exactly when the change
-does. After the commit the session's publisher (see `Database.publisher`) is told that there
-is something to deliver: a wake-up, not a message per event.
+does. A savepoint (`begin_nested`) that is rolled back takes the events queued inside it
+with it, and only those. After the commit the session's publisher (see `Database.publisher`)
+is told that there is something to deliver: a wake-up, not a message per event.
 
 Delivery claims pending events in batches (`FOR UPDATE SKIP LOCKED`, so concurrent
 deliverers share the work), applies each topic's handler to all of its events at once and
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from ... import request_id
 from ...models import OutboxEvent
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _PENDING_KEY = "crm_outbox_new"
 _COMMITTED_KEY = "crm_outbox_committed"
+_SAVEPOINTS_KEY = "crm_outbox_savepoints"  # {open savepoint: events queued before it}
 
 BATCH_SIZE = 200
 # An event whose delivery failed this often is left for an operator (see `stuck_count`)
@@ -111,8 +113,27 @@ def record(session: Session, organization_id: int, topic: str, payload: dict[str
     )
 
 
+# The listeners below act on the session's own transaction, never on a SAVEPOINT: SQLAlchemy
+# fires its commit and rollback events for savepoints (begin_nested) too. Events are inserted
+# at the outermost commit only (inserting them at a savepoint's release would put events
+# queued before an enclosing savepoint inside it, to be rolled back with it), and a rolled
+# back savepoint drops exactly the events queued since it began: those of the change it
+# undoes. Savepoints nest, and events are queued in order, so each savepoint only needs the
+# number of events queued before it. (Session.commit() releases open savepoints before the
+# outermost commit; close them first when committing a SessionTransaction directly.)
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        queued = len(session.info.get(_PENDING_KEY, ()))
+        session.info.setdefault(_SAVEPOINTS_KEY, {})[transaction] = queued
+
+
 @event.listens_for(Session, "before_commit")
 def _insert_before_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint's release: its events now belong to the enclosing transaction
     rows: list[dict[str, Any]] = session.info.pop(_PENDING_KEY, [])
     if rows:
         session.connection().execute(insert(OutboxEvent), rows)
@@ -132,9 +153,23 @@ def _publish_after_commit(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _forget_after_rollback(session: Session, previous_transaction: Any) -> None:
-    session.info.pop(_PENDING_KEY, None)
-    session.info.pop(_COMMITTED_KEY, None)
+def _forget_after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.nested:
+        queued_before = session.info.get(_SAVEPOINTS_KEY, {}).pop(previous_transaction, None)
+        pending = session.info.get(_PENDING_KEY)
+        if queued_before is not None and pending:
+            del pending[queued_before:]
+    elif previous_transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)
+        session.info.pop(_COMMITTED_KEY, None)
+    # else: a flush's subtransaction; the savepoint or transaction around it is rolled back
+    # next, and that rollback says what goes
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_savepoints(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the transaction is over: so are its savepoints
+        session.info.pop(_SAVEPOINTS_KEY, None)
 
 
 # --- delivery -----------------------------------------------------------------------------
