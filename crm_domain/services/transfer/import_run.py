@@ -21,7 +21,7 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from ... import csvio
@@ -123,7 +123,9 @@ def _load(
 
 
 def _row_failed(row: int, step: str, error: BaseException) -> RowProblem:
-    message = f"The row could not be {step}: {type(error).__name__}: {error}"
+    # The database's refusal in the driver's words, without the statement and its parameters.
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    message = f"The row could not be {step}: {type(cause).__name__}: {cause}"
     return RowProblem(row, "", ROW_FAILED, message[:1000])
 
 
