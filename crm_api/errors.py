@@ -40,6 +40,10 @@ DEFAULT_CODES = {
     503: "SERVICE_UNAVAILABLE",
 }
 
+# Every 503 tells clients and proxies when to try again: a dependency (the database) is away,
+# and a restart or failover is over in seconds; the pool reconnects on the next request.
+RETRY_AFTER_SECONDS = 5
+
 
 def error_response(
     status: int,
@@ -52,6 +56,8 @@ def error_response(
     response.status_code = status
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+import psycopg
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -62,6 +65,29 @@ def _no_dml_when_reading(state: ORMExecuteState) -> None:
         raise ReadOnlySession("this session only reads: write inside Database.transaction()")
 
 
+def _closed_by_server(dbapi_connection: Any, *_: Any) -> None:
+    """Pool checkout hook: a pooled connection that the server has closed since it was
+    last used (a restart, a terminated backend, a pooler's idle timeout) is replaced before
+    the caller gets it, so the first request after a database restart succeeds.
+
+    An idle connection has nothing to read: psycopg consumed every reply up to the last
+    ReadyForQuery, and nothing here LISTENs. A readable socket therefore holds the server's
+    goodbye (FATAL 57P01 "terminating connection") or its end of file. Finding that is one
+    poll(2) with a zero timeout, no round trip (about 1 us); SQLAlchemy's pre-ping would
+    cost a SELECT 1 round trip per checkout (measured: 65-90 us of client and 10-20 us of
+    server CPU, 7-10 % of an authenticated GET; bench/pool_checkout.py, docs/PERFORMANCE.md).
+    A connection that died without a word (a crashed host, a dropped NAT entry) is not seen
+    here: its first statement fails (503)."""
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
+        readable = bool(poller.poll(0))
+    except (psycopg.Error, OSError) as exc:  # closed, or no socket left
+        raise DisconnectionError(f"connection unusable: {exc}") from exc
+    if readable:
+        raise DisconnectionError("the server closed the connection while it was idle")
+
+
 class Database:
     """One engine and session factory per process (recreate after fork with `dispose`).
 
@@ -97,6 +123,7 @@ class Database:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._factory: sessionmaker[Session] | None = None
+        self._probe: Engine | None = None  # connections of their own for ping()
 
     @classmethod
     def from_settings(
@@ -126,9 +153,8 @@ class Database:
                         else {
                             "pool_size": self.pool_size,
                             "max_overflow": self.pool_size,
-                            # No pre-ping (a round trip per checkout): a connection the
-                            # server dropped fails one request with 503 and the pool is
-                            # invalidated.
+                            # No pre-ping (a round trip per checkout): connections the
+                            # server closed are found without one (_closed_by_server).
                             "pool_pre_ping": False,
                             "pool_recycle": 1800,
                             "pool_timeout": 10,
@@ -138,6 +164,7 @@ class Database:
                     self._factory = sessionmaker(self._engine, expire_on_commit=False)
                     if not self.null_pool:
                         event.listen(self._engine, "connect", self._connected)
+                        event.listen(self._engine, "checkout", _closed_by_server)
         return self._engine
 
     def _connected(self, *_: Any) -> None:
@@ -181,6 +208,25 @@ class Database:
         """A connection without a transaction: one round trip per read, for tiny lookups."""
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             yield conn
+
+    def ping(self) -> None:
+        """One round trip on a connection of its own, never the pool's (a readiness probe
+        neither waits for nor takes a connection the requests need); raises when the
+        database does not answer. libpq bounds the connecting (2 s at least); a caller that
+        needs a shorter deadline runs this in a thread (crm_api.health)."""
+        with self._probe_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def _probe_engine(self) -> Engine:
+        if self._probe is None:
+            with self._lock:
+                if self._probe is None:
+                    self._probe = create_engine(
+                        self.url,
+                        poolclass=NullPool,
+                        connect_args={"connect_timeout": 2, "prepare_threshold": None},
+                    )
+        return self._probe
 
     def dispose(self) -> None:
         """Drop pooled connections (call in a child process after fork)."""

@@ -77,7 +77,9 @@ class InstallationIdentity:
     def __init__(self, db: Connections, check_seconds: float = DEFAULT_CHECK_SECONDS) -> None:
         self.db = db
         self.check_seconds = check_seconds
-        self._epoch: str | None = None
+        self._epoch: str | None = None  # None while it cannot be read
+        self._known: str | None = None  # the last epoch read, kept through an outage
+        self._unreadable = False  # the last read failed (an outage is logged once)
         self._expires = 0.0  # time.monotonic() after which the epoch is read again
         self._lock = threading.Lock()
 
@@ -91,9 +93,8 @@ class InstallationIdentity:
             try:
                 with self.db.autocommit() as conn:
                     epoch = epoch_of(conn.execute(IDENTITY_SQL).one())
-            except Exception:
-                log.warning("database identity unavailable; derived data is not cached")
-                self._remember(None, RETRY_SECONDS)
+            except Exception as exc:
+                self._unavailable(exc)
             else:
                 self._remember(epoch, self.check_seconds)
             return self._epoch
@@ -108,13 +109,32 @@ class InstallationIdentity:
         """Read the epoch again on next use (called when the pool opens a connection)."""
         self._expires = 0.0
 
-    def _remember(self, epoch: str | None, ttl: float) -> None:
-        if epoch != self._epoch and self._epoch is not None:
+    def _unavailable(self, exc: Exception) -> None:
+        """The identity cannot be read: an outage (or missing migrations), not a change of
+        identity. Logged once when it starts; nothing derived is cached meanwhile."""
+        if not self._unreadable:
+            reason = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+            log.warning(
+                "database unavailable (%s): derived data is neither read nor stored in Redis "
+                "until it answers",
+                reason.splitlines()[0],
+            )
+        self._unreadable = True
+        self._epoch = None
+        self._expires = time.monotonic() + RETRY_SECONDS
+
+    def _remember(self, epoch: str, ttl: float) -> None:
+        if self._unreadable:
+            log.info("database available again; derived data in Redis is used again")
+            self._unreadable = False
+        # Compared with the last identity read, across an outage: an unreachable database is
+        # not another one, but one restored while it was away is.
+        if self._known is not None and epoch != self._known:
             log.warning(
                 "database identity changed (%s -> %s): recreated, restored or rotated; "
                 "derived data of the previous identity is no longer used",
-                self._epoch,
+                self._known,
                 epoch,
             )
-        self._epoch = epoch
+        self._known = self._epoch = epoch
         self._expires = time.monotonic() + ttl

@@ -21,7 +21,13 @@ from . import (
 )
 from .broker import broker_config
 from .dispatch import DrainFlag
-from .names import IMPORT_QUEUE, SEND_MAIL_TASK, SWEEP_WEBHOOKS_TASK
+from .names import (
+    IMPORT_QUEUE,
+    SEND_MAIL_TASK,
+    SWEEP_STALE_SECONDS,
+    SWEEP_STALE_TASK,
+    SWEEP_WEBHOOKS_TASK,
+)
 from .webhook_sender import Sender
 
 EMAIL_QUEUE = "email"
@@ -111,6 +117,12 @@ celery_app.conf.update(
             "task": "crm.analytics.refresh_all",
             "schedule": timedelta(seconds=settings.analytics_refresh_seconds),
             "options": {"expires": settings.analytics_refresh_seconds},
+        },
+        # Refreshes asked for that never succeeded (a long outage): Redis only, cheap.
+        "analytics-sweep-stale": {
+            "task": SWEEP_STALE_TASK,
+            "schedule": timedelta(seconds=SWEEP_STALE_SECONDS),
+            "options": {"expires": SWEEP_STALE_SECONDS},
         },
         "task-reminders": {
             "task": "crm.reminders.send_due",

@@ -3,6 +3,8 @@
 
 DRAIN_TASK = "crm.outbox.drain"
 REFRESH_TASK = "crm.analytics.refresh"
+SWEEP_STALE_TASK = "crm.analytics.sweep_stale"  # beat, every SWEEP_STALE_SECONDS
+SWEEP_STALE_SECONDS = 10.0
 REPORT_BUILD_TASK = "crm.reports.build"
 SEND_MAIL_TASK = "crm.email.send_pending"
 SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in crm_worker.app)

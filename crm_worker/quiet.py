@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 
-QUIET_TASKS = frozenset({"crm.outbox.redispatch", "crm.reports.resend_pending"})
+QUIET_TASKS = frozenset(
+    {"crm.outbox.redispatch", "crm.reports.resend_pending", "crm.analytics.sweep_stale"}
+)
 _IDLE_RESULTS = frozenset({"0", "False", "None", "[]"})
 
 

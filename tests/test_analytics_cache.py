@@ -289,13 +289,14 @@ def test_keys_are_per_org_and_namespaced_by_prefix_and_database(api: ApiClient, 
     assert cache.claim_refresh(a.org_id) is True  # makes a :scheduled key exist too
     try:
         pattern = re.compile(
-            rf"^{re.escape(cache.prefix)}:{epoch}:analytics:(org:\d+(:scheduled)?|refreshed)$"
+            rf"^{re.escape(cache.prefix)}:{epoch}:analytics:(org:\d+(:scheduled)?|refreshed|stale)$"
         )
         keys = [k.decode() for k in cache.client.scan_iter(match=f"{cache.prefix}:*")]
         assert cache.org_key(a.org_id) in keys
         assert cache.org_key(b.org_id) in keys
         assert cache.schedule_key(a.org_id) in keys
         assert cache.refreshed_key in keys  # refresh times, for /metrics
+        assert cache.stale_key() in keys  # refreshes asked for and not done yet
         assert [k for k in keys if not pattern.match(k)] == []
     finally:
         cache.release_refresh(a.org_id)

@@ -741,6 +741,91 @@ def test_a_value_longer_than_its_column_is_never_cut_on_the_way_in(
     assert sorted(stored) == ["After", "Before"]
 
 
+class Frozen(BaseException):
+    """A run that stops mid-job without a trace (its worker froze or was killed): nothing
+    marks the job, its lease stays."""
+
+
+def _no_heartbeat_for_minutes(db: Database, job_id: int) -> None:
+    """The clock: the job's run has shown no progress for longer than IMPORT_STALL_SECONDS."""
+    with db.transaction() as s:
+        s.execute(
+            update(ImportJob)
+            .where(ImportJob.id == job_id)
+            .values(heartbeat_at=func.now() - dt.timedelta(minutes=5))
+        )
+
+
+def test_a_run_whose_job_was_taken_over_writes_no_further_batch(
+    api: ApiClient, app, db: Database, after_import_batch
+) -> None:
+    """Run A stalls after its first batch; run B takes the job over, writes the second batch
+    and freezes in turn. When A wakes up, the lease is B's: A writes nothing more and stops
+    (it does not write the batch B wrote, nor finish the job)."""
+    owner = api.register()
+    contact = api.contact(owner)
+    job_id = _pending_job(db, owner, _deal_csv(contact["id"], 10))
+    settings = app.extensions["crm_settings"]
+    small = type(settings)(**{**settings.__dict__, "import_batch_size": 3})
+    phase = ["a stalls"]
+
+    def after_batch(last_row: int) -> None:
+        if phase[0] == "a stalls":  # A's first batch is committed; A stalls here
+            phase[0] = "b runs"
+            _no_heartbeat_for_minutes(db, job_id)
+            with pytest.raises(Frozen):
+                run_import(db, job_id, small)  # B takes the job over...
+            phase[0] = "a wakes up"
+        elif phase[0] == "b runs":
+            raise Frozen  # ...and freezes after its first batch
+
+    with after_import_batch(after_batch):
+        assert run_import(db, job_id, small) is None
+    assert phase == ["a wakes up"]
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["rows_done"], job["created"]) == ("running", 6, 6)
+    assert _count(db, Deal, owner.org_id) == 6
+    with db.transaction() as s:
+        assert s.get_one(ImportJob, job_id).attempts == 2
+
+    _no_heartbeat_for_minutes(db, job_id)  # B never wakes up: beat's next run finishes
+    assert run_import(db, job_id, small) is ImportStatus.DONE
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["rows_done"], job["created"]) == ("done", 10, 10)
+    assert _count(db, Deal, owner.org_id) == 10
+
+
+def test_a_job_whose_runs_keep_dying_is_given_up_after_max_attempts(
+    api: ApiClient, app, db: Database, after_import_batch
+) -> None:
+    owner = api.register()
+    rows = "".join(f"Person {i},,,\r\n" for i in range(imports.MAX_ATTEMPTS * 2))
+    job_id = _pending_job(db, owner, CONTACTS_HEADER + rows, kind="contacts")
+    settings = app.extensions["crm_settings"]
+    one_row = type(settings)(**{**settings.__dict__, "import_batch_size": 1})
+
+    def dies(last_row: int) -> None:
+        raise Frozen
+
+    for _ in range(imports.MAX_ATTEMPTS):  # each run commits one row, then its worker dies
+        with pytest.raises(Frozen), after_import_batch(dies):
+            run_import(db, job_id, one_row)
+        _no_heartbeat_for_minutes(db, job_id)
+    assert run_import(db, job_id, one_row) is None  # the next run gives up instead
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["rows_done"]) == ("failed", imports.MAX_ATTEMPTS)
+    assert job["error"] == (
+        f"Gave up after {imports.MAX_ATTEMPTS} attempts; retry when the cause is fixed"
+    )
+    assert len(_contacts(api, owner)) == imports.MAX_ATTEMPTS
+    # once the cause is fixed, a retry resumes it with a fresh count of attempts
+    r = api.post(f"/imports/{job_id}/retry", user=owner, org=owner.org_id)
+    assert r.status_code == 202, r.get_json()
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["created"]) == ("done", imports.MAX_ATTEMPTS * 2)
+    assert len(_contacts(api, owner)) == imports.MAX_ATTEMPTS * 2
+
+
 def test_finished_jobs_are_not_claimed_again(api: ApiClient, app, db: Database) -> None:
     owner = api.register()
     job = _import(api, owner, CONTACTS_HEADER + "A,,,\r\n")

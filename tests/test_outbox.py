@@ -381,6 +381,40 @@ def test_the_background_waker_merges_wake_ups(flag: DrainFlag) -> None:
     assert not sent.acquire(timeout=0.3)  # one drain for all twenty commits
 
 
+def test_an_event_committed_during_a_drain_asks_for_a_drain_of_its_own(
+    quiet_db: Database, deal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain task clears the flag before it claims anything: a change that commits while
+    the drain delivers (after its last claim) finds the flag clear and asks for another
+    drain, instead of waiting for whichever comes next."""
+    from crm_worker.app import drain_flag
+    from crm_worker.tasks import outbox as outbox_tasks
+
+    flag = drain_flag()  # the key the deployment's API and drain task share
+    flag.clear()
+    asked: list[str] = []
+    quiet_db.publisher = DrainWaker(flag, lambda: asked.append("drain")).wake
+    first = record_status_changes(quiet_db, deal, 1)  # its commit asks for the drain below
+    assert asked == ["drain"]
+    dispatcher = outbox_tasks.dispatcher
+    real_deliver = dispatcher.deliver
+    late: list[int] = []
+
+    def deliver_then_a_commit(*args: Any, **kwargs: Any) -> int:
+        delivered = real_deliver(*args, **kwargs)  # every batch claimed and delivered
+        late.extend(set(record_status_changes(quiet_db, deal, 1)) - set(first))
+        return delivered
+
+    monkeypatch.setattr(dispatcher, "deliver", deliver_then_a_commit)
+    outbox_tasks.drain()  # the task, run in this process
+    assert len(late) == 1 and pending(quiet_db, late)[0].delivered_at is None
+    assert asked == ["drain", "drain"]  # the late commit asked for a drain
+    monkeypatch.setattr(dispatcher, "deliver", real_deliver)
+    outbox_tasks.drain()  # ...which delivers it
+    assert all(ev.delivered_at is not None for ev in pending(quiet_db, first + late))
+    assert entries(quiet_db, deal["id"]) == 2
+
+
 def test_timeline_entries_record_activity_created_only_where_an_endpoint_wants_it(
     quiet_db: Database, api: ApiClient
 ) -> None:

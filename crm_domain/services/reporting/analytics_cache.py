@@ -16,7 +16,15 @@ epoch read in the same snapshot as its data, so it is never filed under another 
 
 Every stored refresh also records its `as_of` in one sorted set per deployment and epoch,
 `<prefix>:<epoch>:analytics:refreshed` (organization id -> time), so the age of the stalest
-organization's figures is one `ZRANGE` away (the API's /metrics reports it)."""
+organization's figures is one `ZRANGE` away (the API's /metrics reports it).
+
+A refresh that was asked for and has not succeeded yet is never forgotten: asking marks the
+organization stale in `<prefix>:<epoch>:analytics:stale` (organization id -> when it was last
+asked for, in Redis's own milliseconds, strictly increasing per organization), and only a
+refresh that stored its results removes the mark, and only if no one asked again after it
+started (that later change may be missing from what it read). A refresh that gives up during
+an outage leaves the mark; `stale_organizations` finds the marks nobody acted on for a while
+(beat's sweep asks again)."""
 
 from __future__ import annotations
 
@@ -48,6 +56,36 @@ end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
+"""
+
+
+# Mark ARGV[1] stale (KEYS[1]) with Redis's time in ms, later than its previous mark, then
+# claim its debounce key (KEYS[2], for ARGV[2] ms): 1 if claimed.
+_MARK_AND_CLAIM = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local previous = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+if now <= previous then now = previous + 1 end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# Remove ARGV[1]'s stale mark if it is still the one seen when the refresh started (ARGV[2]).
+_CLEAR_IF_UNCHANGED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# The marks older than ARGV[1] ms by Redis's clock.
+_STALE_BEFORE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
 """
 
 
@@ -97,6 +135,9 @@ class AnalyticsCache:
     def refreshed_key(self) -> str:
         return self.refreshed_key_of()
 
+    def stale_key(self, epoch: str | None = None) -> str:
+        return f"{self.prefix}:{epoch or self.epoch()}:analytics:stale"
+
     def compute(self, organization_id: int, field: str) -> dict[str, Any]:
         """One result from the database (nothing stored)."""
         return self.compute_many(organization_id, [field], identify=False).results[field]
@@ -143,19 +184,23 @@ class AnalyticsCache:
         key = self.org_key(organization_id, epoch)
         return bool(self._redis().eval(_STORE_IF_CURRENT, 1, key, *args))
 
-    def _bump(self, key: str) -> str:
-        """A new generation (the hash expires even if the computation never stores)."""
+    def _start(self, organization_id: int, epoch: str) -> tuple[str, float | None]:
+        """A new generation (the hash expires even if the computation never stores), and the
+        organization's stale mark as it is now (None: not marked)."""
+        key = self.org_key(organization_id, epoch)
         pipe = self._redis().pipeline()
+        pipe.zscore(self.stale_key(epoch), str(organization_id))
         pipe.hincrby(key, "gen", 1)
         pipe.expire(key, KEY_TTL_SECONDS)
-        gen, _ = pipe.execute()
-        return str(gen)
+        mark, gen, _ = pipe.execute()
+        return str(gen), mark
 
     def refresh(self, organization_id: int) -> bool:
-        """Recompute the default results and drop the other cached variants."""
+        """Recompute the default results and drop the other cached variants; a stored
+        refresh clears the organization's stale mark unless it was asked for again since."""
         for _attempt in range(2):
             epoch = self.epoch()
-            gen = self._bump(self.org_key(organization_id, epoch))
+            gen, mark = self._start(organization_id, epoch)
             computed = self.compute_many(organization_id, list(DEFAULT_FIELDS))
             if computed.epoch == epoch:
                 stored = self._store(
@@ -163,9 +208,19 @@ class AnalyticsCache:
                 )
                 if stored:
                     as_of = dt.datetime.fromisoformat(computed.results[FUNNEL_FIELD]["as_of"])
-                    self._redis().zadd(
+                    pipe = self._redis().pipeline()
+                    pipe.zadd(
                         self.refreshed_key_of(epoch), {str(organization_id): as_of.timestamp()}
                     )
+                    if mark is not None:
+                        pipe.eval(
+                            _CLEAR_IF_UNCHANGED,
+                            1,
+                            self.stale_key(epoch),
+                            str(organization_id),
+                            repr(mark),
+                        )
+                    pipe.execute()
                 return stored
             # The database changed identity meanwhile (recreated, restored, rotated): the
             # results belong under the new one; `compute_many` made it this process's epoch.
@@ -207,9 +262,25 @@ class AnalyticsCache:
         return json.dumps(self.compute(organization_id, field)).encode()
 
     def claim_refresh(self, organization_id: int) -> bool:
-        """Debounce: True for the first caller in DEBOUNCE_MS, who then schedules the refresh."""
-        key = self.schedule_key(organization_id)
-        return bool(self._redis().set(key, "1", nx=True, px=DEBOUNCE_MS))
+        """Mark the organization stale (until a refresh stores), and debounce: True for the
+        first caller in DEBOUNCE_MS, who then schedules the refresh."""
+        epoch = self.epoch()
+        claimed = self._redis().eval(
+            _MARK_AND_CLAIM,
+            2,
+            self.stale_key(epoch),
+            self.schedule_key(organization_id, epoch),
+            str(organization_id),
+            DEBOUNCE_MS,
+            KEY_TTL_SECONDS,
+        )
+        return bool(claimed)
+
+    def stale_organizations(self, older_than: float) -> list[int]:
+        """Organizations marked stale whose refresh was last asked for more than
+        `older_than` seconds ago: their refresh gave up or was lost."""
+        ids = self._redis().eval(_STALE_BEFORE, 1, self.stale_key(), int(older_than * 1000))
+        return sorted(int(i) for i in ids)
 
     def release_refresh(self, organization_id: int) -> None:
         """Called when a refresh starts: later changes schedule another one."""
