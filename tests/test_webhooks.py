@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import json
+import logging
 import socket
 import threading
 import time
@@ -698,6 +699,57 @@ def test_retry_after_is_honored_up_to_the_longest_step(
     send_due(db, sender, endpoint, policy=policy)
     # ten days asked for: capped at the longest step (60 s, jittered up to 20 % above)
     assert 60 - 1 <= wait_after_attempt(2) <= 60 * 1.2 + 1
+
+
+def test_an_answer_the_sender_cannot_read_is_a_failed_attempt_and_the_rest_flow_on(
+    api: ApiClient, db: Database, sender, receiver
+) -> None:
+    """`Retry-After: ²` (a digit to str.isdigit, not to float) once raised out of the sender:
+    the delivery was claimed again and again and its outcome never recorded."""
+    owner = api.register()
+    endpoint = create_endpoint(api, owner, receiver.url)
+    receiver.script = [(503, {"Retry-After": "\u00b2"})]
+    for _ in range(4):
+        api.contact(owner)
+    send_due(db, sender, endpoint)  # stops at the failure, as at any failure
+    send_due(db, sender, endpoint)
+    first, *rest = deliveries(db, endpoint["id"])
+    assert (first.status, first.attempts, first.last_status_code) == ("pending", 1, 503)
+    assert first.last_error == "HTTP 503"
+    assert [d.status for d in rest] == ["succeeded"] * 3
+    assert [r.status for r in receiver.received()] == [503, 200, 200, 200]
+
+
+def test_a_delivery_that_cannot_be_sent_is_parked_after_its_attempts(
+    api: ApiClient, db: Database, sender, receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint row the sender cannot use (a secret that is not base64, as a hand-edited
+    row could hold) makes every attempt raise: each still counts, fails the delivery after
+    the last one with the reason, and other endpoints are not held up."""
+    owner = api.register()
+    broken = create_endpoint(api, owner, receiver.url)
+    fine = create_endpoint(api, owner, receiver.url)
+    with db.transaction() as s:
+        s.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == broken["id"])
+            .values(secret="whsec_!not base64!")
+        )
+    policy = RetryPolicy(schedule=(5.0,), disable_after_failed_events=0)  # two attempts
+    api.contact(owner)
+    with caplog.at_level(logging.ERROR, logger="crm_worker.webhook_sender"):
+        send_due(db, sender, broken, fine, policy=policy)
+        (delivery,) = deliveries(db, broken["id"])
+        assert (delivery.status, delivery.attempts) == ("pending", 1)
+        assert "could not send" in (delivery.last_error or "")
+        make_due(db, broken["id"])
+        send_due(db, sender, broken, policy=policy)
+    (delivery,) = deliveries(db, broken["id"])
+    assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("failed", 2, None)
+    assert "could not send" in (delivery.last_error or "")
+    assert any("parked as failed after 2 attempts" in r.getMessage() for r in caplog.records)
+    assert [d.status for d in deliveries(db, fine["id"])] == ["succeeded"]
+    assert len(receiver.received()) == 1  # the fine endpoint's delivery only
 
 
 def test_a_redirect_is_a_failure_and_is_not_followed(
