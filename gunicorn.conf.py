@@ -4,11 +4,12 @@ Default: `gthread` workers (cores + 1 processes, WEB_THREADS threads each) with 
 the application preloaded in the master so a new or recycled worker is fast from its first
 request. Measured against sync workers and other thread counts in docs/PERFORMANCE.md.
 
-Slow clients: a thread waits at most 5 s for a new connection's first bytes (gunicorn's own
-bound, then the connection goes back to the poller), and `crm_api.slow_clients` bounds how
-long a request body may stall (BODY_READ_TIMEOUT). A handful of slow clients therefore holds
-a handful of threads for seconds, never the whole server; in front of the internet put a
-buffering proxy anyway (docker-compose.yml has nginx).
+Slow clients: the worker class is gthread's, except that no thread waits for a client
+(crm_api.web_worker): a request is handled once its head and body (up to MAX_CONTENT_LENGTH)
+have arrived, under HEADER_READ_TIMEOUT, BODY_READ_TIMEOUT and BODY_TOTAL_TIMEOUT (408 past
+them), so slow clients hold sockets, never threads. In front of the internet put a buffering
+proxy anyway (docker-compose.yml has nginx). WEB_WORKER_CLASS=gthread gives gunicorn's own
+worker.
 
 Logs: text, or JSON with LOG_FORMAT=json, for gunicorn and the application alike; the access
 line carries the route template, user, organization and request id (crm_api.access_log).
@@ -25,7 +26,9 @@ from crm_domain.settings import log_format_from_env
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1))
 threads = int(os.environ.get("WEB_THREADS", "8"))
-worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread" if threads > 1 else "sync")
+worker_class = os.environ.get(
+    "WEB_WORKER_CLASS", "crm_api.web_worker.BufferingThreadWorker" if threads > 1 else "sync"
+)
 keepalive = int(os.environ.get("WEB_KEEPALIVE", "15"))
 timeout = 30
 graceful_timeout = 20

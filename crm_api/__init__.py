@@ -30,7 +30,7 @@ from .proxies import ProxyCheck, ProxyWarnings
 from .ratelimit import init_rate_limits
 from .resources import MODULES
 from .routing import IdConverter
-from .slow_clients import BodyDeadline
+from .slow_clients import MAX_CONTENT_LENGTH, init_slow_clients
 
 API_PREFIX = "/api/v1"
 SWAGGER_ASSETS = "/api/v1/docs/assets/"
@@ -70,14 +70,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
                 )
             },
         },
-        MAX_CONTENT_LENGTH=1024 * 1024,
+        MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
     )
     app.config.update(config)
-    app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
-        app.wsgi_app,
-        timeout=settings.body_read_timeout,
-        max_length=app.config["MAX_CONTENT_LENGTH"],
-    )
     init_observability(app)  # outermost: request id, metrics and access-log fields
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -100,6 +95,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         app, access_minutes=settings.access_token_minutes, refresh_days=settings.refresh_token_days
     )
     register_error_handlers(app)
+    init_slow_clients(app)
     if settings.trusted_proxies > 0:  # the client address is the one these proxies saw
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     proxy_warnings = ProxyWarnings(client, settings.redis_key_prefix)

@@ -1,8 +1,8 @@
 """What the API records about each request: its request id, its metrics and the fields of
 its access-log line.
 
-`RequestObserver`, the outermost WSGI middleware, sees every request, also those answered
-before Flask (408 from `slow_clients`): it takes the client's `X-Request-ID` when acceptable
+`RequestObserver`, the outermost WSGI middleware, sees every request that reaches the app
+(not the 408s of crm_api.web_worker): it takes the client's `X-Request-ID` when acceptable
 (crm_domain.request_id) or makes one, binds it for the request's log lines and outbox
 events (while the application runs and while each chunk of its body is made: a streamed
 body runs its queries after the view returned), returns it as `X-Request-ID`, and counts and

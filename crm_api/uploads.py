@@ -14,7 +14,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from crm_domain.settings import Settings
 
 from .extensions import Blueprint, Parser
-from .slow_clients import read_deadline
 
 
 class MultipartParser(Parser):
@@ -46,7 +45,7 @@ MULTIPART_ALLOWANCE = 64 * 1024
 
 def large_upload(func: Any) -> Any:
     """This route alone takes files up to IMPORT_MAX_BYTES (413 above), read under the same
-    per-read timeout as other bodies. The limit is the file's own size: the body may be
+    deadlines as other bodies (the web worker's). The limit is the file's own size: the body may be
     MULTIPART_ALLOWANCE larger (the form fields stay under Flask's MAX_FORM_MEMORY_SIZE).
     Placed under tenant_required: nobody's body is read before their token and organization
     are checked."""
@@ -57,11 +56,11 @@ def large_upload(func: Any) -> Any:
         limit = settings.import_max_bytes
         request.max_content_length = limit + MULTIPART_ALLOWANCE
         try:
-            with read_deadline(request.environ, settings.body_read_timeout):
-                # parsed here (and kept for the view's parser) to measure each file
-                if any(_size(upload.stream) > limit for upload in request.files.values()):
-                    raise RequestEntityTooLarge()
-                return func(*args, **kwargs)
+            # parsed here (and kept for the view's parser) to measure each file; the web
+            # worker bounds the body's reads (crm_api.slow_clients)
+            if any(_size(upload.stream) > limit for upload in request.files.values()):
+                raise RequestEntityTooLarge()
+            return func(*args, **kwargs)
         except RequestEntityTooLarge as exc:
             raise RequestEntityTooLarge(
                 f"An upload may be at most {limit} bytes ({limit / 2**20:g} MiB)"

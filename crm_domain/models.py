@@ -362,7 +362,8 @@ class Report(Base):
     period_end: Mapped[dt.date] = mapped_column(Date, nullable=False)
     requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # why the last build failed
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")  # failed
     created_at: Mapped[dt.datetime] = _now()
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

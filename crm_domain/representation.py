@@ -58,6 +58,7 @@ REPORT_FIELDS = (
     "created_at",
     "completed_at",
     "data",
+    "error",
 )
 FIELDS_BY_KIND = {
     "contact": CONTACT_FIELDS,

@@ -82,6 +82,29 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class ClientDeadlines:
+    """How long the web server waits for a slow client (crm_api.web_worker), in seconds. Past
+    a deadline the client gets 408 and the connection is closed."""
+
+    header: float = 10.0  # the whole request head (request line and headers), from its first byte
+    body_idle: float = 10.0  # each pause between two pieces of a request body
+    body_total: float = 120.0  # the whole body, however steadily it trickles
+
+    @classmethod
+    def from_env(cls, env: Env) -> ClientDeadlines:
+        deadlines = cls(
+            header=env.float("HEADER_READ_TIMEOUT", cls.header),
+            body_idle=env.float("BODY_READ_TIMEOUT", cls.body_idle),
+            body_total=env.float("BODY_TOTAL_TIMEOUT", cls.body_total),
+        )
+        if min(deadlines.header, deadlines.body_idle, deadlines.body_total) <= 0:
+            raise ValueError(
+                "HEADER_READ_TIMEOUT, BODY_READ_TIMEOUT and BODY_TOTAL_TIMEOUT must be positive"
+            )
+        return deadlines
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
@@ -107,7 +130,7 @@ class Settings:
     analytics_refresh_seconds: float = 300.0
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
-    body_read_timeout: float = 10.0
+    client_deadlines: ClientDeadlines = field(default_factory=ClientDeadlines)
     password_hash_concurrency: int = 1
     refresh_reuse_grace_seconds: float = 10.0
     ratelimit_enabled: bool = True
@@ -162,7 +185,7 @@ class Settings:
             analytics_refresh_seconds=env.float("ANALYTICS_REFRESH_SECONDS", 300.0),
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
-            body_read_timeout=env.float("BODY_READ_TIMEOUT", 10.0),
+            client_deadlines=ClientDeadlines.from_env(env),
             password_hash_concurrency=env.int("PASSWORD_HASH_CONCURRENCY", 1),
             refresh_reuse_grace_seconds=env.float("REFRESH_REUSE_GRACE_SECONDS", 10.0),
             ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
@@ -208,3 +231,11 @@ def log_format_from_env(env: Env | None = None) -> str:
     if env is None:
         env = read_env()
     return str(env.str("LOG_FORMAT", "text", validate=OneOf(LOG_FORMATS)))
+
+
+def client_deadlines_from_env() -> ClientDeadlines:
+    """HEADER_READ_TIMEOUT, BODY_READ_TIMEOUT, BODY_TOTAL_TIMEOUT (the web worker reads only
+    these, not the whole Settings)."""
+    env = Env()
+    env.read_env(override=False)
+    return ClientDeadlines.from_env(env)

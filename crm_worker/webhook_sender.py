@@ -32,6 +32,7 @@ from crm_domain.db import Database
 from crm_domain.services.delivery import webhook_attempts, webhook_leases
 from crm_domain.services.delivery.webhook_attempts import Attempt, AttemptResult
 from crm_domain.services.delivery.webhook_policy import RetryPolicy
+from crm_domain.services.delivery.webhooks import FAILED
 from crm_domain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def retry_after_seconds(value: str | None, now: dt.datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to str.isdigit, not to float()
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -245,6 +246,18 @@ class RunResult:
     more_due: bool  # deliveries of this endpoint are due and nobody is sending them
 
 
+def _attempt_result(sender: Sender, attempt: Attempt) -> AttemptResult:
+    """The outcome of sending `attempt`; an error the sender did not foresee is a failed
+    attempt like any other (retried, then the delivery fails), never a stuck delivery."""
+    try:
+        return sender.send(attempt)
+    except Exception as exc:
+        log.exception(
+            "webhook %s to endpoint %s could not be sent", attempt.event_id, attempt.endpoint_id
+        )
+        return AttemptResult(error=f"could not send: {type(exc).__name__}: {exc}"[:500])
+
+
 def run_endpoint(
     db: Database,
     endpoint_id: int,
@@ -270,12 +283,21 @@ def run_endpoint(
                 attempt = webhook_attempts.claim_next(session, endpoint_id, lease)
             if attempt is None:
                 break
-            result = sender.send(attempt)
+            result = _attempt_result(sender, attempt)
             with db.transaction() as session:
-                webhook_attempts.record_result(session, attempt, result, policy)
+                delivery = webhook_attempts.record_result(session, attempt, result, policy)
+                parked = delivery is not None and delivery.status == FAILED
             sent += 1
             failed = not result.ok
-            if failed:
+            if parked:
+                log.error(
+                    "webhook %s to endpoint %s parked as failed after %d attempts: %s",
+                    attempt.event_id,
+                    endpoint_id,
+                    attempt.number,
+                    result.error,
+                )
+            elif failed:
                 log.info(
                     "webhook %s to endpoint %s failed (attempt %d): %s",
                     attempt.event_id,

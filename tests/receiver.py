@@ -1,6 +1,8 @@
-"""A real webhook receiver for tests: an http.server on 127.0.0.1 in a thread that records
-every request and answers from a script of status codes (then 200). It can be stopped and
-started again on the same port (a receiver that is down for a while)."""
+"""A real webhook receiver for tests: an http.server on 127.0.0.1 (or another loopback
+address) in a thread that records every request and answers from a script of status codes
+(then 200). It can be stopped and started again on the same port (a receiver that is down for
+a while), and hold its answers until the test opens a gate (a request in flight for as long
+as the test needs)."""
 
 from __future__ import annotations
 
@@ -33,18 +35,23 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
         self.requests: list[Received] = []
         self.script: list[int | tuple[int, dict[str, str]]] = []  # answers to come, then 200
         self.delay = 0.0  # seconds to wait before answering
+        self.gate: threading.Event | None = None  # if set: answer only once it is open
+        self.arrived = 0  # requests whose body has been read (answered or not)
+        self.in_flight = 0  # requests read and not yet answered
+        self.most_in_flight = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"http://{self.host}:{self.port}/hooks"
 
     def start(self) -> Receiver:
         receiver = self
@@ -53,9 +60,16 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.arrived += 1
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
                 if receiver.delay:
                     time.sleep(receiver.delay)
+                if receiver.gate is not None:
+                    receiver.gate.wait(300)  # a test that forgets to open it ends anyway
                 with receiver._lock:
+                    receiver.in_flight -= 1
                     answer = receiver.script.pop(0) if receiver.script else 200
                     status, headers = answer if isinstance(answer, tuple) else (answer, {})
                     receiver.requests.append(
@@ -81,7 +95,7 @@ class Receiver:
                 pass
 
         ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -19,7 +19,9 @@ from sqlalchemy import select, update
 
 from crm_domain.embedded import free_port
 from crm_domain.mail import transport
-from crm_domain.models import Invitation, OutboundEmail, OutboxEvent, Report, Task
+from crm_domain.mail.render import Content, build_message
+from crm_domain.models import Invitation, Organization, OutboundEmail, OutboxEvent, Report, Task
+from crm_domain.models import User as UserRow
 from crm_domain.services.delivery import events, outbox
 from crm_domain.services.mailing import digests, outbound_email
 from crm_domain.services.mailing.invitations import hash_token
@@ -385,6 +387,102 @@ def test_an_unreachable_server_stops_the_run(api: ApiClient, db, smtp: SmtpServe
     _make_due_now(db, second)
     assert send_all(db, smtp).sent >= 2
     assert len(smtp.to(first)) == len(smtp.to(second)) == 1
+
+
+# --- rows that cannot be built: values stored before the single-line rule -------------------
+
+LINE_BREAKERS = "\r\n\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029\x00\x07\x7f\x9f\t"
+
+
+def test_building_a_message_never_raises_on_a_line_breaking_subject() -> None:
+    for character in LINE_BREAKERS:
+        content = Content(subject=f"Acme{character}Corp invited you", text="Hi", html="<p>Hi</p>")
+        message = build_message(content, sender="CRM <crm@example.com>", to="a@example.com")
+        raw = message.as_bytes()  # what the transport sends
+        assert str(message["Subject"]) == "Acme Corp invited you", repr(character)
+        assert b"Acme Corp invited you" in raw
+
+
+def test_names_stored_before_the_rule_are_sent_on_one_line(
+    api: ApiClient, db, smtp: SmtpServer
+) -> None:
+    send_all(db, smtp)
+    owner = api.register()
+    email = _invite(api, owner)
+    with db.transaction() as session:  # as rows written before the API refused such names
+        session.execute(
+            update(Organization)
+            .where(Organization.id == owner.org_id)
+            .values(name="Acme\u2028Corp\r\nBcc: spy@example.com")
+        )
+        session.execute(update(UserRow).where(UserRow.id == owner.id).values(name="Ann\x85Lee"))
+    assert send_all(db, smtp).sent == 1
+    [received] = smtp.to(email)
+    assert received.subject == "Ann Lee invited you to join Acme Corp Bcc: spy@example.com"
+    assert received.message["Bcc"] is None and received.recipients == [email]
+    plain, html = received.part("plain"), received.part("html")
+    assert "Ann Lee invited you" in plain and "join Acme Corp Bcc: spy@example.com as" in plain
+    assert "Join Acme Corp Bcc: spy@example.com</h1>" in html
+    for part in (plain, html):
+        assert "\u2028" not in part and "\x85" not in part
+
+
+def _due_now(db, row_ids: list[int]) -> None:
+    with db.transaction() as session:
+        session.execute(
+            update(OutboundEmail)
+            .where(OutboundEmail.id.in_(row_ids))
+            .values(next_attempt_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+
+
+def test_rows_that_cannot_be_built_are_parked_and_the_fifty_behind_them_are_sent(
+    api: ApiClient, db, smtp: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    send_all(db, smtp)
+    owner = api.register()
+    poisoned = [_row(db, _invite(api, owner)).id for _ in range(2)]
+    good = [_invite(api, owner) for _ in range(50)]
+    # Rows as an older version could have stored them, first in line: an address with a line
+    # separator (the e-mail validator let it through), and parameters the database refuses.
+    with db.transaction() as session:
+        first_in_line = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        session.execute(
+            update(OutboundEmail)
+            .where(OutboundEmail.id == poisoned[0])
+            .values(to_address="old@exa\u2028mple.com", next_attempt_at=first_in_line)
+        )
+        session.execute(
+            update(OutboundEmail)
+            .where(OutboundEmail.id == poisoned[1])
+            .values(params={"invitation_id": "not a number"}, next_attempt_at=first_in_line)
+        )
+    result = send_all(db, smtp)
+    assert (result.sent, result.failed) == (50, 2)
+    assert [len(smtp.to(address)) for address in good] == [1] * 50
+    reasons = ("linefeed", "not a number")
+    with db.transaction() as session:
+        rows = [session.get(OutboundEmail, row_id) for row_id in poisoned]
+        for row, reason in zip(rows, reasons, strict=True):
+            assert row is not None and (row.status, row.attempts) == ("pending", 1)
+            assert reason in (row.last_error or ""), row.last_error
+            assert row.next_attempt_at > dt.datetime.now(dt.UTC)  # behind the others now
+
+    with caplog.at_level(logging.ERROR, logger="crm_domain.services.mailing.outbound_email"):
+        for _ in range(outbound_email.MAX_ATTEMPTS - 1):
+            _due_now(db, poisoned)
+            assert send_all(db, smtp).failed == 2
+    with db.transaction() as session:
+        rows = [session.get(OutboundEmail, row_id) for row_id in poisoned]
+        for row, reason in zip(rows, reasons, strict=True):
+            assert row is not None
+            assert (row.status, row.attempts) == ("failed", outbound_email.MAX_ATTEMPTS)
+            assert reason in (row.last_error or ""), row.last_error
+    parked = [r.getMessage() for r in caplog.records if "parked as failed" in r.getMessage()]
+    assert len(parked) == 2, parked
+    _due_now(db, poisoned)
+    assert send_all(db, smtp).handled == 0  # parked rows are not tried again
+    assert len(smtp.received) >= 50 and not smtp.to("old@exa\u2028mple.com")
 
 
 # --- TLS, AUTH, and no SMTP at all ----------------------------------------------------------------

@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import String, event, func, select, update
 from sqlalchemy.orm import Session
 
+from crm_domain import csvio
 from crm_domain.db import Database
-from crm_domain.enums import ImportStatus
+from crm_domain.enums import ImportKind, ImportStatus
 from crm_domain.models import Contact, Deal, ImportFile, ImportJob, OutboxEvent
-from crm_domain.services.transfer import imports
+from crm_domain.services.transfer import import_run, imports, rows
 from crm_worker.importing import run_import
 
 from .api import ApiClient, User, error_code
@@ -219,11 +220,16 @@ def test_utf8_bom_crlf_quotes_and_blank_lines(api: ApiClient) -> None:
     ).encode()
     job = _import(api, owner, content)
     assert job["rows_total"] == 2
-    assert (job["created"], job["error_rows"]) == (2, 0), job["errors"]
+    # the quoted line break stays inside its cell (one row of three cells), where a name,
+    # which is one line, refuses it
+    assert (job["created"], job["error_rows"]) == (1, 1), job["errors"]
+    [error] = job["errors"]
+    assert (error["row"], error["field"], error["code"]) == (4, "name", "VALIDATION_ERROR")
+    assert "single line" in error["message"]
     got = {c["email"]: c for c in _contacts(api, owner)}
     assert got[e1]["name"] == "Müller, Jürgen"
     assert got[e1]["phone"] == '+49 "30"'
-    assert got[e2]["name"] == "Multi\nLine"
+    assert e2 not in got
 
 
 def test_list_imports_newest_first(api: ApiClient) -> None:
@@ -571,6 +577,253 @@ def test_a_dead_run_is_taken_over_and_rows_are_never_written_twice(
     assert run_import(db, job_id, small) is ImportStatus.DONE
     assert _count(db, Deal, owner.org_id) == 10
     assert _job(api, owner, job_id)["created"] == 0
+
+
+def test_rows_that_cannot_be_read_or_written_are_row_errors_and_the_rest_are_imported(
+    api: ApiClient, app, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loader that raises on a row, and one that lets through a value the database refuses
+    (as a loader without the NUL check would): each such row is a ROW_FAILED row error with
+    the reason, and every other row of its batch and of the file is imported."""
+    owner = api.register()
+    table = [[f"Name {i}", _email(), "", ""] for i in range(10)]
+    table[3][0], table[6][0] = "explode", "NUL"  # CSV rows 5 and 8
+    job_id = _pending_job(
+        db, owner, _csv(["name", "email", "phone", "owner_email"], table), "contacts"
+    )
+    schema_loader = rows.LOADERS[ImportKind.CONTACTS]
+
+    def loader(cells: dict[str, str]) -> dict[str, Any]:
+        data = schema_loader(cells)
+        if data["name"] == "explode":
+            raise RuntimeError("the loader broke on this row")
+        if data["name"] == "NUL":
+            data["name"] = "NUL\x00"  # PostgreSQL cannot store it in text
+        return data
+
+    monkeypatch.setitem(rows.LOADERS, ImportKind.CONTACTS, loader)
+    options = import_run.Options(stale_after=dt.timedelta(minutes=5), batch_size=4)
+    status = import_run.run(db, job_id, options)
+    assert status is ImportStatus.DONE
+    job = _job(api, owner, job_id)
+    assert (job["rows_done"], job["created"], job["error_rows"]) == (10, 8, 2), job["errors"]
+    errors = [(e["row"], e["field"], e["code"]) for e in job["errors"]]
+    assert errors == [(5, "", "ROW_FAILED"), (8, "", "ROW_FAILED")]
+    assert "the loader broke on this row" in job["errors"][0]["message"]
+    assert "NUL" in job["errors"][1]["message"]
+    names = sorted(c["name"] for c in _contacts(api, owner))
+    assert names == sorted(f"Name {i}" for i in range(10) if i not in (3, 6))
+
+
+# --- values longer than their column ---------------------------------------------------------
+
+
+def _too_long(model: Any, column: str) -> str:
+    """A value one character longer than the column holds."""
+    return "L" * (model.__table__.c[column].type.length + 1)
+
+
+def test_over_long_names_and_titles_are_row_errors_with_the_api_s_message(
+    api: ApiClient,
+) -> None:
+    """The rows meet the API's length rules: the row error names the field and says what a
+    POST would say, and nothing of the row is written, cut or whole."""
+    owner = api.register()
+    contact = api.contact(owner, email=_email())
+    name, title = _too_long(Contact, "name"), _too_long(Deal, "title")
+    posted = {
+        "name": api.post("/contacts", user=owner, org=owner.org_id, json={"name": name}),
+        "title": api.post(
+            "/deals",
+            user=owner,
+            org=owner.org_id,
+            json={"title": title, "contact_id": contact["id"]},
+        ),
+    }
+    said = {f: r.get_json()["error"]["details"]["errors"]["json"][f] for f, r in posted.items()}
+
+    contacts = _import(api, owner, _csv(["name"], [["Kept"], [name]]))
+    deals = _import(
+        api,
+        owner,
+        _csv(["title", "contact_id"], [["Kept", contact["id"]], [title, contact["id"]]]),
+        kind="deals",
+    )
+    for job, field in ((contacts, "name"), (deals, "title")):
+        assert (job["created"], job["error_rows"]) == (1, 1), job["errors"]
+        [error] = job["errors"]
+        assert (error["row"], error["field"], error["code"]) == (3, field, "VALIDATION_ERROR")
+        assert [error["message"]] == said[field]
+    assert sorted(c["name"] for c in _contacts(api, owner)) == ["John Doe", "Kept"]
+    assert [d["title"] for d in _deals(api, owner)] == ["Kept"]
+
+
+def _text_of_length(column: str, length: int) -> str:
+    """A value of `length` characters the column's field takes were it not for its length."""
+    if "email" in column:
+        return "a" * (length - len("@example.com")) + "@example.com"
+    return "9" * length if column == "phone" else "L" * length
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "required"),
+    [
+        (ImportKind.CONTACTS, Contact, {"name": "N"}),
+        (ImportKind.DEALS, Deal, {"title": "T", "contact_id": "1"}),
+    ],
+)
+def test_each_text_column_takes_from_a_row_exactly_what_it_holds(
+    kind: ImportKind, model: Any, required: dict[str, str]
+) -> None:
+    """Every CSV column stored in a varchar(n) column: n characters load, n + 1 are the
+    row's error on that column (the row schemas and the tables cannot drift apart)."""
+    load = rows.LOADERS[kind]
+    checked = []
+    for name in csvio.COLUMNS[kind]:
+        column = model.__table__.c.get(name)
+        if column is None or type(column.type) is not String:  # a lookup, a number, an enum
+            continue
+        n = column.type.length
+        fits = "USD"[:n] if name == "currency" else _text_of_length(name, n)
+        assert load({**required, name: fits})[name] == fits, name
+        with pytest.raises(rows.RowInvalid) as refused:
+            load({**required, name: fits + fits[-1]})
+        assert list(refused.value.errors) == [name]
+        checked.append(name)
+    assert checked == {"contacts": ["name", "email", "phone"], "deals": ["title", "currency"]}[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "column"),
+    [(ImportKind.CONTACTS, Contact, "name"), (ImportKind.DEALS, Deal, "title")],
+)
+def test_a_value_longer_than_its_column_is_never_cut_on_the_way_in(
+    api: ApiClient,
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: ImportKind,
+    model: Any,
+    column: str,
+) -> None:
+    """Should a value longer than its column get past the row's schema (a schema that no
+    longer matches its table), the database refuses the row (a ROW_FAILED row error) instead
+    of the write cutting it to the column's length; the rows around it are imported."""
+    owner = api.register()
+    contact = api.contact(owner, email=_email())
+    long_value = _too_long(model, column)
+    schema_loader = rows.LOADERS[kind]
+
+    def loader(cells: dict[str, str]) -> dict[str, Any]:
+        data = schema_loader(cells)
+        if data[column] == "Long":
+            data[column] = long_value  # as a schema without the column's length lets it through
+        return data
+
+    monkeypatch.setitem(rows.LOADERS, kind, loader)
+    other = [] if kind is ImportKind.CONTACTS else [contact["id"]]
+    table = [[name, *other] for name in ("Before", "Long", "After")]  # CSV rows 2 to 4
+    header = [column] if kind is ImportKind.CONTACTS else [column, "contact_id"]
+    job_id = _pending_job(db, owner, _csv(header, table), kind.value)
+    options = import_run.Options(stale_after=dt.timedelta(minutes=5))
+    assert import_run.run(db, job_id, options) is ImportStatus.DONE
+    job = _job(api, owner, job_id)
+    assert (job["created"], job["error_rows"]) == (2, 1), job["errors"]
+    [error] = job["errors"]
+    assert (error["row"], error["code"]) == (3, "ROW_FAILED")
+    assert error["message"] == (
+        "The row could not be written: StringDataRightTruncation: "
+        f"value too long for type character varying({len(long_value) - 1})"
+    )
+    if kind is ImportKind.CONTACTS:
+        stored = [c["name"] for c in _contacts(api, owner) if c["id"] != contact["id"]]
+    else:
+        stored = [d["title"] for d in _deals(api, owner)]
+    assert sorted(stored) == ["After", "Before"]
+
+
+class Frozen(BaseException):
+    """A run that stops mid-job without a trace (its worker froze or was killed): nothing
+    marks the job, its lease stays."""
+
+
+def _no_heartbeat_for_minutes(db: Database, job_id: int) -> None:
+    """The clock: the job's run has shown no progress for longer than IMPORT_STALL_SECONDS."""
+    with db.transaction() as s:
+        s.execute(
+            update(ImportJob)
+            .where(ImportJob.id == job_id)
+            .values(heartbeat_at=func.now() - dt.timedelta(minutes=5))
+        )
+
+
+def test_a_run_whose_job_was_taken_over_writes_no_further_batch(
+    api: ApiClient, app, db: Database, after_import_batch
+) -> None:
+    """Run A stalls after its first batch; run B takes the job over, writes the second batch
+    and freezes in turn. When A wakes up, the lease is B's: A writes nothing more and stops
+    (it does not write the batch B wrote, nor finish the job)."""
+    owner = api.register()
+    contact = api.contact(owner)
+    job_id = _pending_job(db, owner, _deal_csv(contact["id"], 10))
+    settings = app.extensions["crm_settings"]
+    small = type(settings)(**{**settings.__dict__, "import_batch_size": 3})
+    phase = ["a stalls"]
+
+    def after_batch(last_row: int) -> None:
+        if phase[0] == "a stalls":  # A's first batch is committed; A stalls here
+            phase[0] = "b runs"
+            _no_heartbeat_for_minutes(db, job_id)
+            with pytest.raises(Frozen):
+                run_import(db, job_id, small)  # B takes the job over...
+            phase[0] = "a wakes up"
+        elif phase[0] == "b runs":
+            raise Frozen  # ...and freezes after its first batch
+
+    with after_import_batch(after_batch):
+        assert run_import(db, job_id, small) is None
+    assert phase == ["a wakes up"]
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["rows_done"], job["created"]) == ("running", 6, 6)
+    assert _count(db, Deal, owner.org_id) == 6
+    with db.transaction() as s:
+        assert s.get_one(ImportJob, job_id).attempts == 2
+
+    _no_heartbeat_for_minutes(db, job_id)  # B never wakes up: beat's next run finishes
+    assert run_import(db, job_id, small) is ImportStatus.DONE
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["rows_done"], job["created"]) == ("done", 10, 10)
+    assert _count(db, Deal, owner.org_id) == 10
+
+
+def test_a_job_whose_runs_keep_dying_is_given_up_after_max_attempts(
+    api: ApiClient, app, db: Database, after_import_batch
+) -> None:
+    owner = api.register()
+    rows = "".join(f"Person {i},,,\r\n" for i in range(imports.MAX_ATTEMPTS * 2))
+    job_id = _pending_job(db, owner, CONTACTS_HEADER + rows, kind="contacts")
+    settings = app.extensions["crm_settings"]
+    one_row = type(settings)(**{**settings.__dict__, "import_batch_size": 1})
+
+    def dies(last_row: int) -> None:
+        raise Frozen
+
+    for _ in range(imports.MAX_ATTEMPTS):  # each run commits one row, then its worker dies
+        with pytest.raises(Frozen), after_import_batch(dies):
+            run_import(db, job_id, one_row)
+        _no_heartbeat_for_minutes(db, job_id)
+    assert run_import(db, job_id, one_row) is None  # the next run gives up instead
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["rows_done"]) == ("failed", imports.MAX_ATTEMPTS)
+    assert job["error"] == (
+        f"Gave up after {imports.MAX_ATTEMPTS} attempts; retry when the cause is fixed"
+    )
+    assert len(_contacts(api, owner)) == imports.MAX_ATTEMPTS
+    # once the cause is fixed, a retry resumes it with a fresh count of attempts
+    r = api.post(f"/imports/{job_id}/retry", user=owner, org=owner.org_id)
+    assert r.status_code == 202, r.get_json()
+    job = _job(api, owner, job_id)
+    assert (job["status"], job["created"]) == ("done", imports.MAX_ATTEMPTS * 2)
+    assert len(_contacts(api, owner)) == imports.MAX_ATTEMPTS * 2
 
 
 def test_finished_jobs_are_not_claimed_again(api: ApiClient, app, db: Database) -> None:

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from crm_domain import identity, installation
 from crm_domain.db import Database
 from crm_domain.models import Deal
+from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
 from .api import ApiClient
 from .scratch import ScratchDatabase
@@ -127,6 +129,63 @@ def test_rotate_gives_a_new_epoch_that_running_processes_follow(
     assert db.identity.epoch() == after["epoch"]
     assert cache.org_key(user.org_id) != old_key
     assert cache.client.exists(old_key) == 1  # left to expire (or to purge-redis)
+
+
+def test_results_computed_after_the_identity_changed_are_never_filed_under_the_old_one(
+    scratch: ScratchDatabase,
+) -> None:
+    """The identity changes (a restore, a rotation) while a refresh, or a reader's miss,
+    computes: what it read belongs to the new database, so nothing of it is stored under the
+    epoch the computation started with (this process still believes in that one)."""
+    scratch.create()
+    app = scratch.app(check_seconds=60.0)
+    db: Database = app.extensions["crm_db"]
+    shared: AnalyticsCache = app.extensions["crm_analytics"]
+    api = ApiClient(app.test_client())
+    user = api.register()
+    deal = api.deal(user, amount="100.00")  # stored under the first epoch by the inline refresh
+    with db.transaction() as session:  # a change Redis knows nothing about
+        session.execute(update(Deal).where(Deal.id == deal["id"]).values(amount=Decimal("555")))
+    epochs = [db.identity.epoch()]
+
+    class RotatedMidCompute(AnalyticsCache):
+        """The identity changes once, just before the computation reads the database."""
+
+        rotate = True
+
+        def compute_many(self, organization_id: int, fields: list[str], **kw: Any) -> Any:
+            if self.rotate:
+                self.rotate = False
+                with db.engine.begin() as conn:
+                    epochs.append(installation.rotate(conn))
+            return super().compute_many(organization_id, fields, **kw)
+
+    def stored(epoch: str | None) -> dict[str, Any]:
+        raw = shared.client.hgetall(shared.org_key(user.org_id, epoch))
+        return {k.decode(): json.loads(v) for k, v in raw.items() if k != b"gen"}
+
+    def new_total(result: dict[str, Any]) -> str:
+        return str(result["by_status"]["new"]["total_amount"])
+
+    def refreshed_at(epoch: str | None) -> float | None:
+        return shared.client.zscore(shared.refreshed_key_of(epoch), str(user.org_id))
+
+    before = stored(epochs[0]), refreshed_at(epochs[0])
+    cache = RotatedMidCompute(shared.client, db, shared.prefix)
+    assert cache.refresh(user.org_id) is True
+    first, second = epochs
+    assert first != second and db.identity.epoch() == second
+    assert (stored(first), refreshed_at(first)) == before  # untouched
+    assert new_total(before[0]["summary:30"]) == "100.00"
+    assert new_total(stored(second)["summary:30"]) == "555.00"
+    assert refreshed_at(second) is not None
+
+    cache.rotate = True  # a reader's miss, with the identity changing under it again
+    assert new_total(cache.get(user.org_id, "summary:14")) == "555.00"
+    third = epochs[-1]
+    assert third != second
+    assert "summary:14" not in stored(second)
+    assert set(stored(second)) == {"summary:30", "funnel"}
 
 
 def test_purge_redis_deletes_derived_keys_of_other_epochs_only(

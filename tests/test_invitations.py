@@ -323,14 +323,17 @@ def test_admins_cannot_revoke_or_replace_an_owner_invitation(api: ApiClient) -> 
 def test_only_owners_and_admins_see_and_revoke_invitations(api: ApiClient) -> None:
     team = api.team()
     owner = team["owner"]
+    stranger = api.register()
+    # Each organization has a pending invitation of its own (the test needs no other rows).
+    theirs = _invite(api, stranger, _email())
     invitation = _invite(api, owner, _email())
     assert [i["id"] for i in _pending(api, team["admin"])] == [invitation["id"]]
+    assert [i["id"] for i in _pending(api, stranger)] == [theirs["id"]]
     path = f"/organizations/{owner.org_id}/invitations"
     for role in ("manager", "member"):
         _expect(api.get(path, user=team[role]), 403, "SETTINGS_FORBIDDEN")
         r = api.delete(f"{path}/{invitation['id']}", user=team[role])
         _expect(r, 403, "SETTINGS_FORBIDDEN")
-    stranger = api.register()
     _expect(api.get(path, user=stranger), 403, "NOT_ORGANIZATION_MEMBER")
     _expect(api.post(path, user=stranger, json={"email": _email()}), 403, "NOT_ORGANIZATION_MEMBER")
     # Another organization's invitation id is not found in the stranger's own organization.
@@ -339,6 +342,7 @@ def test_only_owners_and_admins_see_and_revoke_invitations(api: ApiClient) -> No
     )
     _expect(r, 404, "INVITATION_NOT_FOUND")
     assert [i["id"] for i in _pending(api, owner)] == [invitation["id"]]
+    assert [i["id"] for i in _pending(api, stranger)] == [theirs["id"]]
 
 
 def test_an_inviter_demoted_before_acceptance_invalidates_the_invitation(

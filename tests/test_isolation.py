@@ -2,7 +2,9 @@
 
 The matrix is driven by ROUTES: one row per (method, path) of a tenant-scoped endpoint. A test
 fails when the app gains a tenant route under /api/v1 that the table does not list, so new
-routes cannot silently skip the tenant checks.
+routes cannot silently skip the tenant checks. The organization routes
+(`/organizations/{id}/...`, which name the organization in the path instead of the
+X-Organization-Id header) have a table of their own, ORG_ROUTES, covered the same way.
 
 Path placeholders name the entity kind ({contact}, {deal}, {task}); they are filled with the ids
 of the organization a case targets. Request bodies are built from the same ids, so a broken
@@ -144,6 +146,31 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/webhooks/{webhook}/test", snapshot="/webhooks/{webhook}/deliveries"),
 )
 
+# The organization is named in the path ({org}); {member} is a user id, {invitation} an
+# invitation id. A broken check would let the intruder (a user of neither organization) in as
+# the owner, which the before/after snapshot of the target's members and invitations catches.
+INTRUDER_EMAIL = f"intruder-{uuid.uuid4().hex[:8]}@example.com"
+ORG_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/organizations/{org}/members"),
+    Route(
+        "POST",
+        "/organizations/{org}/members",
+        body=lambda ids: {"email": INTRUDER_EMAIL, "role": "owner"},
+    ),
+    Route("PATCH", "/organizations/{org}/members/{member}", body=lambda ids: {"role": "owner"}),
+    Route("DELETE", "/organizations/{org}/members/{member}"),
+    Route("GET", "/organizations/{org}/invitations"),
+    Route(
+        "POST",
+        "/organizations/{org}/invitations",
+        body=lambda ids: {"email": INTRUDER_EMAIL, "role": "owner"},
+    ),
+    Route("DELETE", "/organizations/{org}/invitations/{invitation}"),
+)
+ORG_ENTITY_ROUTES = tuple(r for r in ORG_ROUTES if r.entity != "org")
+# The caller's own: no organization in the path.
+SELF_ROUTES = (("GET", "/organizations/me"), ("POST", "/organizations"))
+
 # How to see that an entity exists for its own org: a single GET, or a list holding its id.
 ENTITY_LOOKUP = {
     "contact": "/contacts/{contact}",
@@ -158,7 +185,8 @@ ENTITY_LOOKUP = {
 
 ENTITY_ROUTES = tuple(r for r in ROUTES if r.entity is not None)
 
-# /api/v1 routes that are not tenant-scoped (no X-Organization-Id).
+# /api/v1 routes that are not tenant-scoped by the header (ORG_ROUTES and SELF_ROUTES name
+# the organization in the path, or are the caller's own).
 NON_TENANT_PREFIXES = ("/auth", "/organizations", "/invitations", "/openapi.json", "/docs")
 
 _CONVERTER = re.compile(r"<(?:[a-z]+:)?(\w+)>")
@@ -215,9 +243,21 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
     webhook = r.get_json()["id"]
     r = api.post(f"/webhooks/{webhook}/test", user=owner, org=owner.org_id)
     webhook_delivery = r.get_json()["id"]
+    member = api.register(name=f"{label} Member")  # a member of this organization only
+    api.add_member(owner, owner.org_id, member, "member")
+    r = api.post(
+        f"/organizations/{owner.org_id}/invitations",
+        user=owner,
+        json={"email": f"invited-{label}@example.com", "role": "member"},
+    )
+    assert r.status_code == 201, r.get_json()
+    invitation = r.get_json()["id"]
     r = api.upload(owner, f"name,email\r\n{label} Imported,imported-{label}@example.com\r\n")
     assert r.status_code == 202, r.get_json()
     org.ids = {
+        "org": owner.org_id,
+        "member": member.id,
+        "invitation": invitation,
         "contact": contact["id"],
         "deal_contact": deal_contact["id"],
         "deal": deal["id"],
@@ -251,6 +291,7 @@ def world(app: Flask, db: Database) -> World:
     b = _populate(api, db, api.register(name="Bob", org_name=f"Org B {tag}"), f"b{tag}")
     b_only = api.register(name="Bea")
     api.add_member(b.owner, b.id, b_only, "member")
+    api.register(name="Intruder", email=INTRUDER_EMAIL)  # registered, member of neither
     both = api.register(name="Dual")
     api.add_member(a.owner, a.id, both, "manager")
     api.add_member(b.owner, b.id, both, "manager")
@@ -335,9 +376,22 @@ def test_route_table_covers_every_tenant_route(app: Flask) -> None:
     assert not stale, f"table rows the app does not serve: {sorted(stale)}"
 
 
+def test_org_route_table_covers_every_organization_route(app: Flask) -> None:
+    served: set[tuple[str, str]] = set()
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.removeprefix(PREFIX)
+        if rule.rule.startswith(PREFIX + "/organizations"):
+            for method in rule.methods or ():
+                if method not in ("HEAD", "OPTIONS"):
+                    served.add((method, _normalize(path)))
+    covered = {(r.method, _normalize(r.path)) for r in ORG_ROUTES} | set(SELF_ROUTES)
+    assert served == covered, {"not in the table": served - covered, "stale": covered - served}
+
+
 def test_route_table_has_no_duplicates() -> None:
-    keys = [(r.method, _normalize(r.path)) for r in ROUTES]
-    assert len(keys) == len(set(keys))
+    for table in (ROUTES, ORG_ROUTES):
+        keys = [(r.method, _normalize(r.path)) for r in table]
+        assert len(keys) == len(set(keys))
 
 
 # --- tenant header --------------------------------------------------------------------------
@@ -441,6 +495,111 @@ def test_entity_of_another_org_is_404(world: World, route: Route, caller: str) -
     # the entity is really there for its own org
     assert route.entity is not None
     _assert_exists(world, route.entity, world.b)
+
+
+# --- organization routes (the organization in the path) ----------------------------------
+
+
+def _org_state(world: World, target: Org) -> Any:
+    """The target organization's members and pending invitations, as its owner sees them."""
+    state = []
+    for path in ("/organizations/{org}/members", "/organizations/{org}/invitations"):
+        r = world.api.get(path.format(**target.ids), user=target.owner)
+        assert r.status_code == 200, r.get_json()
+        state.append(r.get_json())
+    return state
+
+
+def _check_org_rejected(
+    world: World, route: Route, target: Org, status: int, code: str, **call: Any
+) -> None:
+    before = _org_state(world, target)
+    r = _call(world, route, ids=target.ids, **call)
+    assert r.status_code == status, (str(route), r.status_code, r.get_json())
+    assert error_code(r) == code
+    assert _org_state(world, target) == before, f"{route} changed the organization"
+
+
+org_route_params = pytest.mark.parametrize("route", ORG_ROUTES, ids=str)
+
+
+@org_route_params
+@pytest.mark.parametrize("header", ["none", "own"])
+def test_org_route_of_another_org_is_403(world: World, route: Route, header: str) -> None:
+    """A's owner names org B in the path: not a member of B, so nothing in B is read or
+    changed, whatever X-Organization-Id says (the path decides)."""
+    org = world.a.id if header == "own" else None
+    _check_org_rejected(
+        world, route, world.b, 403, "NOT_ORGANIZATION_MEMBER", user=world.a.owner, org=org
+    )
+
+
+@org_route_params
+@pytest.mark.parametrize("org_id", [2**31 - 1, 987654321])
+def test_org_route_of_an_unknown_org_is_403(world: World, route: Route, org_id: int) -> None:
+    r = _call(world, route, ids={**world.a.ids, "org": org_id}, user=world.a.owner)
+    assert r.status_code == 403, (str(route), r.get_json())
+    assert error_code(r) == "NOT_ORGANIZATION_MEMBER"
+
+
+@org_route_params
+@pytest.mark.parametrize("token", ["none", "garbage", "refresh"])
+def test_org_route_without_a_valid_access_token_is_401(
+    world: World, route: Route, token: str
+) -> None:
+    given = {"none": None, "garbage": "not-a-jwt", "refresh": world.b.owner.refresh_token}[token]
+    before = _org_state(world, world.b)
+    r = _call(world, route, ids=world.b.ids, token=given)
+    assert r.status_code == 401, (str(route), r.get_json())
+    assert error_code(r) in {"UNAUTHORIZED", "INVALID_TOKEN"}
+    assert _org_state(world, world.b) == before
+
+
+@pytest.mark.parametrize("route", ORG_ENTITY_ROUTES, ids=str)
+def test_org_entity_of_another_org_is_404(world: World, route: Route) -> None:
+    """A's owner, in A's path, with B's member or invitation id: 404 with the entity's code;
+    neither organization changes."""
+    assert route.not_found_code is not None
+    before = _org_state(world, world.a), _org_state(world, world.b)
+    r = _call(world, route, ids={**world.b.ids, "org": world.a.id}, user=world.a.owner)
+    assert r.status_code == 404, (str(route), r.get_json())
+    assert error_code(r) == route.not_found_code
+    assert (_org_state(world, world.a), _org_state(world, world.b)) == before
+
+
+def test_members_and_invitations_lists_show_only_their_org(world: World) -> None:
+    for me, other in ((world.a, world.b), (world.b, world.a)):
+        members, invitations = _org_state(world, me)
+        member_ids = {m["user_id"] for m in members}
+        assert {me.owner.id, me.ids["member"], world.both.id} <= member_ids
+        assert not member_ids & {other.owner.id, other.ids["member"]}
+        assert [i["id"] for i in invitations["items"]] == [me.ids["invitation"]]
+        assert {i["organization_id"] for i in invitations["items"]} == {me.id}
+
+
+def test_my_organizations_are_mine_only(world: World) -> None:
+    def mine(user: User) -> set[int]:
+        r = world.api.get("/organizations/me", user=user)
+        assert r.status_code == 200, r.get_json()
+        return {o["id"] for o in r.get_json()}
+
+    assert mine(world.a.owner) == {world.a.id}
+    assert mine(world.b_only) == {world.b.id, world.b_only.org_id}
+    assert mine(world.both) == {world.a.id, world.b.id, world.both.org_id}
+
+
+def test_a_new_organization_belongs_to_its_creator_only(world: World) -> None:
+    creator = world.api.register(name="Founder")
+    r = world.api.post("/organizations", user=creator, json={"name": "Side project"})
+    assert r.status_code == 201, r.get_json()
+    created = r.get_json()["id"]
+    members = world.api.get(f"/organizations/{created}/members", user=creator).get_json()
+    assert [(m["user_id"], m["role"]) for m in members] == [(creator.id, "owner")]
+    for outsider in (world.a.owner, world.both):
+        r = world.api.get(f"/organizations/{created}/members", user=outsider)
+        assert r.status_code == 403 and error_code(r) == "NOT_ORGANIZATION_MEMBER"
+        listed = world.api.get("/organizations/me", user=outsider).get_json()
+        assert created not in {o["id"] for o in listed}
 
 
 # --- cross-organization links ---------------------------------------------------------------

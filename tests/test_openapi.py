@@ -10,6 +10,8 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
+from crm_domain.text import SINGLE_LINE_PATTERN
+
 from .api import PREFIX, ApiClient
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -360,19 +362,29 @@ def test_enforced_input_rules_are_documented(spec: dict[str, Any]) -> None:
     assert activity_type["enum"] == ["comment"]
     text = schemas["ActivityCreate"]["properties"]["payload"]["properties"]["text"]
     assert text["type"] == "string" and text["minLength"] == 1
-    # every free-text input says it takes no NUL (PostgreSQL cannot store it)
+    # every free-text input says it takes no NUL (PostgreSQL cannot store it), and every
+    # single-line one that it takes no line break nor control character either
     no_nul = "^[^\\u0000]*$"
+    for name, field in (("TaskCreate", "description"), ("Login", "email"), ("Login", "password")):
+        assert schemas[name]["properties"][field]["pattern"] == no_nul, (name, field)
+        assert re.search(schemas[name]["properties"][field]["pattern"], "a\x00b") is None
+        assert re.search(schemas[name]["properties"][field]["pattern"], "a\nb") is not None
     for name, field in (
         ("ContactCreate", "name"),
         ("ContactUpdate", "phone"),
         ("DealCreate", "title"),
-        ("TaskCreate", "description"),
+        ("TaskUpdate", "title"),
         ("Register", "name"),
-        ("Login", "email"),
-        ("Login", "password"),
+        ("Register", "organization_name"),
+        ("OrganizationCreate", "name"),
+        ("WebhookEndpointCreate", "description"),
+        ("WebhookEndpointUpdate", "url"),
     ):
-        assert schemas[name]["properties"][field]["pattern"] == no_nul, (name, field)
-        assert re.search(schemas[name]["properties"][field]["pattern"], "a\x00b") is None
+        pattern = schemas[name]["properties"][field]["pattern"]
+        assert pattern == SINGLE_LINE_PATTERN, (name, field)
+        for bad in ("a\x00b", "a\nb", "a\x85b", "a\u2028b", "a\x7fb"):
+            assert re.search(pattern, bad) is None, (name, field, bad)
+        assert re.search(pattern, "Acme Inc. \u2013 Zürich") is not None
     search = next(
         p
         for p in spec["paths"][f"{PREFIX}/contacts"]["get"]["parameters"]
@@ -381,6 +393,7 @@ def test_enforced_input_rules_are_documented(spec: dict[str, Any]) -> None:
     assert search["schema"]["pattern"] == no_nul
     assert "NUL" in spec["info"]["description"]
     assert "surrogate" in spec["info"]["description"]
+    assert "U+2028" in spec["info"]["description"]
 
 
 # --- the API root ----------------------------------------------------------------------------

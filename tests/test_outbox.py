@@ -8,6 +8,7 @@ no longer conflicts (only the filter can stop a second delivery)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -90,6 +91,83 @@ def test_events_are_inserted_at_commit_and_not_on_rollback(quiet_db: Database, d
     assert len(record_status_changes(quiet_db, deal, 3)) == 3
 
 
+class _Undo(Exception):
+    """Rolls a test's savepoint back."""
+
+
+def _queue(session: Session, deal: dict[str, Any], tag: str) -> None:
+    payload = {"deal_id": deal["id"], "tag": tag}
+    outbox.record(session, deal["organization_id"], events.DEAL_CHANGED_TOPIC, payload)
+
+
+def _queued_tags(db: Database, deal: dict[str, Any]) -> list[str]:
+    """The tags of the deal's `deal.changed` events in the outbox, in the order queued."""
+    with db.transaction() as s:
+        payloads = s.scalars(
+            select(OutboxEvent.payload)
+            .where(
+                OutboxEvent.organization_id == deal["organization_id"],
+                OutboxEvent.topic == events.DEAL_CHANGED_TOPIC,
+            )
+            .order_by(OutboxEvent.id)
+        )
+        return [p["tag"] for p in payloads if p.get("deal_id") == deal["id"] and "tag" in p]
+
+
+def test_a_rolled_back_savepoint_drops_only_the_events_queued_inside_it(
+    quiet_db: Database, deal
+) -> None:
+    with quiet_db.transaction() as s:
+        _queue(s, deal, "before")
+        with pytest.raises(_Undo), s.begin_nested():
+            _queue(s, deal, "in the savepoint")
+            raise _Undo
+        _queue(s, deal, "after")
+    assert _queued_tags(quiet_db, deal) == ["before", "after"]
+
+
+def test_savepoints_inside_savepoints_keep_exactly_the_events_of_what_was_kept(
+    quiet_db: Database, deal
+) -> None:
+    """Released savepoints hand their events to the enclosing transaction; a rolled back one
+    drops its own and those of every savepoint released inside it, never those before it."""
+    with quiet_db.transaction() as s:
+        _queue(s, deal, "a")
+        with s.begin_nested():  # released
+            _queue(s, deal, "b")
+            with pytest.raises(_Undo), s.begin_nested():
+                _queue(s, deal, "dropped: inner rolled back")
+                raise _Undo
+            _queue(s, deal, "c")
+        _queue(s, deal, "d")
+        with pytest.raises(_Undo), s.begin_nested():
+            _queue(s, deal, "dropped: outer rolled back")
+            with s.begin_nested():  # released into the savepoint rolled back next
+                _queue(s, deal, "dropped: released into a rolled back one")
+            raise _Undo
+        _queue(s, deal, "e")
+    assert _queued_tags(quiet_db, deal) == ["a", "b", "c", "d", "e"]
+
+
+def test_the_publisher_hears_of_events_once_they_are_committed_not_at_a_savepoint(
+    test_services, deal
+) -> None:
+    """Releasing a savepoint commits nothing: the wake-up waits for the transaction's commit,
+    when a deliverer can see the events."""
+    seen: list[list[str]] = []
+    db = Database(test_services.database_url, pool_size=2)
+    db.publisher = lambda: seen.append(_queued_tags(db, deal))
+    try:
+        with db.transaction() as s:
+            _queue(s, deal, "before")
+            with s.begin_nested():
+                _queue(s, deal, "in the savepoint")
+            assert seen == []
+        assert seen == [["before", "in the savepoint"]]
+    finally:
+        db.engine.dispose()
+
+
 def test_a_batch_is_delivered_once_into_one_entry_each(quiet_db: Database, deal) -> None:
     ids = record_status_changes(quiet_db, deal, 5)
     assert outbox.deliver_pending(quiet_db) >= 5
@@ -166,6 +244,47 @@ def test_an_event_failing_every_time_is_parked_after_max_attempts(quiet_db: Data
     with quiet_db.transaction() as s:
         assert outbox.stuck_count(s) >= 1
         s.execute(delete(OutboxEvent).where(OutboxEvent.id == event_id))  # keep others clean
+
+
+def test_a_malformed_event_is_parked_and_the_events_behind_it_flow_on(
+    quiet_db: Database, deal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event no handler can apply (written by an older version: no deal id), first in line
+    before more than a batch of good ones: one delivery call delivers every good one, the bad
+    one costs one attempt per call and is parked after MAX_ATTEMPTS, with its reason."""
+    with quiet_db.transaction() as s:
+        payload = {"author_id": None, "type": "comment", "payload": {"text": "old"}}
+        outbox.record(s, deal["organization_id"], timeline.TIMELINE_TOPIC, payload)
+    (bad,) = record_status_changes(quiet_db, deal, 0)
+    ids = record_status_changes(quiet_db, deal, outbox.BATCH_SIZE + 50)
+    assert ids[0] == bad and len(ids) == outbox.BATCH_SIZE + 51
+
+    with caplog.at_level(logging.WARNING, logger="crm_domain.services.delivery.outbox"):
+        assert outbox.deliver_pending(quiet_db) >= outbox.BATCH_SIZE + 50
+    # the batches behind the bad event leave it out: it fails one batch, not every one
+    assert sum("outbox batch failed" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    assert entries(quiet_db, deal["id"]) == outbox.BATCH_SIZE + 50
+    state = {ev.id: ev for ev in pending(quiet_db, ids)}
+    assert all(state[i].delivered_at is not None for i in ids[1:])
+    assert (state[bad].attempts, state[bad].delivered_at) == (1, None)
+    assert "deal_id" in (state[bad].last_error or "")
+
+    with caplog.at_level(logging.ERROR, logger="crm_domain.services.delivery.outbox"):
+        for _ in range(outbox.MAX_ATTEMPTS - 1):
+            outbox.deliver_pending(quiet_db)
+    (ev,) = pending(quiet_db, [bad])
+    assert (ev.attempts, ev.delivered_at) == (outbox.MAX_ATTEMPTS, None)
+    assert "deal_id" in (ev.last_error or "")
+    assert [
+        r
+        for r in caplog.records
+        if f"outbox event {bad} " in r.getMessage() and "parked" in r.getMessage()
+    ]
+    with quiet_db.transaction() as s:
+        assert outbox.stuck_count(s) >= 1  # crm_outbox_stuck_events
+        assert bad not in [e.id for e in outbox.claim(s)]
+        s.execute(delete(OutboxEvent).where(OutboxEvent.id == bad))  # keep others clean
 
 
 def test_an_outage_costs_no_attempt_and_is_raised(quiet_db: Database, deal) -> None:
@@ -260,6 +379,40 @@ def test_the_background_waker_merges_wake_ups(flag: DrainFlag) -> None:
         waker()
     assert sent.acquire(timeout=5)
     assert not sent.acquire(timeout=0.3)  # one drain for all twenty commits
+
+
+def test_an_event_committed_during_a_drain_asks_for_a_drain_of_its_own(
+    quiet_db: Database, deal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain task clears the flag before it claims anything: a change that commits while
+    the drain delivers (after its last claim) finds the flag clear and asks for another
+    drain, instead of waiting for whichever comes next."""
+    from crm_worker.app import drain_flag
+    from crm_worker.tasks import outbox as outbox_tasks
+
+    flag = drain_flag()  # the key the deployment's API and drain task share
+    flag.clear()
+    asked: list[str] = []
+    quiet_db.publisher = DrainWaker(flag, lambda: asked.append("drain")).wake
+    first = record_status_changes(quiet_db, deal, 1)  # its commit asks for the drain below
+    assert asked == ["drain"]
+    dispatcher = outbox_tasks.dispatcher
+    real_deliver = dispatcher.deliver
+    late: list[int] = []
+
+    def deliver_then_a_commit(*args: Any, **kwargs: Any) -> int:
+        delivered = real_deliver(*args, **kwargs)  # every batch claimed and delivered
+        late.extend(set(record_status_changes(quiet_db, deal, 1)) - set(first))
+        return delivered
+
+    monkeypatch.setattr(dispatcher, "deliver", deliver_then_a_commit)
+    outbox_tasks.drain()  # the task, run in this process
+    assert len(late) == 1 and pending(quiet_db, late)[0].delivered_at is None
+    assert asked == ["drain", "drain"]  # the late commit asked for a drain
+    monkeypatch.setattr(dispatcher, "deliver", real_deliver)
+    outbox_tasks.drain()  # ...which delivers it
+    assert all(ev.delivered_at is not None for ev in pending(quiet_db, first + late))
+    assert entries(quiet_db, deal["id"]) == 2
 
 
 def test_timeline_entries_record_activity_created_only_where_an_endpoint_wants_it(

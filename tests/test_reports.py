@@ -28,6 +28,7 @@ REPORT_KEYS = {
     "created_at",
     "completed_at",
     "data",
+    "error",
 }
 
 
@@ -350,3 +351,49 @@ def test_last_full_week_properties(today: dt.date) -> None:
         start + dt.timedelta(days=7),
         end + dt.timedelta(days=7),
     )
+
+
+# --- a report that cannot be built ------------------------------------------------------------
+
+
+def test_a_report_that_cannot_be_built_is_counted_then_parked_and_the_others_are_built(
+    api: ApiClient, db, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the worker's build task runs (reports.build_or_park): a report row no build can
+    handle (its period ends on the last date there is) costs an attempt per build, keeps the
+    reason, is parked as failed after MAX_BUILD_ATTEMPTS and is not sent for building again;
+    the report built after it is ready."""
+    user = api.register()
+    with db.transaction() as s:
+        bad = Report(
+            organization_id=user.org_id,
+            kind=reports.ON_DEMAND,
+            status="pending",
+            period_start=dt.date.max - dt.timedelta(days=6),
+            period_end=dt.date.max,
+            created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+        )
+        good = Report(
+            organization_id=user.org_id,
+            kind=reports.ON_DEMAND,
+            status="pending",
+            period_start=_today() - dt.timedelta(days=6),
+            period_end=_today(),
+        )
+        s.add_all([bad, good])
+        s.flush()
+        bad_id, good_id = bad.id, good.id
+    reports.build_or_park(db, bad_id)
+    reports.build_or_park(db, good_id)
+    assert _get(api, user, good_id)["status"] == "ready"
+    first = _get(api, user, bad_id)
+    assert first["status"] == "pending" and "OverflowError" in first["error"]
+    with caplog.at_level("ERROR", logger="crm_domain.services.reporting.reports"):
+        for _ in range(reports.MAX_BUILD_ATTEMPTS - 1):
+            reports.build_or_park(db, bad_id)
+    parked = _get(api, user, bad_id)
+    assert parked["status"] == "failed" and "OverflowError" in parked["error"]
+    assert any(f"report {bad_id} parked as failed" in r.getMessage() for r in caplog.records)
+    with db.transaction() as s:
+        assert s.get(Report, bad_id).attempts == reports.MAX_BUILD_ATTEMPTS  # type: ignore[union-attr]
+        assert bad_id not in reports.pending_ids(s, older_than=dt.timedelta(0))

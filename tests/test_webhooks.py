@@ -14,7 +14,9 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import json
+import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,11 +35,12 @@ from crm_domain.services.delivery.webhook_policy import RetryPolicy
 from crm_domain.services.records import contacts
 from crm_domain.settings import DEFAULT_WEBHOOK_RETRY_SCHEDULE, Settings
 from crm_worker import webhook_sender
-from crm_worker.webhook_sender import Sender
+from crm_worker.webhook_sender import RunResult, Sender
 
 from .api import ApiClient, User, error_code
 from .receiver import Receiver
 from .sql import executed
+from .stack import wait_until
 
 POLICY = RetryPolicy(schedule=DEFAULT_WEBHOOK_RETRY_SCHEDULE)
 
@@ -148,6 +151,36 @@ def test_rotation_signs_with_both_secrets_for_a_while(
     assert len(request.headers["webhook-signature"].split(" ")) == 2
     for secret in (new, old):  # a receiver with either secret accepts it
         assert Webhook(secret).verify(request.body, request.headers)["type"] == "contact.created"
+
+
+def test_the_previous_secret_stops_signing_when_its_grace_period_ends(
+    api: ApiClient, db: Database, sender, receiver
+) -> None:
+    owner = api.register()
+    endpoint = create_endpoint(api, owner, receiver.url)
+    old = endpoint["secret"]
+    before = dt.datetime.now(dt.UTC)
+    r = api.post(f"/webhooks/{endpoint['id']}/rotate-secret", user=owner, org=owner.org_id)
+    after = dt.datetime.now(dt.UTC)
+    new = r.get_json()["secret"]
+    with db.transaction() as s:
+        row = s.get_one(WebhookEndpoint, endpoint["id"])
+        assert row.previous_secret == old and row.previous_secret_expires_at is not None
+        expires = row.previous_secret_expires_at
+    assert before + dt.timedelta(hours=24) <= expires <= after + dt.timedelta(hours=24)
+    with db.transaction() as s:  # the clock: the 24 hours are over
+        s.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint["id"])
+            .values(previous_secret_expires_at=func.now() - dt.timedelta(seconds=1))
+        )
+    api.contact(owner)
+    send_due(db, sender, endpoint)
+    (request,) = receiver.received()
+    assert len(request.headers["webhook-signature"].split(" ")) == 1
+    assert Webhook(new).verify(request.body, request.headers)["type"] == "contact.created"
+    with pytest.raises(WebhookVerificationError):  # a receiver still on the old secret refuses
+        Webhook(old).verify(request.body, request.headers)
 
 
 def test_update_enable_disable_and_delete(api: ApiClient, receiver) -> None:
@@ -319,6 +352,45 @@ def test_send_time_guard_refuses_private_addresses(api: ApiClient, db: Database,
     # what the host resolved to stays in the worker's log, out of the API's answers
     assert delivery.last_error == "destination refused: the host's address is not allowed"
     assert receiver.received() == []
+
+
+def test_the_sender_connects_to_the_address_it_vetted_not_to_a_later_answer(
+    api: ApiClient, db: Database, receiver, monkeypatch
+) -> None:
+    """DNS rebinding: the name resolves to the receiver when the guard looks it up, and to
+    an internal service (another server on 127.0.0.2, same port) on any later lookup. The
+    sender connects to the address the guard vetted, so the internal service hears nothing.
+    (Private addresses are allowed here so that the vetted address can be a local receiver;
+    the resolver is simulated in this process: no traffic leaves the machine.)"""
+    internal = Receiver(host="127.0.0.2", port=receiver.port).start()
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.example":
+            return real(host, port, *args, **kwargs)
+        lookups.append(host)
+        address = "127.0.0.1" if len(lookups) == 1 else "127.0.0.2"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    try:
+        owner = api.register()
+        endpoint = create_endpoint(api, owner, f"http://rebind.example:{receiver.port}/hooks")
+        api.contact(owner)
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+        fresh = Sender(timeout=2.0, allow_private=True)  # no pooled connection to reuse
+        try:
+            send_due(db, fresh, endpoint)
+        finally:
+            fresh.close()
+            monkeypatch.undo()
+        assert internal.received() == []
+        assert [p["type"] for p in receiver.verified(endpoint["secret"])] == ["contact.created"]
+        assert lookups == ["rebind.example"]  # resolved once, by the guard
+        (delivery,) = deliveries(db, endpoint["id"])
+        assert delivery.status == "succeeded"
+    finally:
+        internal.stop()
 
 
 # --- events, payloads, signatures ------------------------------------------------------------
@@ -611,12 +683,73 @@ def test_retry_after_is_honored_up_to_the_longest_step(
 ) -> None:
     owner = api.register()
     endpoint = create_endpoint(api, owner, receiver.url)
-    receiver.script = [(429, {"Retry-After": "120"})]
+    policy = RetryPolicy(schedule=(5.0, 60.0))  # the longest step: 60 s
+    receiver.script = [(429, {"Retry-After": "30"}), (503, {"Retry-After": "864000"})]
     api.contact(owner)
+
+    def wait_after_attempt(attempts: int) -> float:
+        (delivery,) = deliveries(db, endpoint["id"])
+        assert delivery.attempts == attempts and delivery.status == "pending"
+        assert delivery.next_attempt_at is not None and delivery.last_attempt_at is not None
+        return (delivery.next_attempt_at - delivery.last_attempt_at).total_seconds()
+
+    send_due(db, sender, endpoint, policy=policy)
+    assert 29 <= wait_after_attempt(1) <= 31  # honored: longer than the 5 s step
+    make_due(db, endpoint["id"])
+    send_due(db, sender, endpoint, policy=policy)
+    # ten days asked for: capped at the longest step (60 s, jittered up to 20 % above)
+    assert 60 - 1 <= wait_after_attempt(2) <= 60 * 1.2 + 1
+
+
+def test_an_answer_the_sender_cannot_read_is_a_failed_attempt_and_the_rest_flow_on(
+    api: ApiClient, db: Database, sender, receiver
+) -> None:
+    """`Retry-After: ²` (a digit to str.isdigit, not to float) once raised out of the sender:
+    the delivery was claimed again and again and its outcome never recorded."""
+    owner = api.register()
+    endpoint = create_endpoint(api, owner, receiver.url)
+    receiver.script = [(503, {"Retry-After": "\u00b2"})]
+    for _ in range(4):
+        api.contact(owner)
+    send_due(db, sender, endpoint)  # stops at the failure, as at any failure
     send_due(db, sender, endpoint)
-    (delivery,) = deliveries(db, endpoint["id"])
-    assert delivery.next_attempt_at is not None and delivery.last_attempt_at is not None
-    assert (delivery.next_attempt_at - delivery.last_attempt_at).total_seconds() >= 119
+    first, *rest = deliveries(db, endpoint["id"])
+    assert (first.status, first.attempts, first.last_status_code) == ("pending", 1, 503)
+    assert first.last_error == "HTTP 503"
+    assert [d.status for d in rest] == ["succeeded"] * 3
+    assert [r.status for r in receiver.received()] == [503, 200, 200, 200]
+
+
+def test_a_delivery_that_cannot_be_sent_is_parked_after_its_attempts(
+    api: ApiClient, db: Database, sender, receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint row the sender cannot use (a secret that is not base64, as a hand-edited
+    row could hold) makes every attempt raise: each still counts, fails the delivery after
+    the last one with the reason, and other endpoints are not held up."""
+    owner = api.register()
+    broken = create_endpoint(api, owner, receiver.url)
+    fine = create_endpoint(api, owner, receiver.url)
+    with db.transaction() as s:
+        s.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == broken["id"])
+            .values(secret="whsec_!not base64!")
+        )
+    policy = RetryPolicy(schedule=(5.0,), disable_after_failed_events=0)  # two attempts
+    api.contact(owner)
+    with caplog.at_level(logging.ERROR, logger="crm_worker.webhook_sender"):
+        send_due(db, sender, broken, fine, policy=policy)
+        (delivery,) = deliveries(db, broken["id"])
+        assert (delivery.status, delivery.attempts) == ("pending", 1)
+        assert "could not send" in (delivery.last_error or "")
+        make_due(db, broken["id"])
+        send_due(db, sender, broken, policy=policy)
+    (delivery,) = deliveries(db, broken["id"])
+    assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("failed", 2, None)
+    assert "could not send" in (delivery.last_error or "")
+    assert any("parked as failed after 2 attempts" in r.getMessage() for r in caplog.records)
+    assert [d.status for d in deliveries(db, fine["id"])] == ["succeeded"]
+    assert len(receiver.received()) == 1  # the fine endpoint's delivery only
 
 
 def test_a_redirect_is_a_failure_and_is_not_followed(
@@ -690,21 +823,92 @@ def test_410_gone_disables_at_once(api: ApiClient, db: Database, sender, receive
 def test_a_receiver_that_never_answers_costs_one_timeout(
     api: ApiClient, db: Database, receiver
 ) -> None:
-    """The attempt's deadline covers connect, send and the answer together."""
+    """The attempt's deadline covers connect, send and the answer together: the sender has
+    given up and recorded it while the receiver still holds the request, unanswered."""
     owner = api.register()
     endpoint = create_endpoint(api, owner, receiver.url)
-    receiver.delay = 5.0
+    receiver.gate = threading.Event()  # opened only at the end of the test
     api.contact(owner)
     quick = Sender(timeout=1.0, allow_private=True)
     try:
-        started = time.monotonic()
         send_due(db, quick, endpoint)
-        elapsed = time.monotonic() - started
+        (delivery,) = deliveries(db, endpoint["id"])
+        assert delivery.status == "pending" and delivery.last_error == "no answer within 1 s"
+        assert (receiver.arrived, receiver.in_flight) == (1, 1)  # not waited for
     finally:
+        receiver.gate.set()
         quick.close()
-    (delivery,) = deliveries(db, endpoint["id"])
-    assert elapsed < 3.0
-    assert delivery.status == "pending" and delivery.last_error == "no answer within 1 s"
+
+
+def test_a_success_between_failures_starts_the_failure_record_over(
+    api: ApiClient, db: Database, sender, receiver
+) -> None:
+    """An endpoint that fails now and then is not disabled: each success clears both the
+    count of failed deliveries and the time it has been failing since."""
+    owner = api.register()
+    endpoint = create_endpoint(api, owner, receiver.url)
+    policy = RetryPolicy(  # one attempt per event; disabled at 2 failed in a row or 1 hour
+        schedule=(), disable_after_failed_events=2, disable_after=dt.timedelta(hours=1)
+    )
+    receiver.script = [500, 200, 500]
+
+    def record() -> tuple[int, dt.datetime | None, bool]:
+        with db.transaction() as s:
+            row = s.get_one(WebhookEndpoint, endpoint["id"])
+            return row.failed_events, row.failing_since, row.enabled
+
+    api.contact(owner, name="Fails")
+    send_due(db, sender, endpoint, policy=policy)
+    failed, since, enabled = record()
+    assert (failed, enabled) == (1, True) and since is not None
+    with db.transaction() as s:  # the clock: that failure was two hours ago
+        s.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint["id"])
+            .values(failing_since=func.now() - dt.timedelta(hours=2))
+        )
+    api.contact(owner, name="Succeeds")
+    send_due(db, sender, endpoint, policy=policy)
+    assert record() == (0, None, True)
+    api.contact(owner, name="Fails again")
+    send_due(db, sender, endpoint, policy=policy)
+    failed, since, enabled = record()
+    assert (failed, enabled) == (1, True)
+    assert since is not None and dt.datetime.now(dt.UTC) - since < dt.timedelta(hours=1)
+    got = api.get(f"/webhooks/{endpoint['id']}", user=owner, org=owner.org_id).get_json()
+    assert got["enabled"] is True and got["disabled_reason"] is None
+    assert [r.status for r in receiver.received()] == [500, 200, 500]
+
+
+def test_one_sender_at_a_time_per_endpoint(api: ApiClient, db: Database, sender, receiver):
+    """While one sender works through an endpoint (its request held open by the receiver),
+    a second sender for the same endpoint sends nothing; the first sends everything, one
+    request at a time, in order."""
+    owner = api.register()
+    endpoint = create_endpoint(api, owner, receiver.url)
+    for i in range(3):
+        api.contact(owner, name=f"In order {i}")
+    receiver.gate = threading.Event()
+    patient = Sender(timeout=30.0, allow_private=True)
+    runs: list[RunResult] = []
+    first = threading.Thread(
+        target=lambda: runs.append(webhook_sender.run_endpoint(db, endpoint["id"], patient, POLICY))
+    )
+    first.start()
+    try:
+        wait_until(lambda: receiver.arrived >= 1, 30, 0.02)  # the first sender is sending
+        second = webhook_sender.run_endpoint(db, endpoint["id"], sender, POLICY)
+        assert second == RunResult(0, False)
+        assert receiver.arrived == 1
+    finally:
+        receiver.gate.set()
+        first.join(60)
+        patient.close()
+    assert runs == [RunResult(3, False)]
+    assert receiver.most_in_flight == 1
+    names = [p["data"]["name"] for p in receiver.verified(endpoint["secret"])]
+    assert names == [f"In order {i}" for i in range(3)]
+    assert all(d.status == "succeeded" and d.attempts == 1 for d in deliveries(db, endpoint["id"]))
 
 
 # --- ping, redeliver, listing ----------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
 from ..jwt import issue_tokens, new_session_id, user_id_of
 from ..metrics import count_login
-from ..schemas import Schema, StrictBoolean, Trimmed, name_field
+from ..schemas import Schema, StrictBoolean, Trimmed, email_field, name_field
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Authentication")
 
@@ -65,7 +65,7 @@ class OrganizationRefSchema(Schema):
 
 
 class RegisterSchema(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=320))
+    email = email_field(required=True)
     password = new_password_field
     name = name_field(required=True)
     organization_name = name_field(required=True)

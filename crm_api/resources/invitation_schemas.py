@@ -10,7 +10,7 @@ from marshmallow import fields, validate
 
 from crm_domain.enums import Role
 
-from ..schemas import Schema, name_field
+from ..schemas import Schema, email_field, name_field
 from .auth import TokensSchema, UserSchema, password_field
 from .organizations import MyOrganizationSchema
 
@@ -68,7 +68,7 @@ class InvitationSchema(Schema):
 
 
 class InvitationCreateSchema(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=320))
+    email = email_field(required=True)
     role = fields.Enum(
         Role,
         by_value=True,

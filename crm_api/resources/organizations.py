@@ -12,7 +12,7 @@ from crm_domain.services.records import organizations as org_service
 
 from ..access import current_user_id, forget_access
 from ..extensions import Blueprint, transaction
-from ..schemas import Schema, name_field
+from ..schemas import Schema, email_field, name_field
 
 blp = Blueprint(
     "organizations", __name__, url_prefix="/organizations", description="Organizations and members"
@@ -39,7 +39,7 @@ class MemberSchema(Schema):
 
 
 class MemberCreateSchema(Schema):
-    email = fields.Email(required=True)
+    email = email_field(required=True)
     role = fields.Enum(Role, by_value=True, load_default=Role.MEMBER)
 
 

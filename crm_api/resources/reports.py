@@ -19,7 +19,13 @@ class ReportSchema(Schema):
     id = fields.Integer(dump_only=True)
     organization_id = fields.Integer(dump_only=True)
     kind = fields.String(dump_only=True, metadata={"description": "weekly | on_demand"})
-    status = fields.String(dump_only=True, metadata={"description": "pending | ready"})
+    status = fields.String(
+        dump_only=True,
+        metadata={
+            "description": "pending | ready | failed (the build failed "
+            f"{service.MAX_BUILD_ATTEMPTS} times; `error` says why)"
+        },
+    )
     period_start = fields.Date(dump_only=True)
     period_end = fields.Date(dump_only=True)
     requested_by = fields.Integer(dump_only=True, allow_none=True)
@@ -29,6 +35,9 @@ class ReportSchema(Schema):
         dump_only=True,
         allow_none=True,
         metadata={"description": "period, summary, funnel and overdue_tasks once ready"},
+    )
+    error = fields.String(
+        dump_only=True, allow_none=True, metadata={"description": "why the last build failed"}
     )
 
 

@@ -10,7 +10,7 @@ from marshmallow import fields, validate
 from crm_domain.services.delivery import events
 from crm_domain.services.delivery import webhooks as service
 
-from ..schemas import PageArgs, Schema, Trimmed
+from ..schemas import PageArgs, Schema, SingleLine, line_field
 
 EVENT_TYPES_DESCRIPTION = (
     "Event types to receive; omitted or empty: every type, including types added later. "
@@ -72,7 +72,7 @@ event_types_field = fields.List(
 
 def url_field(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=validate.Length(min=1, max=2048),
+        validate=[validate.Length(min=1, max=2048), SingleLine()],
         metadata={
             "description": "http or https; its host must resolve to public addresses only "
             "(unless the server runs with WEBHOOKS_ALLOW_PRIVATE=true)",
@@ -82,7 +82,7 @@ def url_field(**kwargs: Any) -> fields.String:
     )
 
 
-description_field = Trimmed(allow_none=True, validate=validate.Length(max=500))
+description_field = line_field(500, allow_none=True)
 
 
 class WebhookEndpointSchema(Schema):

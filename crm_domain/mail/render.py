@@ -1,5 +1,11 @@
 """Message bodies from Jinja templates (HTML autoescaped; every message has a plain-text part)
-and the MIME message around them."""
+and the MIME message around them.
+
+What a template or a header shows of the data (names, titles, addresses) is put on one line
+first (crm_domain.text.one_line): the API refuses line breaks and control characters in such
+values, but a row stored before that rule may still hold one, and a line break in a header
+value makes the message impossible to build (and in a body, lets a name write its own
+lines)."""
 
 from __future__ import annotations
 
@@ -10,6 +16,16 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from ..text import one_line
+
+
+def _on_one_line(value: Any) -> Any:
+    """Jinja `finalize`: every value a template prints is a one-line value."""
+    if isinstance(value, str) and not hasattr(value, "__html__"):  # Markup is the template's own
+        return one_line(value)
+    return value
+
+
 _env = Environment(
     loader=PackageLoader("crm_domain.mail", "templates"),
     autoescape=select_autoescape(["html"]),
@@ -17,6 +33,7 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,
+    finalize=_on_one_line,
 )
 
 
@@ -42,7 +59,7 @@ def render(
 def build_message(content: Content, *, sender: str, to: str) -> EmailMessage:
     """text/plain, plus text/html as multipart/alternative when there is an HTML body."""
     message = EmailMessage()
-    message["Subject"] = content.subject
+    message["Subject"] = one_line(content.subject)
     message["From"] = sender
     message["To"] = to
     message["Date"] = formatdate(usegmt=True)

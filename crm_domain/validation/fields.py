@@ -1,6 +1,7 @@
 """The vocabulary of request fields: the base schema (unknown fields are an error), trimmed
-strings, names, ids and amounts. Shared by the API's schemas (crm_api) and the domain's
-validation of a single write (crm_domain.validation.writes), so both apply the same rules."""
+strings, single-line text (names, e-mail addresses; the rule is crm_domain.text), ids and
+amounts. Shared by the API's schemas (crm_api) and the domain's validation of a single write
+(crm_domain.validation.writes), so both apply the same rules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
+
+from .. import text
 
 MAX_AMOUNT = Decimal("9999999999.99")  # NUMERIC(12, 2)
 MAX_ID = 2**31 - 1
@@ -29,8 +32,34 @@ class Trimmed(fields.String):
         return result.strip()
 
 
+class SingleLine(validate.Validator):
+    """The single-line text rule (crm_domain.text): no control character, line or paragraph
+    separator. Every one-line input (names, titles, e-mail addresses, phone numbers, labels,
+    URLs) carries it; multi-line text (a task's description, a comment) does not."""
+
+    error = "Must be a single line: no control characters or line breaks ({character} found)."
+
+    def __call__(self, value: str) -> str:
+        found = text.line_breaking_character(value)
+        if found is not None:
+            raise ma.ValidationError(self.error.format(character=f"U+{ord(found):04X}"))
+        return value
+
+
+def line_field(max_len: int, *, min_len: int = 0, **kwargs: Any) -> Trimmed:
+    """One line of text (surrounding white space trimmed), `min_len` to `max_len` characters."""
+    length = validate.Length(min=min_len or None, max=max_len)
+    return Trimmed(validate=[length, SingleLine()], **kwargs)
+
+
 def name_field(max_len: int = 255, **kwargs: Any) -> Trimmed:
-    return Trimmed(validate=validate.Length(min=1, max=max_len), **kwargs)
+    """A name or title: one line, not blank."""
+    return line_field(max_len, min_len=1, **kwargs)
+
+
+def email_field(**kwargs: Any) -> fields.Email:
+    """An e-mail address (at most 320 characters, one line: the address goes into headers)."""
+    return fields.Email(validate=[validate.Length(max=320), SingleLine()], **kwargs)
 
 
 def id_field(**kwargs: Any) -> fields.Integer:

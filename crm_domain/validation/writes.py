@@ -10,20 +10,20 @@ from marshmallow import fields, pre_load, validate
 
 from ..enums import DealStage, DealStatus
 from ..rules import DEFAULT_AMOUNT, DEFAULT_CURRENCY
-from .fields import Schema, Trimmed, amount_field, id_field, name_field
+from .fields import Schema, amount_field, email_field, id_field, line_field, name_field
 
 
 class ContactCreateSchema(Schema):
     name = name_field(required=True)
-    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
-    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
+    email = email_field(allow_none=True)
+    phone = line_field(50, allow_none=True)
     owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
 
 
 class ContactUpdateSchema(Schema):
     name = name_field()
-    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
-    phone = Trimmed(allow_none=True, validate=validate.Length(max=50))
+    email = email_field(allow_none=True)
+    phone = line_field(50, allow_none=True)
     owner_id = id_field()
 
 

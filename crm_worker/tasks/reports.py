@@ -25,9 +25,9 @@ RESEND_AFTER = dt.timedelta(minutes=2)
     max_retries=5,
 )
 def build(report_id: int) -> None:
-    """Idempotent: a report that is already ready is left as it is."""
-    with database.transaction() as session:
-        reports.build(session, report_id)
+    """Idempotent: a report that is already ready is left as it is. A failed build is
+    counted on the report (parked as failed after MAX_BUILD_ATTEMPTS); an outage retries."""
+    reports.build_or_park(database, report_id)
 
 
 @celery_app.task(name="crm.reports.schedule_weekly", acks_late=True)

@@ -2,8 +2,9 @@
 
 `record()` queues an event on the caller's session; right before that transaction commits,
 every queued event is inserted in one statement, so the events exist exactly when the change
-does. After the commit the session's publisher (see `Database.publisher`) is told that there
-is something to deliver: a wake-up, not a message per event.
+does. A savepoint (`begin_nested`) that is rolled back takes the events queued inside it
+with it, and only those. After the commit the session's publisher (see `Database.publisher`)
+is told that there is something to deliver: a wake-up, not a message per event.
 
 Delivery claims pending events in batches (`FOR UPDATE SKIP LOCKED`, so concurrent
 deliverers share the work), applies each topic's handler to all of its events at once and
@@ -27,12 +28,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from ... import request_id
 from ...models import OutboxEvent
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _PENDING_KEY = "crm_outbox_new"
 _COMMITTED_KEY = "crm_outbox_committed"
+_SAVEPOINTS_KEY = "crm_outbox_savepoints"  # {open savepoint: events queued before it}
 
 BATCH_SIZE = 200
 # An event whose delivery failed this often is left for an operator (see `stuck_count`)
@@ -111,8 +113,27 @@ def record(session: Session, organization_id: int, topic: str, payload: dict[str
     )
 
 
+# The listeners below act on the session's own transaction, never on a SAVEPOINT: SQLAlchemy
+# fires its commit and rollback events for savepoints (begin_nested) too. Events are inserted
+# at the outermost commit only (inserting them at a savepoint's release would put events
+# queued before an enclosing savepoint inside it, to be rolled back with it), and a rolled
+# back savepoint drops exactly the events queued since it began: those of the change it
+# undoes. Savepoints nest, and events are queued in order, so each savepoint only needs the
+# number of events queued before it. (Session.commit() releases open savepoints before the
+# outermost commit; close them first when committing a SessionTransaction directly.)
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        queued = len(session.info.get(_PENDING_KEY, ()))
+        session.info.setdefault(_SAVEPOINTS_KEY, {})[transaction] = queued
+
+
 @event.listens_for(Session, "before_commit")
 def _insert_before_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint's release: its events now belong to the enclosing transaction
     rows: list[dict[str, Any]] = session.info.pop(_PENDING_KEY, [])
     if rows:
         session.connection().execute(insert(OutboxEvent), rows)
@@ -132,9 +153,23 @@ def _publish_after_commit(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _forget_after_rollback(session: Session, previous_transaction: Any) -> None:
-    session.info.pop(_PENDING_KEY, None)
-    session.info.pop(_COMMITTED_KEY, None)
+def _forget_after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.nested:
+        queued_before = session.info.get(_SAVEPOINTS_KEY, {}).pop(previous_transaction, None)
+        pending = session.info.get(_PENDING_KEY)
+        if queued_before is not None and pending:
+            del pending[queued_before:]
+    elif previous_transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)
+        session.info.pop(_COMMITTED_KEY, None)
+    # else: a flush's subtransaction; the savepoint or transaction around it is rolled back
+    # next, and that rollback says what goes
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_savepoints(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the transaction is over: so are its savepoints
+        session.info.pop(_SAVEPOINTS_KEY, None)
 
 
 # --- delivery -----------------------------------------------------------------------------
@@ -177,16 +212,19 @@ def _log_fields(
     }
 
 
-def claim(session: Session, limit: int = BATCH_SIZE) -> list[OutboxEvent]:
+def claim(
+    session: Session, limit: int = BATCH_SIZE, *, skip: Collection[int] = ()
+) -> list[OutboxEvent]:
     """Lock up to `limit` undelivered events, oldest first, skipping those another
-    deliverer holds and those that failed MAX_ATTEMPTS times."""
+    deliverer holds, those that failed MAX_ATTEMPTS times and those in `skip`."""
+    stmt = select(OutboxEvent).where(
+        OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS
+    )
+    if skip:
+        stmt = stmt.where(OutboxEvent.id.not_in(sorted(skip)))
     return list(
         session.scalars(
-            select(OutboxEvent)
-            .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.attempts < MAX_ATTEMPTS)
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            stmt.order_by(OutboxEvent.id).limit(limit).with_for_update(skip_locked=True)
         )
     )
 
@@ -232,7 +270,8 @@ def deliver_pending(
 ) -> int:
     """Deliver undelivered events batch by batch until none is left (or `max_batches`);
     returns how many were delivered. A batch that fails is retried event by event, so one
-    bad event cannot hold back the others; the bad one keeps its error and attempt count.
+    bad event cannot hold back the others; the bad one keeps its error and attempt count
+    (parked after MAX_ATTEMPTS), and the next batches of this call leave it out.
     `handlers`: the process's `registry` unless given (a worker's run adds its own).
     `transient` errors (a database or Redis outage) are raised instead: they are nobody's
     fault and cost no attempt; the caller retries later. Events that handlers record (a
@@ -240,11 +279,12 @@ def deliver_pending(
     the next round of the same call."""
     observer = observer or DeliveryObserver()
     delivered = 0
+    failed: set[int] = set()  # failed during this call: not claimed again by it
     for _ in range(max_batches):
         more = False
         try:
             with db.transaction() as session:
-                batch = claim(session, batch_size)
+                batch = claim(session, batch_size, skip=failed)
                 apply(session, batch, handlers)
                 more = len(batch) == batch_size or bool(session.info.get(_PENDING_KEY))
             delivered += len(batch)
@@ -253,10 +293,12 @@ def deliver_pending(
             raise
         except Exception:
             log.warning("outbox batch failed; delivering its events one by one", exc_info=True)
-            # Stop here: another round would claim the bad event again. What the events
-            # delivered one by one recorded waits for the next drain (beat re-dispatches).
-            more = False
-            delivered += _deliver_one_by_one(db, handlers, batch_size, transient, observer)
+            done, bad = _deliver_one_by_one(db, handlers, batch_size, transient, observer, failed)
+            delivered += done
+            failed |= bad
+            # Go on with the events behind them (and what they recorded) unless none could
+            # be delivered: then the fault is not one event's, and the next drain tries again.
+            more = done > 0
         if not more:
             break
     return delivered
@@ -268,10 +310,14 @@ def _deliver_one_by_one(
     limit: int,
     transient: tuple[type[BaseException], ...],
     observer: DeliveryObserver,
-) -> int:
+    skip: Collection[int],
+) -> tuple[int, set[int]]:
+    """Deliver the next `limit` events one per transaction; returns how many were delivered
+    and the ids of those that failed (each failure costs its event an attempt)."""
     with db.transaction() as session:
-        ids = [ev.id for ev in claim(session, limit)]
+        ids = [ev.id for ev in claim(session, limit, skip=skip)]
     delivered = 0
+    failed: set[int] = set()
     for event_id in ids:
         try:
             with db.transaction() as session:
@@ -288,16 +334,25 @@ def _deliver_one_by_one(
         except transient:
             raise
         except Exception as exc:
+            failed.add(event_id)
             with db.transaction() as session:
                 row = session.execute(
                     update(OutboxEvent)
                     .where(OutboxEvent.id == event_id)
                     .values(attempts=OutboxEvent.attempts + 1, last_error=repr(exc)[:1000])
-                    .returning(OutboxEvent.topic, OutboxEvent.request_id)
+                    .returning(OutboxEvent.topic, OutboxEvent.request_id, OutboxEvent.attempts)
                 ).first()
-            topic, rid = row if row is not None else (None, None)
+            topic, rid, attempts = row if row is not None else (None, None, 0)
             observer.failed(event_id, topic, rid, exc)
-    return delivered
+            if attempts >= MAX_ATTEMPTS:
+                log.error(
+                    "outbox event %s (%s) parked after %d failed attempts (see its last_error)",
+                    event_id,
+                    topic,
+                    attempts,
+                    extra=_log_fields(event_id, topic, None, rid),
+                )
+    return delivered, failed
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ recipient, ids), never a rendered body or a secret.
 
 The sender (`send_pending`, run by the e-mail worker) takes due rows one at a time: it locks
 one with `FOR UPDATE SKIP LOCKED` (concurrent senders share the queue, never a row), renders
-it from the current data (an invitation revoked meanwhile is skipped), hands it to the
-transport and marks it sent in the same transaction. A failure is written on the row with
-the time of the next attempt (exponential back-off) and beat's sweep sends whatever is due;
-a message the server refuses for good (5xx), or one out of attempts, is marked failed. A
-worker killed between the SMTP hand-over and the commit sends that message again later: at
-least once, as e-mail always is.
+it from the current data (an invitation revoked meanwhile is skipped), builds the message,
+hands it to the transport and marks it sent in the same transaction. A failure, while
+building as well as while sending, is written on the row with the time of the next attempt
+(exponential back-off), which puts the row behind the others, and beat's sweep sends
+whatever is due; a message the server refuses for good (5xx), or one out of attempts, is
+parked as failed with its reason in `last_error`. Only an outage of the database costs no
+attempt. A worker killed between the SMTP hand-over and the commit sends that message again
+later: at least once, as e-mail always is.
 
 The queue names no kind of e-mail: each module that mails registers the composer of its kind
 with `composers` at the composition root (crm_worker.consumers.install)."""
@@ -24,11 +26,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from ...db import Database
@@ -128,10 +131,27 @@ def _fail(row: OutboundEmail, error: BaseException, *, permanent: bool) -> None:
     row.last_error = repr(error)[:1000]
     if permanent or row.attempts >= MAX_ATTEMPTS:
         row.status = EmailStatus.FAILED
-        log.error("e-mail %s (%s) failed for good: %r", row.id, row.kind, error)
+        log.error(
+            "e-mail %s (%s) parked as failed after %d attempts: %r",
+            row.id,
+            row.kind,
+            row.attempts,
+            error,
+        )
     else:
         row.next_attempt_at = func.now() + backoff(row.attempts)  # type: ignore[assignment]
         log.warning("e-mail %s (%s) failed, attempt %d: %r", row.id, row.kind, row.attempts, error)
+
+
+def _build(
+    session: Session, row: OutboundEmail, context: MailContext, composer: Composer
+) -> tuple[EmailMessage, Content] | None:
+    """The message of a row, rendered from the current data, with the content it was built
+    from (its secrets are masked in log lines); None when there is nothing to send any more."""
+    content = composer(session, row, context)
+    if content is None:
+        return None
+    return build_message(content, sender=context.sender, to=row.to_address), content
 
 
 def _send_one(
@@ -146,17 +166,20 @@ def _send_one(
         _fail(row, LookupError(f"unknown e-mail kind {row.kind!r}"), permanent=True)
         return "failed"
     try:
-        content = composer(session, row, context)
-    except SQLAlchemyError:
+        # In a savepoint: a query that fails on the row's data leaves the transaction usable
+        # for writing the failure on the row.
+        with session.begin_nested():
+            built = _build(session, row, context, composer)
+    except OperationalError:
         raise  # the database is away: nobody's fault, no attempt spent
-    except Exception as exc:  # a bug in a template or its data: keep the error, retry later
-        log.exception("could not render e-mail %s (%s)", row.id, row.kind)
+    except Exception as exc:  # the row's data, a template: keep the error, retry later
+        log.exception("could not build e-mail %s (%s)", row.id, row.kind)
         _fail(row, exc, permanent=False)
         return "failed"
-    if content is None:
+    if built is None:
         row.status = EmailStatus.SKIPPED
         return "skipped"
-    message = build_message(content, sender=context.sender, to=row.to_address)
+    message, content = built
     try:
         transport.send(message, redact=content.secrets)
     except Exception as exc:

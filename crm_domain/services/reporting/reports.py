@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from ... import request_id
@@ -20,6 +21,9 @@ from .._common import get_in_org
 from ..delivery import events, outbox
 from . import analytics
 
+if TYPE_CHECKING:
+    from ...db import Database
+
 log = logging.getLogger(__name__)
 
 REPORT_TOPIC = "report.requested"  # {report_id} -> build the report
@@ -27,6 +31,8 @@ WEEKLY = "weekly"
 ON_DEMAND = "on_demand"
 # {report_id}: a weekly report is ready -> e-mail it to the owners and admins (report_emails)
 OVERDUE_LIMIT = 100
+# A report whose build failed this often is parked: status "failed", the reason in `error`.
+MAX_BUILD_ATTEMPTS = 5
 
 
 def list_reports(session: Session, actor: Actor, request: PageRequest) -> Page[Report]:
@@ -160,6 +166,37 @@ def build(session: Session, report_id: int) -> None:
         "overdue_tasks": overdue_tasks(session, report.organization_id, utc_today()),
     }
     report.status = "ready"
+    report.error = None  # of an earlier attempt
     report.completed_at = dt.datetime.now(dt.UTC)
     # One event for webhooks (`report.ready`) and the weekly e-mail (weekly reports only).
     events.record_ready(session, "report", report)
+
+
+def build_or_park(db: Database, report_id: int) -> None:
+    """Build a report in a transaction of its own (the worker's task). An error other than
+    a database outage costs an attempt, kept on the report with its reason; after
+    MAX_BUILD_ATTEMPTS the report is parked as failed, and beat's re-sending (of pending
+    reports only) leaves it alone."""
+    try:
+        with db.transaction() as session:
+            build(session, report_id)
+    except OperationalError:
+        raise  # the database is away: nobody's fault, no attempt spent
+    except Exception as exc:
+        log.exception("report %s could not be built", report_id)
+        with db.transaction() as session:
+            _record_failure(session, report_id, exc)
+
+
+def _record_failure(session: Session, report_id: int, error: BaseException) -> None:
+    report = session.scalar(select(Report).where(Report.id == report_id).with_for_update())
+    if report is None or report.status != "pending":
+        return
+    report.attempts += 1
+    report.error = f"The report could not be built: {type(error).__name__}: {error}"[:1000]
+    if report.attempts >= MAX_BUILD_ATTEMPTS:
+        report.status = "failed"
+        report.completed_at = dt.datetime.now(dt.UTC)
+        log.error(
+            "report %s parked as failed after %d attempts: %r", report.id, report.attempts, error
+        )

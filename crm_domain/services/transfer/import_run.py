@@ -2,7 +2,12 @@
 schema of a single write (services.transfer.rows, the one the API loads a POST with) and the
 domain rules, and rows are written in batches, one transaction per batch together with
 the job's progress (the last row written) and the batch's row errors. A run that stops
-anywhere resumes after the last committed batch."""
+anywhere resumes after the last committed batch.
+
+One bad row never stops the rows behind it: a row the loader cannot read (an error other
+than its verdict) or the database refuses (a batch whose statement fails is tried row by
+row, each in a savepoint that is rolled back, to find it) becomes a row error with code
+ROW_FAILED and the reason, like a row that breaks a rule."""
 
 from __future__ import annotations
 
@@ -10,12 +15,13 @@ import datetime as dt
 import io
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from ... import csvio
@@ -23,7 +29,7 @@ from ...context import Actor
 from ...db import Database
 from ...enums import ImportKind, ImportStatus
 from ...errors import DomainError
-from ...models import ImportFile
+from ...models import ImportFile, ImportJob
 from ..records import organizations
 from . import import_writers, imports, rows
 from .imports import BatchOutcome, RowProblem, Superseded
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 FILE_CHUNK = 1024 * 1024
+ROW_FAILED = "ROW_FAILED"  # the row could not be read or written (not a rule it breaks)
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,56 @@ def _load(
         except RowInvalid as exc:
             for column, messages in exc.errors.items():
                 problems += [RowProblem(row, column, "VALIDATION_ERROR", m) for m in messages]
+        except Exception as exc:
+            log.exception("import row %d could not be read", row)
+            problems.append(_row_failed(row, "read", exc))
     return loaded, problems
+
+
+def _row_failed(row: int, step: str, error: BaseException) -> RowProblem:
+    # The database's refusal in the driver's words, without the statement and its parameters.
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    message = f"The row could not be {step}: {type(cause).__name__}: {cause}"
+    return RowProblem(row, "", ROW_FAILED, message[:1000])
+
+
+class _Undo(Exception):
+    """Rolls a trial write's savepoint back."""
+
+
+def _write(
+    session: Session,
+    job: ImportJob,
+    owners: import_writers.Owners,
+    header: Sequence[str],
+    loaded: list[import_writers.LoadedRow],
+) -> BatchOutcome:
+    """The batch in one statement. Should that fail, each row is tried alone in a savepoint
+    that is always rolled back (what a row records is undone with it), the rows the database
+    refuses become row errors, and the others are written together. An outage is raised."""
+    try:
+        with session.begin_nested():
+            return import_writers.write(session, job, owners, header, loaded)
+    except OperationalError:
+        raise
+    except Exception:
+        log.warning("import %s: a batch failed; looking for its bad rows", job.id, exc_info=True)
+    good, failed = [], []
+    for item in loaded:
+        try:
+            with session.begin_nested():
+                import_writers.write(session, job, owners, header, [item])
+                raise _Undo
+        except _Undo:
+            good.append(item)
+        except OperationalError:
+            raise
+        except Exception as exc:
+            log.warning("import %s: row %d could not be written: %r", job.id, item[0], exc)
+            failed.append(_row_failed(item[0], "written", exc))
+    outcome = import_writers.write(session, job, owners, header, good)
+    outcome.problems += failed
+    return outcome
 
 
 def run(db: Database, job_id: int, options: Options) -> ImportStatus | None:
@@ -143,6 +199,7 @@ def run(db: Database, job_id: int, options: Options) -> ImportStatus | None:
     except Exception as exc:
         if isinstance(exc, _JobError | DomainError):
             message = exc.message
+            log.error("import %s failed: %s", job_id, message)
         else:
             log.exception("import %s failed", job_id)
             message = f"The import stopped on an unexpected error: {exc!r}"
@@ -172,9 +229,7 @@ def _run_batches(db: Database, job: _Claimed, options: Options) -> None:
             loaded, problems = _load(batch, len(reader.header), loader)
             with db.transaction() as session:
                 locked = imports.lock_for_batch(session, job.job_id, job.lease)
-                outcome: BatchOutcome = import_writers.write(
-                    session, locked, job.owners, reader.header, loaded
-                )
+                outcome = _write(session, locked, job.owners, reader.header, loaded)
                 outcome.problems = sorted(problems + outcome.problems, key=lambda p: p.row)
                 imports.record_batch(
                     session, locked, last_row=batch[-1][0], rows=len(batch), outcome=outcome

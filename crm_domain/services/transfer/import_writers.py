@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Enum, String, any_, bindparam, cast, func, select, text, update
+from sqlalchemy import String, any_, bindparam, cast, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -74,8 +74,10 @@ class _Checks:
 
 def _array(values: Sequence[Any], column: Any) -> Any:
     """One typed array parameter (for unnest / = ANY): a short statement, whatever the batch
-    size, instead of one placeholder per value."""
-    element = String() if isinstance(column.type, Enum) else column.type
+    size, instead of one placeholder per value. Text goes as varchar without a length: a
+    cast to the column's varchar(n) would cut a longer value to n characters without a
+    word, where the INSERT into the column refuses it (the row becomes a row error)."""
+    element = String() if isinstance(column.type, String) else column.type  # Enum is a String
     return cast(bindparam(None, list(values)), ARRAY(element))
 
 

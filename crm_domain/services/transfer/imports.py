@@ -11,6 +11,7 @@ beat asks for; the lease makes the old run stop should it wake up."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import get_in_org
 from ..delivery import outbox
 from . import exports
+
+log = logging.getLogger(__name__)
 
 IMPORT_TOPIC = "import.requested"  # {import_id} -> run the import on the "imports" queue
 # A job claimed this often without finishing (each claim after a crash or an outage) fails.
@@ -186,6 +189,7 @@ def claim(session: Session, job_id: int, stale_after: dt.timedelta) -> ImportJob
         return None
     if job.attempts >= MAX_ATTEMPTS:
         _mark_failed(job, f"Gave up after {job.attempts} attempts; retry when the cause is fixed")
+        log.error("import %s parked as failed after %d attempts", job.id, job.attempts)
         return None
     now = _now()
     job.status = ImportStatus.RUNNING

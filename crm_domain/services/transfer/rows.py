@@ -8,10 +8,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import marshmallow as ma
-from marshmallow import fields, validate, validates_schema
+from marshmallow import fields, validates_schema
 
 from ...enums import ImportKind
-from ...validation.fields import id_field
+from ...validation.fields import email_field, id_field
 from ...validation.writes import ContactCreateSchema, DealCreateSchema, DealUpdateSchema
 
 
@@ -28,20 +28,16 @@ class RowInvalid(Exception):
 RowLoader = Callable[[dict[str, str]], dict[str, Any]]
 
 
-def _email_field() -> fields.Email:
-    return fields.Email(validate=validate.Length(max=320))
-
-
 class ContactRowSchema(ContactCreateSchema):
-    owner_email = _email_field()
+    owner_email = email_field()
 
 
 class DealRowSchema(DealCreateSchema, DealUpdateSchema):
     """A deal's create fields plus the status and stage of the update schema."""
 
     contact_id = id_field()
-    contact_email = _email_field()
-    owner_email = _email_field()
+    contact_email = email_field()
+    owner_email = email_field()
 
     @validates_schema
     def names_a_contact(self, data: dict[str, Any], **_: Any) -> None:
