@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.config import DATA, DB_NAME, KEY_PREFIX, ROOT, SECRET_KEY, log
 from crm_domain.embedded import free_port
@@ -114,7 +114,7 @@ def clear_redis_keys(redis_url: str) -> int:
     client = redis.Redis.from_url(redis_url)
     deleted = 0
     for key in client.scan_iter(f"{KEY_PREFIX}:*", count=1000):
-        deleted += client.delete(key)
+        deleted += cast(int, client.delete(key))  # the sync client (redis-py types both)
     client.close()
     return deleted
 
@@ -133,7 +133,7 @@ def purge_unconsumed_queues(redis_url: str) -> int:
     others = set().union(*(queues(cmd) for name, cmd in entries.items() if name not in PROCESSES))
     client = redis.Redis.from_url(redis_url)
     try:
-        return int(client.delete(*(others - ours))) if others - ours else 0
+        return cast(int, client.delete(*(others - ours))) if others - ours else 0
     finally:
         client.close()
 

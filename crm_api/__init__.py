@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Flask, send_from_directory, url_for
+from flask import Flask, redirect, send_from_directory, url_for
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -142,6 +142,11 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
                 "ready": url_for("health.ready"),
             },
         }
+
+    @app.get(f"{API_PREFIX}/docs/")
+    def swagger_ui_slash() -> Any:
+        """`/api/v1/docs/` (a trailing slash) is the same page: a permanent redirect."""
+        return redirect(url_for("api-docs.openapi_swagger_ui"), code=308)
 
     @app.route(f"{SWAGGER_ASSETS}<path:filename>")
     def swagger_assets(filename: str) -> Any:

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -90,7 +90,7 @@ class ProxyWarnings:
         self.client.set(self.key, json.dumps(warning), ex=WARNING_TTL)
 
     def current(self) -> list[dict[str, Any]]:
-        raw = self.client.get(self.key)
+        raw = cast("bytes | None", self.client.get(self.key))  # redis-py types both clients
         return [json.loads(raw)] if raw else []
 
 

@@ -33,7 +33,7 @@ from .errors import error_response
 LOGIN = "auth.Login"
 AUTH_ENTRY_POINTS = frozenset({"auth.Login", "auth.Register", "auth.Refresh"})
 UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs"})
-UNLIMITED_ENDPOINTS = frozenset({"swagger_assets", "static"})
+UNLIMITED_ENDPOINTS = frozenset({"swagger_assets", "swagger_ui_slash", "static"})
 
 
 def client_address() -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import redis
 from sqlalchemy import Select, func, select
@@ -102,7 +102,9 @@ class LargeCountCache:
     def _get(self, key: str) -> int | None:
         assert self.client is not None
         try:
-            cached = self.client.get(key)
+            # redis-py types a sync call's answer as `Awaitable | Any` (one signature for
+            # both clients): this client is the sync one.
+            cached = cast("bytes | None", self.client.get(key))
         except redis.RedisError:
             log.warning("count cache unavailable; counting")
             return None

@@ -20,7 +20,13 @@ def free_port() -> int:
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path, *, keep_running: bool = False) -> None:
-        import pgserver  # optional dependency
+        try:
+            import pgserver  # optional dependency
+        except ImportError as exc:  # pgserver has no wheels for Python 3.13
+            raise RuntimeError(
+                "no embedded PostgreSQL: pgserver is not installed (`pip install .[embedded]`,"
+                " Python 3.11 or 3.12); set DATABASE_URL to a PostgreSQL server instead"
+            ) from exc
 
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from environs import Env
 from marshmallow.validate import OneOf
@@ -26,6 +27,17 @@ def normalize_db_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def read_env() -> Env:
+    """The environment, and `.env` in the working directory for what it does not say.
+
+    The working directory, not this package's folder (environs' default start), which an
+    installed package (the Docker image's) never has a `.env` in; and no walking up into
+    the parent directories."""
+    env = Env()
+    env.read_env(str(Path.cwd() / ".env"), recurse=False, override=False)
+    return env
 
 
 SMTP_TLS_MODES = ("starttls", "ssl", "none")
@@ -148,8 +160,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        env = Env()
-        env.read_env(override=False)
+        env = read_env()
         redis_url = env.str("REDIS_URL", DEFAULT_REDIS_URL)
         db_pool = env.str("DB_POOL", "queue").lower()
         if db_pool not in DB_POOLS:
@@ -218,8 +229,7 @@ class Settings:
 def log_format_from_env(env: Env | None = None) -> str:
     """LOG_FORMAT: "text" (default) or "json" (gunicorn.conf.py reads only this)."""
     if env is None:
-        env = Env()
-        env.read_env(override=False)
+        env = read_env()
     return str(env.str("LOG_FORMAT", "text", validate=OneOf(LOG_FORMATS)))
 
 

@@ -97,6 +97,18 @@ celery_app.conf.update(
     # Tasks are idempotent: ack after the work, give the task back if the worker dies.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
+    # When the broker connection drops, a running task's ack is lost and its message comes
+    # back (RabbitMQ at once, Redis after the visibility timeout). False (set explicitly:
+    # Celery 6 makes True the default) lets the running task finish, and the second run finds
+    # its work done; True would kill it mid-way, and an e-mail already handed to SMTP would go
+    # out twice. Safe for each kind because each tolerates a second, even concurrent, run:
+    # outbox drains claim events FOR UPDATE SKIP LOCKED and write with event keys; analytics
+    # refreshes are guarded by a generation counter; a report build locks its row and keeps a
+    # ready report; reminders and digests write under unique (task, day) / (user, day) keys;
+    # e-mail sending claims each row SKIP LOCKED and skips sent ones; an import run holds its
+    # job's lease and resumes after the last committed batch; a webhook run holds its
+    # endpoint's lease (and a thread pool cannot cancel a task anyway).
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_prefetch_multiplier=1,
     task_time_limit=300,
     task_soft_time_limit=240,

@@ -37,6 +37,17 @@ def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
     return entries
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def process_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """The current environment with this interpreter's bin/ first on PATH (the venv's
     gunicorn, celery, alembic) plus `overrides`."""

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 from urllib.parse import quote, urlsplit
 
+from scripts.procfile import pid_alive
+
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672"
 LEFTOVER = re.compile(r"^crm_test_(\d+)_[0-9a-f]+")
 
@@ -34,22 +36,12 @@ def rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers() -> list[str]:
     """Delete the vhosts of test runs whose process is gone."""
     removed = []
     for name in rabbitmqctl("list_vhosts", "--no-table-headers", "name").split():
         match = LEFTOVER.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             rabbitmqctl("delete_vhost", name)
             removed.append(name)
     return removed

@@ -86,6 +86,21 @@ def test_spec_documents_every_api_route(app: Flask, spec: dict[str, Any]) -> Non
             assert (method.lower(), path) in documented, (method, path)
 
 
+BARE_ARRAYS = {f"{PREFIX}/organizations/me", f"{PREFIX}/organizations/{{organization_id}}/members"}
+
+
+def test_lists_that_answer_a_bare_array_say_so(spec: dict[str, Any]) -> None:
+    """Every other list answers a page ({"items": [...], "total", ...}): these two answer a
+    bare array (kept for existing clients), and their documentation says so."""
+    bare = set()
+    for method, path, op in operations(spec):
+        ok = op["responses"].get("200", {}).get("content", {}).get("application/json", {})
+        if method == "get" and ok.get("schema", {}).get("type") == "array":
+            bare.add(path)
+            assert "bare array" in op.get("description", ""), path
+    assert bare == BARE_ARRAYS
+
+
 def test_bearer_security_scheme_and_global_security(spec: dict[str, Any]) -> None:
     schemes = spec["components"]["securitySchemes"]
     assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
@@ -208,6 +223,14 @@ def test_docs_page_uses_local_assets(api: ApiClient) -> None:
         if url.endswith(".css"):
             assert asset.mimetype == "text/css", (url, asset.mimetype)
         asset.close()
+
+
+def test_docs_with_a_trailing_slash_lead_to_the_docs(api: ApiClient) -> None:
+    r = api.client.get(f"{PREFIX}/docs/")
+    assert r.status_code == 308
+    assert r.headers["Location"] == f"{PREFIX}/docs"
+    followed = api.client.get(f"{PREFIX}/docs/", follow_redirects=True)
+    assert followed.status_code == 200 and "SwaggerUIBundle" in followed.get_data(as_text=True)
 
 
 def test_swagger_bundle_asset(api: ApiClient) -> None:

@@ -260,6 +260,7 @@ def test_health_ready_and_docs_are_never_limited(limited: Flask) -> None:
         assert api.get("/ready").status_code == 200
         assert api.client.get("/api/v1/openapi.json").status_code == 200
         assert api.client.get("/api/v1/docs").status_code == 200
+        assert api.client.get("/api/v1/docs/").status_code == 308
     # The same address's budget is untouched by all that.
     for _ in range(20):
         assert api.get("/auth/me").status_code == 401

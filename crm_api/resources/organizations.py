@@ -66,7 +66,11 @@ class MyOrganizations(MethodView):
     @blp.login_required
     @blp.response(200, MyOrganizationSchema(many=True))
     def get(self) -> list[dict[str, Any]]:
-        """Organizations the current user belongs to, with their role in each"""
+        """Organizations the current user belongs to, with their role in each
+
+        Answers a bare array with all of them, not the page (`{"items": [...], ...}`) other
+        lists answer: a user belongs to few organizations. It stays so in /api/v1.
+        """
         with transaction() as session:
             return [
                 _org_row(o, r) for o, r in org_service.memberships_of(session, current_user_id())
@@ -91,7 +95,11 @@ class Members(MethodView):
     @blp.response(200, MemberSchema(many=True))
     @blp.alt_response(403, description="Not a member of the organization")
     def get(self, organization_id: int) -> list[dict[str, Any]]:
-        """Members of the organization (any member may list them)"""
+        """Members of the organization (any member may list them)
+
+        Answers a bare array with every member, not the page (`{"items": [...], ...}`) other
+        lists answer. It stays so in /api/v1.
+        """
         with transaction() as session:
             org_service.require_role(session, organization_id, current_user_id())
             return [

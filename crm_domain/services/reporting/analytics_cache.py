@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis
 
@@ -228,7 +228,11 @@ class AnalyticsCache:
 
     def oldest_refresh(self) -> dt.datetime | None:
         """When the organization refreshed longest ago was refreshed (None: none recorded)."""
-        oldest = self._redis().zrange(self.refreshed_key, 0, 0, withscores=True)
+        # (redis-py types sync answers as `Awaitable | Any`: this is the sync client)
+        oldest = cast(
+            "list[tuple[bytes, float]]",
+            self._redis().zrange(self.refreshed_key, 0, 0, withscores=True),
+        )
         return dt.datetime.fromtimestamp(oldest[0][1], dt.UTC) if oldest else None
 
     def get(self, organization_id: int, field: str) -> dict[str, Any]:
@@ -240,8 +244,9 @@ class AnalyticsCache:
         if self.client is not None:
             try:
                 epoch = self.epoch()
-                cached, gen = self.client.hmget(
-                    self.org_key(organization_id, epoch), [field, "gen"]
+                cached, gen = cast(
+                    "list[bytes | None]",
+                    self.client.hmget(self.org_key(organization_id, epoch), [field, "gen"]),
                 )
                 if cached is not None:
                     return bytes(cached)
@@ -279,7 +284,10 @@ class AnalyticsCache:
     def stale_organizations(self, older_than: float) -> list[int]:
         """Organizations marked stale whose refresh was last asked for more than
         `older_than` seconds ago: their refresh gave up or was lost."""
-        ids = self._redis().eval(_STALE_BEFORE, 1, self.stale_key(), int(older_than * 1000))
+        ids = cast(  # the sync client (redis-py types sync and async answers alike)
+            "list[bytes]",
+            self._redis().eval(_STALE_BEFORE, 1, self.stale_key(), int(older_than * 1000)),
+        )
         return sorted(int(i) for i in ids)
 
     def release_refresh(self, organization_id: int) -> None:
