@@ -7,6 +7,7 @@ import fnmatch
 import json
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -274,3 +275,11 @@ def test_workers_get_time_to_finish_their_tasks_on_stop(compose: dict[str, Any])
         else:
             needed = _longest_task(set(queues.split(",")))
         assert _seconds(svc["stop_grace_period"]) > needed, (name, needed)
+
+
+def test_web_gets_time_to_finish_its_requests_on_stop(compose: dict[str, Any]) -> None:
+    """gunicorn's graceful shutdown lets requests in flight finish for graceful_timeout:
+    compose must not SIGKILL sooner (its default is 10 s)."""
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    web = _app_services(compose)["web"]
+    assert _seconds(web["stop_grace_period"]) > config["graceful_timeout"]
