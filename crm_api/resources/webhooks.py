@@ -10,7 +10,7 @@ from flask.views import MethodView
 from crm_domain.services.delivery import webhooks as service
 
 from ..extensions import Blueprint, current_actor, if_match_precondition, transaction, with_etag
-from ..schemas import PageArgs, page_of
+from ..schemas import PageArgs, page_example, page_of
 from .webhook_schemas import (
     DELIVERY_EXAMPLE,
     ENDPOINT_EXAMPLE,
@@ -21,7 +21,6 @@ from .webhook_schemas import (
     WebhookEndpointSchema,
     WebhookEndpointUpdateSchema,
     WebhookEndpointWithSecretSchema,
-    page_example,
 )
 
 blp = Blueprint(
