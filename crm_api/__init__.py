@@ -20,8 +20,9 @@ from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .cli import crm
 from .errors import register_error_handlers
-from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
+from .extensions import API_KEY_SCHEME, BEARER_SCHEME, ORG_PARAMETER, Api
 from .jwt import init_jwt
+from .key_auth import KeyVerifier
 from .login_backoff import init_login_backoff
 from .metrics import init_metrics
 from .observability import init_observability
@@ -66,7 +67,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
             "info": {
                 "description": (
                     "Multi-tenant CRM. Authenticate with `Authorization: Bearer <access_token>`"
-                    f" and choose the organization with the `{ORG_HEADER}` header. " + TEXT_RULES
+                    f" and choose the organization with the `{ORG_HEADER}` header, or with an"
+                    " API key (`Authorization: Bearer crm_...`, made with `POST /api-keys`),"
+                    " which acts as its user in its own organization. " + TEXT_RULES
                 )
             },
         },
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.extensions["crm_settings"] = settings
     app.extensions["crm_verified_tokens"] = VerifiedTokens()
     app.extensions["crm_access_memo"] = AccessMemo(settings.access_check_cache_seconds)
+    app.extensions["crm_key_verifier"] = KeyVerifier(db, settings.access_check_cache_seconds)
     app.extensions["crm_passwords"] = PasswordHasher(
         app.config["BCRYPT_ROUNDS"], max_concurrent=settings.password_hash_concurrency
     )
@@ -117,13 +121,25 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     api.spec.components.security_scheme(
         BEARER_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
+    api.spec.components.security_scheme(
+        API_KEY_SCHEME,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "crm_ API key",
+            "description": "An API key (`crm_...`, from POST /api-keys): acts as its user in"
+            " its organization with the user's current role; a `read` key only reads.",
+        },
+    )
     api.spec.components.parameter(
         ORG_PARAMETER,
         "header",
         {
             "name": ORG_HEADER,
-            "required": True,
-            "description": "Id of the organization the request acts in",
+            "required": False,
+            "description": "Id of the organization the request acts in: required with an"
+            " access token (400 without it); with an API key optional, and if given it must"
+            " be the key's organization (403)",
             "schema": {"type": "integer", "minimum": 1},
         },
     )

@@ -1,8 +1,8 @@
 """Project subclasses of flask-smorest's Api and Blueprint, and the request context helpers.
 
 Resource modules import Blueprint from here: it knows how to require a login
-(`login_required`), a tenant (`tenant_required`, which also needs a login), and documents
-both in OpenAPI."""
+(`login_required`: a login token), a tenant (`tenant_required`: a login token or an API key
+and the organization), and documents both in OpenAPI."""
 
 from __future__ import annotations
 
@@ -23,13 +23,22 @@ from werkzeug.exceptions import HTTPException
 from crm_domain.context import Actor
 from crm_domain.errors import PreconditionFailed
 
-from .access import ORG_HEADER, authenticate, check_access, database, resolve_actor
+from .access import (
+    ORG_HEADER,
+    READ_METHODS,
+    authenticate,
+    check_access,
+    database,
+    require_login_token,
+    resolve_actor,
+)
 from .errors import http_exception_response
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ORG_PARAMETER = "OrganizationId"
 BEARER_SCHEME = "bearerAuth"
+API_KEY_SCHEME = "apiKeyAuth"
 
 
 class Parser(FlaskParser):
@@ -112,14 +121,19 @@ class Api(flask_smorest.Api):
 
 
 def _document_access(doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> dict[str, Any]:
-    """Blueprint doc callback: security, the tenant header and the auth error responses."""
+    """Blueprint doc callback: security (a login token; or an API key where one works), the
+    tenant header and the auth error responses."""
     access = doc_info.get("crm_access")
     responses = doc.setdefault("responses", {})
     if access == "public":
         doc["security"] = []
     if access in ("login", "tenant"):
         responses.setdefault("401", "UNAUTHORIZED")
+        if access == "login" or not doc_info.get("crm_api_keys", True):
+            responses.setdefault("403", "FORBIDDEN")  # API_KEY_NOT_ALLOWED
     if access == "tenant":
+        if doc_info.get("crm_api_keys", True):
+            doc["security"] = [{BEARER_SCHEME: []}, {API_KEY_SCHEME: []}]
         doc.setdefault("parameters", []).append(ORG_PARAMETER)
         responses.setdefault("400", "BAD_REQUEST")
         responses.setdefault("403", "FORBIDDEN")
@@ -134,34 +148,42 @@ class Blueprint(flask_smorest.Blueprint):
         self._prepare_doc_cbks.append(_document_access)
 
     @staticmethod
-    def _mark(func: Any, access: str) -> None:
+    def _mark(func: Any, access: str, **options: bool) -> None:
         apidoc = getattr(func, "_apidoc", None)
         if apidoc is None:
             apidoc = func._apidoc = {}
         apidoc["crm_access"] = access
+        apidoc.update({f"crm_{name}": value for name, value in options.items()})
 
     def login_required(self, func: F) -> F:
-        """Require a valid, unrevoked access token."""
+        """Require a valid, unrevoked access token (an API key gets 403 API_KEY_NOT_ALLOWED:
+        these routes act outside the key's organization)."""
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             authenticate()
+            require_login_token()
             check_access(None)
             return func(*args, **kwargs)
 
         self._mark(wrapper, "login")
         return cast(F, wrapper)
 
-    def tenant_required(self, func: F) -> F:
-        """Require a login and an X-Organization-Id the user is a member of; sets g.actor."""
+    def tenant_required(self, func: F | None = None, *, api_keys: bool = True) -> Any:
+        """Require a login token or an API key and the organization (X-Organization-Id, which
+        a key may leave out); sets g.actor. `api_keys=False`: a login token only."""
+        if func is None:
+            return functools.partial(self.tenant_required, api_keys=api_keys)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             authenticate()
+            if not api_keys:
+                require_login_token()
             g.actor = resolve_actor(request.headers.get(ORG_HEADER))
             return func(*args, **kwargs)
 
-        self._mark(wrapper, "tenant")
+        self._mark(wrapper, "tenant", api_keys=api_keys)
         return cast(F, wrapper)
 
     def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Any:
@@ -180,9 +202,6 @@ class Blueprint(flask_smorest.Blueprint):
         """Document an operation as needing no token."""
         self._mark(func, "public")
         return func
-
-
-READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 @contextmanager
