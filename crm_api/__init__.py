@@ -20,7 +20,9 @@ from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .cli import crm
 from .errors import register_error_handlers
-from .extensions import API_KEY_SCHEME, BEARER_SCHEME, ORG_PARAMETER, Api
+from .extensions import API_KEY_SCHEME, BEARER_SCHEME, IDEMPOTENCY_PARAMETER, ORG_PARAMETER, Api
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import MAX_KEY_LENGTH as IDEMPOTENCY_KEY_LENGTH
 from .jwt import init_jwt
 from .key_auth import KeyVerifier
 from .login_backoff import init_login_backoff
@@ -69,7 +71,8 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
                     "Multi-tenant CRM. Authenticate with `Authorization: Bearer <access_token>`"
                     f" and choose the organization with the `{ORG_HEADER}` header, or with an"
                     " API key (`Authorization: Bearer crm_...`, made with `POST /api-keys`),"
-                    " which acts as its user in its own organization. " + TEXT_RULES
+                    " which acts as its user in its own organization. POST and PATCH take an"
+                    f" `{IDEMPOTENCY_HEADER}` header (safe retries). " + TEXT_RULES
                 )
             },
         },
@@ -141,6 +144,25 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
             " access token (400 without it); with an API key optional, and if given it must"
             " be the key's organization (403)",
             "schema": {"type": "integer", "minimum": 1},
+        },
+    )
+    api.spec.components.parameter(
+        IDEMPOTENCY_PARAMETER,
+        "header",
+        {
+            "name": IDEMPOTENCY_HEADER,
+            "required": False,
+            "description": "A key of your choosing (a UUID): the same key with the same"
+            " request by the same caller within 24 h gets the first answer again, with"
+            " `Idempotent-Replayed: true`, and does nothing twice. The same key with another"
+            " request: 422 IDEMPOTENCY_KEY_REUSED; while the first is still running: 409"
+            " IDEMPOTENCY_KEY_IN_USE (retry).",
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": IDEMPOTENCY_KEY_LENGTH,
+                "pattern": "^[\\x20-\\x7e]+$",
+            },
         },
     )
     for module in MODULES:

@@ -38,6 +38,7 @@ from .memo import Memo
 ORG_HEADER = "X-Organization-Id"
 MAX_ORG_ID = 2**31 - 1
 READ_METHODS = frozenset({"GET", "HEAD"})
+FORGET_AGAIN = "crm_forget_access_after_commit"  # g: forget once more after a late commit
 
 AccessMemo = Memo[tuple[str, int, int], tuple[bool, Role | None]]
 
@@ -130,9 +131,10 @@ def check_access(organization_id: int | None) -> Role | None:
 
 def forget_access() -> None:
     """After this process revoked a session or key or changed a membership: no stale answers
-    here."""
+    here. (A write held open for its idempotency record forgets once more after its commit.)"""
     cast(AccessMemo, current_app.extensions["crm_access_memo"]).forget()
     key_auth.verifier().forget()
+    setattr(g, FORGET_AGAIN, True)
 
 
 def _org_header(raw_org_id: str | None) -> tuple[str, int | None]:

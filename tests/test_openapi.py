@@ -121,6 +121,31 @@ def test_org_header_parameter_component(spec: dict[str, Any]) -> None:
     assert param["schema"]["type"] == "integer"
 
 
+IDEMPOTENCY_PARAMETER_REF = "#/components/parameters/IdempotencyKey"
+NOT_IDEMPOTENT = {("post", f"{PREFIX}/api-keys")}  # the answer is a secret kept nowhere
+
+
+def test_every_post_and_patch_with_a_caller_documents_idempotency_key(
+    spec: dict[str, Any],
+) -> None:
+    param = _resolve(spec, {"$ref": IDEMPOTENCY_PARAMETER_REF})
+    assert (param["name"], param["in"], param["required"]) == ("Idempotency-Key", "header", False)
+    assert param["schema"]["maxLength"] == 255
+    documented = 0
+    for method, path, op in operations(spec):
+        refs = [p.get("$ref") for p in _parameters(spec, path, op)]
+        takes_it = (
+            method in ("post", "patch")
+            and op.get("security") != []
+            and (method, path) not in NOT_IDEMPOTENT
+        )
+        assert refs.count(IDEMPOTENCY_PARAMETER_REF) == int(takes_it), (method, path)
+        if takes_it:
+            documented += 1
+            assert {"400", "409", "422"} <= set(op["responses"]), (method, path)
+    assert documented >= 20
+
+
 def test_every_tenant_operation_lists_the_org_header(spec: dict[str, Any]) -> None:
     tenant_ops = [(m, p, op) for m, p, op in operations(spec) if is_tenant(p)]
     assert len(tenant_ops) >= 19  # the routes of the isolation matrix

@@ -112,7 +112,7 @@ class ApiKeys(MethodView):
         with transaction() as session:
             return service.list_keys(session, current_actor(), PageArgs.page_request(args))
 
-    @blp.tenant_required(api_keys=False)
+    @blp.tenant_required(api_keys=False, idempotent=False)
     @blp.arguments(ApiKeyCreateSchema, example={"name": "Nightly ERP sync", "scope": "write"})
     @blp.response(
         201, ApiKeyCreatedSchema, example={**EXAMPLE, "last_used_at": None, "key": KEY_EXAMPLE}
@@ -121,7 +121,8 @@ class ApiKeys(MethodView):
         """Create a key for this organization; the answer shows the key, this once
 
         The key acts as the caller in this organization. Needs a login token (an API key
-        cannot make keys: 403 API_KEY_NOT_ALLOWED)."""
+        cannot make keys: 403 API_KEY_NOT_ALLOWED). No Idempotency-Key here: a replay could
+        not show the key again, which is stored nowhere."""
         with transaction() as session:
             row, key = service.create(session, current_actor(), **data)
             return _Created(row, key)
