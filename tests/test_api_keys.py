@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, event, select, text, update
 
 from crm_api import create_app
 from crm_domain import context, models
@@ -324,12 +324,24 @@ def test_last_used_at_is_written_at_most_once_a_minute(
     assert api.get("/deals", token=made["key"]).status_code == 200
     first = _last_used(db, made["id"])
     assert first is not None
-    # many requests over more than the memo's time: the facts are read again, not written
-    deadline = time.monotonic() + app.extensions["crm_key_verifier"].memo.ttl + 0.3
-    requests = 0
-    while time.monotonic() < deadline or requests < 20:
-        assert api.get("/deals", token=made["key"]).status_code == 200
-        requests += 1
+    # many requests over more than the memo's time: the facts are read again, not written,
+    # and no UPDATE is even sent
+    updates: list[str] = []
+
+    def count_updates(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE api_keys"):
+            updates.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count_updates)
+    try:
+        deadline = time.monotonic() + app.extensions["crm_key_verifier"].memo.ttl + 0.3
+        requests = 0
+        while time.monotonic() < deadline or requests < 20:
+            assert api.get("/deals", token=made["key"]).status_code == 200
+            requests += 1
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count_updates)
+    assert updates == []
     assert _last_used(db, made["id"]) == first
     listed = api.get("/api-keys", user=owner, org=owner.org_id).get_json()["items"][0]
     assert dt.datetime.fromisoformat(listed["last_used_at"]) == first

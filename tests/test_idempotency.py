@@ -12,12 +12,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from flask.views import MethodView
 from sqlalchemy import func, select, text, update
 from werkzeug.test import TestResponse
 
+from crm_api import create_app
+from crm_api.errors import error_response
+from crm_api.extensions import Blueprint, current_actor, transaction
 from crm_domain import idempotency
 from crm_domain.db import Database
 from crm_domain.models import Activity, Deal, IdempotencyKey
+from crm_domain.services.records import contacts
 from crm_worker.tasks.idempotency import purge_expired
 
 from .api import ApiClient, User, error_code
@@ -330,3 +335,32 @@ def test_an_expired_key_is_new_again_and_beat_purges_expired_ones(
         assert s.scalar(select(func.count()).where(IdempotencyKey.key == key)) == 0
         assert s.scalar(select(func.count()).select_from(IdempotencyKey)) == live
         assert idempotency.purge_expired(s) == 0
+
+
+def test_an_error_answer_a_route_returns_keeps_nothing(db: Database, api: ApiClient) -> None:
+    """A route that writes, then answers an error without raising (none does today: this
+    route is the test's own): its change rolls back and its answer is not kept."""
+    probe = create_app(OUTBOX_DISPATCH="none", TESTING=True, RATELIMIT_ENABLED=False)
+    blp = Blueprint("probe", __name__)
+
+    @blp.route("/probe")
+    class Probe(MethodView):
+        @blp.tenant_required
+        def post(self) -> Any:
+            with transaction() as session:
+                contacts.create_contact(session, current_actor(), name="Refused")
+            return error_response(409, "PROBE_REFUSED", "Refused after writing")
+
+    probe.register_blueprint(blp, url_prefix="/api/v1")
+    try:
+        client = ApiClient(probe.test_client())
+        owner = api.register()
+        for _ in range(2):  # the retry runs again: nothing was kept
+            r = client.post(
+                "/probe", user=owner, org=owner.org_id, headers={"Idempotency-Key": "p"}
+            )
+            assert r.status_code == 409 and error_code(r) == "PROBE_REFUSED"
+            assert REPLAYED not in r.headers
+        assert api.get("/contacts", user=owner, org=owner.org_id).get_json()["total"] == 0
+    finally:
+        probe.extensions["crm_db"].dispose()
