@@ -153,10 +153,10 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
             "name": IDEMPOTENCY_HEADER,
             "required": False,
             "description": "A key of your choosing (a UUID): the same key with the same"
-            " request by the same caller within 24 h gets the first answer again, with"
-            " `Idempotent-Replayed: true`, and does nothing twice. The same key with another"
-            " request: 422 IDEMPOTENCY_KEY_REUSED; while the first is still running: 409"
-            " IDEMPOTENCY_KEY_IN_USE (retry).",
+            " request by the same caller within IDEMPOTENCY_KEY_HOURS (24 by default) gets"
+            " the first answer again, with `Idempotent-Replayed: true`, and does nothing"
+            " twice. The same key with another request: 422 IDEMPOTENCY_KEY_REUSED; while the"
+            " first is still running: 409 IDEMPOTENCY_KEY_IN_USE (retry).",
             "schema": {
                 "type": "string",
                 "minLength": 1,
