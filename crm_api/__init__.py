@@ -20,8 +20,11 @@ from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .cli import crm
 from .errors import register_error_handlers
-from .extensions import BEARER_SCHEME, ORG_PARAMETER, Api
+from .extensions import API_KEY_SCHEME, BEARER_SCHEME, IDEMPOTENCY_PARAMETER, ORG_PARAMETER, Api
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import MAX_KEY_LENGTH as IDEMPOTENCY_KEY_LENGTH
 from .jwt import init_jwt
+from .key_auth import KeyVerifier
 from .login_backoff import init_login_backoff
 from .metrics import init_metrics
 from .observability import init_observability
@@ -66,7 +69,10 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
             "info": {
                 "description": (
                     "Multi-tenant CRM. Authenticate with `Authorization: Bearer <access_token>`"
-                    f" and choose the organization with the `{ORG_HEADER}` header. " + TEXT_RULES
+                    f" and choose the organization with the `{ORG_HEADER}` header, or with an"
+                    " API key (`Authorization: Bearer crm_...`, made with `POST /api-keys`),"
+                    " which acts as its user in its own organization. POST and PATCH take an"
+                    f" `{IDEMPOTENCY_HEADER}` header (safe retries). " + TEXT_RULES
                 )
             },
         },
@@ -81,6 +87,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.extensions["crm_settings"] = settings
     app.extensions["crm_verified_tokens"] = VerifiedTokens()
     app.extensions["crm_access_memo"] = AccessMemo(settings.access_check_cache_seconds)
+    app.extensions["crm_key_verifier"] = KeyVerifier(db, settings.access_check_cache_seconds)
     app.extensions["crm_passwords"] = PasswordHasher(
         app.config["BCRYPT_ROUNDS"], max_concurrent=settings.password_hash_concurrency
     )
@@ -113,14 +120,45 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     api.spec.components.security_scheme(
         BEARER_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
+    api.spec.components.security_scheme(
+        API_KEY_SCHEME,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "crm_ API key",
+            "description": "An API key (`crm_...`, from POST /api-keys): acts as its user in"
+            " its organization with the user's current role; a `read` key only reads.",
+        },
+    )
     api.spec.components.parameter(
         ORG_PARAMETER,
         "header",
         {
             "name": ORG_HEADER,
-            "required": True,
-            "description": "Id of the organization the request acts in",
+            "required": False,
+            "description": "Id of the organization the request acts in: required with an"
+            " access token (400 without it); with an API key optional, and if given it must"
+            " be the key's organization (403)",
             "schema": {"type": "integer", "minimum": 1},
+        },
+    )
+    api.spec.components.parameter(
+        IDEMPOTENCY_PARAMETER,
+        "header",
+        {
+            "name": IDEMPOTENCY_HEADER,
+            "required": False,
+            "description": "A key of your choosing (a UUID): the same key with the same"
+            " request by the same caller within IDEMPOTENCY_KEY_HOURS (24 by default) gets"
+            " the first answer again, with `Idempotent-Replayed: true`, and does nothing"
+            " twice. The same key with another request: 422 IDEMPOTENCY_KEY_REUSED; while the"
+            " first is still running: 409 IDEMPOTENCY_KEY_IN_USE (retry).",
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": IDEMPOTENCY_KEY_LENGTH,
+                "pattern": "^[\\x20-\\x7e]+$",
+            },
         },
     )
     for module in MODULES:

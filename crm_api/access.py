@@ -1,16 +1,22 @@
 """Who is calling, and may they act in this organization: the checks every request makes.
 
-Two per-process memos keep them cheap without weakening them:
+A request authenticates with an access token (a JWT of a login session) or an API key
+(`Bearer crm_...`, crm_api.key_auth). Per-process memos keep the checks cheap without
+weakening them:
 - `VerifiedTokens`: an access token's claims once its signature and claims checked out, until
   the token expires. The key is the whole token, so only the exact same signed token hits.
-- `AccessMemo`: the answer of the login-session + membership query, for at most
-  `ACCESS_CHECK_CACHE_SECONDS` (1 s by default). A session revoked or a member removed by
-  another process is refused within that time; this process forgets at once
-  (`forget_access()` after its own revocations and membership changes)."""
+- the access memo: the answer of the login-session + membership query, for at most
+  `ACCESS_CHECK_CACHE_SECONDS` (1 s by default); an API key's facts and its user's role
+  likewise (key_auth). A session or key revoked, a member removed or demoted by another
+  process is seen within that time; this process forgets at once (`forget_access()` after
+  its own revocations and membership changes).
+
+An API key acts as its user in its own organization only: `X-Organization-Id` may be left
+out, another organization's id is a 403, a `read` key gets 403 on every write, and routes
+outside an organization (the account's and the organizations' own) take login tokens only."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, cast
 
@@ -18,14 +24,23 @@ from flask import current_app, g, request
 from flask_jwt_extended import verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTDecodeError
 
+from crm_domain import context
 from crm_domain.context import Actor
 from crm_domain.db import Database
-from crm_domain.enums import Role
+from crm_domain.enums import ApiKeyScope, Role
 from crm_domain.errors import Forbidden, Unauthorized, ValidationFailed
 from crm_domain.services.records import auth as auth_service
+from crm_domain.services.records.api_keys import KeyFacts
+
+from . import key_auth
+from .memo import Memo
 
 ORG_HEADER = "X-Organization-Id"
 MAX_ORG_ID = 2**31 - 1
+READ_METHODS = frozenset({"GET", "HEAD"})
+FORGET_AGAIN = "crm_forget_access_after_commit"  # g: forget once more after a late commit
+
+AccessMemo = Memo[tuple[str, int, int], tuple[bool, Role | None]]
 
 
 class VerifiedTokens:
@@ -48,39 +63,17 @@ class VerifiedTokens:
         self._verified[header] = (claims, jwt_header)
 
 
-class AccessMemo:
-    """(session id, user id, organization id) -> (alive, role), for `ttl` seconds."""
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._answers: dict[tuple[str, int, int], tuple[float, bool, Role | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int, int]) -> tuple[bool, Role | None] | None:
-        hit = self._answers.get(key)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1], hit[2]
-
-    def put(self, key: tuple[str, int, int], alive: bool, role: Role | None) -> None:
-        if self.ttl <= 0:
-            return
-        with self._lock:
-            if len(self._answers) >= 10_000:
-                self._answers.clear()
-            self._answers[key] = (time.monotonic() + self.ttl, alive, role)
-
-    def forget(self) -> None:
-        with self._lock:
-            self._answers.clear()
-
-
 def database() -> Database:
     return cast(Database, current_app.extensions["crm_db"])
 
 
-def authenticate() -> dict[str, Any]:
-    """Verify the request's access token (401 otherwise) and return its claims."""
+def authenticate() -> None:
+    """Verify the request's access token or API key (401 otherwise) and bind its caller for
+    the domain (crm_domain.context.origin)."""
+    key = key_auth.request_key()
+    if key is not None:
+        context.bind_caller(key.user_id, key.id)
+        return
     header = request.headers.get("Authorization", "")
     tokens: VerifiedTokens = current_app.extensions["crm_verified_tokens"]
     hit = tokens.get(header) if header else None
@@ -88,18 +81,33 @@ def authenticate() -> dict[str, Any]:
         g._jwt_extended_jwt, g._jwt_extended_jwt_header = hit
         g._jwt_extended_jwt_user = {"loaded_user": None}
         g._jwt_extended_jwt_location = "headers"
-        return hit[0]
-    verify_jwt_in_request()
-    claims = g._jwt_extended_jwt
-    sub, sid = claims.get("sub"), claims.get("sid")
-    if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and isinstance(sid, str)):
-        raise JWTDecodeError("Token claims are malformed")
-    tokens.put(header, claims, g._jwt_extended_jwt_header)
-    return claims
+    else:
+        verify_jwt_in_request()
+        claims = g._jwt_extended_jwt
+        sub, sid = claims.get("sub"), claims.get("sid")
+        if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and isinstance(sid, str)):
+            raise JWTDecodeError("Token claims are malformed")
+        tokens.put(header, claims, g._jwt_extended_jwt_header)
+    context.bind_caller(current_user_id())
+
+
+def request_key() -> KeyFacts | None:
+    """The API key the request authenticated with (after `authenticate`), or None."""
+    return cast(KeyFacts | None, g.get(key_auth.REQUEST_KEY))
+
+
+def require_login_token() -> None:
+    """403 API_KEY_NOT_ALLOWED when the request authenticated with an API key."""
+    if request_key() is not None:
+        raise Forbidden(
+            "This route needs a login token; API keys are not accepted here",
+            code="API_KEY_NOT_ALLOWED",
+        )
 
 
 def current_user_id() -> int:
-    return int(g._jwt_extended_jwt["sub"])
+    key = request_key()
+    return key.user_id if key is not None else int(g._jwt_extended_jwt["sub"])
 
 
 def check_access(organization_id: int | None) -> Role | None:
@@ -114,7 +122,7 @@ def check_access(organization_id: int | None) -> Role | None:
             answer = auth_service.check_access(
                 conn, session_id=key[0], user_id=key[1], organization_id=organization_id
             )
-        memo.put(key, *answer)
+        memo.put(key, answer)
     active, role = answer
     if not active:
         raise Unauthorized("Token has been revoked", code="TOKEN_REVOKED")
@@ -122,17 +130,20 @@ def check_access(organization_id: int | None) -> Role | None:
 
 
 def forget_access() -> None:
-    """After this process revoked a session or changed a membership: no stale answers here."""
+    """After this process revoked a session or key or changed a membership: no stale answers
+    here. (A write held open for its idempotency record forgets once more after its commit.)"""
     cast(AccessMemo, current_app.extensions["crm_access_memo"]).forget()
+    key_auth.verifier().forget()
+    setattr(g, FORGET_AGAIN, True)
 
 
-def resolve_actor(raw_org_id: str | None) -> Actor:
-    """401 for a revoked session, then 400 for a missing or malformed header, then 403 when
-    the user is not a member of the organization."""
+def _org_header(raw_org_id: str | None) -> tuple[str, int | None]:
     value = (raw_org_id or "").strip()
     valid = value.isascii() and value.isdigit() and 0 < int(value) <= MAX_ORG_ID
-    org_id = int(value) if valid else None
-    role = check_access(org_id)  # a revoked token is a 401 whatever the header says
+    return value, int(value) if valid else None
+
+
+def _check_org_header(value: str, org_id: int | None) -> int:
     if not value:
         raise ValidationFailed(
             f"The {ORG_HEADER} header is required", code="ORGANIZATION_HEADER_REQUIRED"
@@ -142,6 +153,35 @@ def resolve_actor(raw_org_id: str | None) -> Actor:
             f"The {ORG_HEADER} header must be a positive integer",
             code="ORGANIZATION_HEADER_INVALID",
         )
+    return org_id
+
+
+def resolve_actor(raw_org_id: str | None) -> Actor:
+    """401 for a revoked session, then 400 for a missing or malformed header, then 403 when
+    the user is not a member of the organization."""
+    key = request_key()
+    if key is not None:
+        return _key_actor(key, raw_org_id)
+    value, org_id = _org_header(raw_org_id)
+    role = check_access(org_id)  # a revoked token is a 401 whatever the header says
+    org_id = _check_org_header(value, org_id)
     if role is None:
         raise Forbidden("You are not a member of this organization", code="NOT_ORGANIZATION_MEMBER")
     return Actor(user_id=current_user_id(), organization_id=org_id, role=role)
+
+
+def _key_actor(key: KeyFacts, raw_org_id: str | None) -> Actor:
+    """The key's user in the key's organization. The header may be left out; when given it
+    must be well-formed (400) and name the key's organization (403). A read key: 403 on
+    every write."""
+    value, org_id = _org_header(raw_org_id)
+    if value and _check_org_header(value, org_id) != key.organization_id:
+        raise Forbidden(
+            f"This API key belongs to another organization than {ORG_HEADER} names",
+            code="API_KEY_ORGANIZATION_MISMATCH",
+        )
+    if key.scope is ApiKeyScope.READ and request.method not in READ_METHODS:
+        raise Forbidden("This API key may only read", code="API_KEY_READ_ONLY")
+    return Actor(
+        user_id=key.user_id, organization_id=key.organization_id, role=key.role, api_key_id=key.id
+    )

@@ -1,7 +1,8 @@
 """gunicorn's logging: our `crm_domain.logs` configuration (text or JSON) for gunicorn's
 own loggers and the application's, and the access log with the request's route template,
-status, duration, user and organization (left in the WSGI environ by
-crm_api.observability) and request id (the `X-Request-ID` response header).
+status, duration, user, organization, how it authenticated (`auth`: token, key or none; an
+API key by its id, never the key) (left in the WSGI environ by crm_api.observability) and
+request id (the `X-Request-ID` response header).
 
 gunicorn writes the access line after the response went out, so its duration is the whole
 request. The line never holds the query string, a header other than X-Request-ID, or a
@@ -16,12 +17,13 @@ from typing import Any
 
 from crm_domain import logs
 
-from .observability import ORGANIZATION_KEY, ROUTE_KEY, USER_KEY
+from .observability import API_KEY_ID_KEY, AUTH_KEY, ORGANIZATION_KEY, ROUTE_KEY, USER_KEY
 
 # gunicorn access-log atoms: https://docs.gunicorn.org/en/stable/settings.html#access-log-format
 TEXT_ACCESS_FORMAT = (
     '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
     f" route=%({{{ROUTE_KEY}}}e)s user=%({{{USER_KEY}}}e)s org=%({{{ORGANIZATION_KEY}}}e)s"
+    f" auth=%({{{AUTH_KEY}}}e)s key=%({{{API_KEY_ID_KEY}}}e)s"
 )
 JSON_ACCESS_MESSAGE = "%(m)s %(U)s %(s)s"  # the fields are separate keys (AccessFields)
 
@@ -30,6 +32,7 @@ _TEXT = {
     "method": "m",
     "path": "U",
     "route": f"{{{ROUTE_KEY}}}e",
+    "auth": f"{{{AUTH_KEY}}}e",
     "request_id": "{x-request-id}o",
 }
 _NUMBERS = {
@@ -37,6 +40,7 @@ _NUMBERS = {
     "bytes": "B",
     "user_id": f"{{{USER_KEY}}}e",
     "organization_id": f"{{{ORGANIZATION_KEY}}}e",
+    "api_key_id": f"{{{API_KEY_ID_KEY}}}e",
 }
 
 

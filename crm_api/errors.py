@@ -22,6 +22,7 @@ STATUS_BY_KIND = {
     "conflict": 409,
     "gone": 410,
     "precondition_failed": 412,
+    "unprocessable": 422,
 }
 
 DEFAULT_CODES = {

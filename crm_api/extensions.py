@@ -1,8 +1,9 @@
 """Project subclasses of flask-smorest's Api and Blueprint, and the request context helpers.
 
 Resource modules import Blueprint from here: it knows how to require a login
-(`login_required`), a tenant (`tenant_required`, which also needs a login), and documents
-both in OpenAPI."""
+(`login_required`: a login token), a tenant (`tenant_required`: a login token or an API key
+and the organization), runs POST and PATCH with `Idempotency-Key` idempotently
+(crm_api.idempotency), and documents all of it in OpenAPI."""
 
 from __future__ import annotations
 
@@ -21,14 +22,24 @@ from werkzeug.exceptions import HTTPException
 
 from crm_domain.context import Actor
 
-from . import conditional
-from .access import ORG_HEADER, authenticate, check_access, database, resolve_actor
+from . import conditional, idempotency
+from .access import (
+    ORG_HEADER,
+    READ_METHODS,
+    authenticate,
+    check_access,
+    database,
+    require_login_token,
+    resolve_actor,
+)
 from .errors import http_exception_response
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ORG_PARAMETER = "OrganizationId"
+IDEMPOTENCY_PARAMETER = "IdempotencyKey"
 BEARER_SCHEME = "bearerAuth"
+API_KEY_SCHEME = "apiKeyAuth"
 
 
 class Parser(FlaskParser):
@@ -110,15 +121,27 @@ class Api(flask_smorest.Api):
         return http_exception_response(error)
 
 
-def _document_access(doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> dict[str, Any]:
-    """Blueprint doc callback: security, the tenant header and the auth error responses."""
+def _document_access(
+    doc: dict[str, Any], doc_info: dict[str, Any], *, method: str = "", **_: Any
+) -> dict[str, Any]:
+    """Blueprint doc callback: security (a login token; or an API key where one works), the
+    tenant header, the Idempotency-Key header and the auth error responses."""
     access = doc_info.get("crm_access")
     responses = doc.setdefault("responses", {})
     if access == "public":
         doc["security"] = []
     if access in ("login", "tenant"):
         responses.setdefault("401", "UNAUTHORIZED")
+        if access == "login" or not doc_info.get("crm_api_keys", True):
+            responses.setdefault("403", "FORBIDDEN")  # API_KEY_NOT_ALLOWED
+        if method.upper() in idempotency.METHODS and doc_info.get("crm_idempotent", True):
+            doc.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
+            responses.setdefault("400", "BAD_REQUEST")
+            responses.setdefault("409", "CONFLICT")
+            responses.setdefault("422", "UNPROCESSABLE_ENTITY")
     if access == "tenant":
+        if doc_info.get("crm_api_keys", True):
+            doc["security"] = [{BEARER_SCHEME: []}, {API_KEY_SCHEME: []}]
         doc.setdefault("parameters", []).append(ORG_PARAMETER)
         responses.setdefault("400", "BAD_REQUEST")
         responses.setdefault("403", "FORBIDDEN")
@@ -142,27 +165,42 @@ class Blueprint(flask_smorest.Blueprint):
         apidoc[key] = value
 
     def login_required(self, func: F) -> F:
-        """Require a valid, unrevoked access token."""
+        """Require a valid, unrevoked access token (an API key gets 403 API_KEY_NOT_ALLOWED:
+        these routes act outside the key's organization)."""
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             authenticate()
+            require_login_token()
             check_access(None)
-            return func(*args, **kwargs)
+            return idempotency.run(func, *args, **kwargs)
 
         self._mark(wrapper, "crm_access", "login")
         return cast(F, wrapper)
 
-    def tenant_required(self, func: F) -> F:
-        """Require a login and an X-Organization-Id the user is a member of; sets g.actor."""
+    def tenant_required(
+        self, func: F | None = None, *, api_keys: bool = True, idempotent: bool = True
+    ) -> Any:
+        """Require a login token or an API key and the organization (X-Organization-Id, which
+        a key may leave out); sets g.actor. `api_keys=False`: a login token only.
+        `idempotent=False`: the route does not take Idempotency-Key (its answer is a secret
+        kept nowhere)."""
+        if func is None:
+            return functools.partial(self.tenant_required, api_keys=api_keys, idempotent=idempotent)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             authenticate()
+            if not api_keys:
+                require_login_token()
             g.actor = resolve_actor(request.headers.get(ORG_HEADER))
-            return func(*args, **kwargs)
+            if not idempotent:
+                return func(*args, **kwargs)
+            return idempotency.run(func, *args, **kwargs)
 
         self._mark(wrapper, "crm_access", "tenant")
+        self._mark(wrapper, "crm_api_keys", api_keys)
+        self._mark(wrapper, "crm_idempotent", idempotent)
         return cast(F, wrapper)
 
     def conditional(self, func: F) -> F:
@@ -195,16 +233,28 @@ class Blueprint(flask_smorest.Blueprint):
         return func
 
 
-READ_METHODS = frozenset({"GET", "HEAD"})
-
-
 @contextmanager
 def transaction() -> Iterator[Session]:
     """The request's database work: one transaction, except for GET and HEAD, which only
-    read (Database.reads: no BEGIN/COMMIT round trips; a write through it raises)."""
+    read (Database.reads: no BEGIN/COMMIT round trips; a write through it raises). A write
+    with Idempotency-Key: every block uses the request's one transaction, which commits
+    with the stored answer after the view (crm_api.idempotency)."""
     db = database()
-    with db.reads() if request.method in READ_METHODS else db.transaction() as session:
+    if request.method in READ_METHODS:
+        with db.reads() as session:
+            yield session
+        return
+    held = idempotency.attempt()
+    if held is None:
+        with db.transaction() as session:
+            yield session
+        return
+    session = held.open()
+    try:
         yield session
+    except BaseException:
+        held.abandon()  # as an ordinary transaction would roll back
+        raise
 
 
 def current_actor() -> Actor:

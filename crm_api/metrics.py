@@ -60,7 +60,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 UNMATCHED = "unmatched"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-REQUESTS = Counter("crm_http_requests", "HTTP requests answered", ["route", "method", "status"])
+# `auth`: how the request authenticated, "token" (a login's access token), "key" (an API key)
+# or "none" (public routes, and requests refused before their credential was verified).
+REQUESTS = Counter(
+    "crm_http_requests", "HTTP requests answered", ["route", "method", "status", "auth"]
+)
 LATENCY = Histogram(
     "crm_http_request_duration_seconds",
     "Time from the request to its response's close (the last byte sent), by route template",

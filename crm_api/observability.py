@@ -7,12 +7,13 @@ its access-log line.
 events (while the application runs and while each chunk of its body is made: a streamed
 body runs its queries after the view returned), returns it as `X-Request-ID`, and counts and
 times the request when the server closes the response, after its last byte: a streamed
-response is in flight, and timed, until then. Flask's
-`after_request` leaves the route template, user id and organization id in the WSGI environ,
-where the middleware (metric labels) and gunicorn's access log (crm_api.access_log) find
-them. Per request this costs a request id (uuid4), a few dictionary operations, the body
-wrapper and five writes to this process's memory-mapped metric files, no I/O: about 14 us of
-CPU under gunicorn (see README "Observability")."""
+response is in flight, and timed, until then. Flask's `after_request` leaves the route
+template, user id, organization id and how the request authenticated (`token`, `key` with the
+key's id, or `none`) in the WSGI environ, where the middleware (metric labels) and gunicorn's
+access log (crm_api.access_log) find them. The middleware also resets, per request, the caller
+the domain reads (crm_domain.context). Per request this costs a request id (uuid4), a few
+dictionary operations, the body wrapper and five writes to this process's memory-mapped
+metric files, no I/O: about 14 us of CPU under gunicorn (see README "Observability")."""
 
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from crm_domain import request_id
+from crm_domain import context, request_id
 
+from . import key_auth
 from .metrics import IN_FLIGHT, LATENCY, RATE_LIMITED, REQUESTS, UNMATCHED
 
 ROUTE_KEY = "crm.route"
 USER_KEY = "crm.user_id"
 ORGANIZATION_KEY = "crm.organization_id"
+AUTH_KEY = "crm.auth"  # token | key | none
+API_KEY_ID_KEY = "crm.api_key_id"
 HEADER = "X-Request-ID"
 # Anything else is labelled "other": the method is client input, labels must stay few.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -41,7 +45,7 @@ class RequestObserver:
         self.app = app
         # The labelled counter and histogram per (route, method, status): `labels()` costs
         # more than the increment itself. Bounded: routes x methods x statuses.
-        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         exchange = _Exchange(self, environ)
@@ -52,12 +56,14 @@ class RequestObserver:
             return start_response(status_line, headers, *exc_info)
 
         token = request_id.bind(exchange.request_id)
+        caller = context.bind_caller(None)
         try:
             body = self.app(environ, start)
         except BaseException:
             exchange.finish()
             raise
         finally:
+            context.reset_caller(caller)
             request_id.reset(token)
         return _ObservedBody(body, exchange)
 
@@ -67,10 +73,14 @@ class RequestObserver:
             environ.get(ROUTE_KEY, UNMATCHED),
             method if method in METHODS else "other",
             status,
+            environ.get(AUTH_KEY, "none"),
         )
         series = self._series.get(labels)
         if series is None:
-            series = self._series[labels] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
+            series = self._series[labels] = (
+                REQUESTS.labels(*labels),
+                LATENCY.labels(*labels[:3]),
+            )
         series[0].inc()
         series[1].observe(elapsed)
 
@@ -134,19 +144,27 @@ class _ObservedBody:
 
 
 def _annotate(response: Response) -> Response:
-    """after_request: the route template, who asked, and 429s by route."""
+    """after_request: the route template, who asked and how, and 429s by route."""
     rule = request.url_rule
     route = rule.rule if rule is not None else UNMATCHED
     environ = request.environ
     environ[ROUTE_KEY] = route
+    key = g.get(key_auth.REQUEST_KEY)
+    claims = g.get("_jwt_extended_jwt")
+    if key is not None:
+        environ[AUTH_KEY] = "key"
+        environ[API_KEY_ID_KEY] = str(key.id)
+    else:
+        environ[AUTH_KEY] = "token" if claims else "none"
     actor = g.get("actor")
     if actor is not None:
         environ[USER_KEY] = str(actor.user_id)
         environ[ORGANIZATION_KEY] = str(actor.organization_id)
-    else:
-        claims = g.get("_jwt_extended_jwt")  # a login_required route: no organization
-        if claims:
-            environ[USER_KEY] = str(claims.get("sub"))
+    elif key is not None:  # refused before the actor was made (a read key writing, ...)
+        environ[USER_KEY] = str(key.user_id)
+        environ[ORGANIZATION_KEY] = str(key.organization_id)
+    elif claims:  # a login_required route: no organization
+        environ[USER_KEY] = str(claims.get("sub"))
     if response.status_code == 429:
         RATE_LIMITED.labels(route).inc()
     return response

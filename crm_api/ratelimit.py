@@ -3,7 +3,8 @@
 Every limit is checked before the view runs (Flask-Limiter's before_request hook) and counts
 in Redis, so it holds across processes and hosts:
 
-- API: every route, per user of a valid access token (per client address without one).
+- API: every route, per API key (`Bearer crm_...`), per user of a valid access token, per
+  client address without either.
 - Login, per account: failed logins (401) per email and client address.
 - Login, per email from any address (a distributed guess): progressive delays instead of a
   limit of this kind, so that nobody can lock the owner out (crm_api.login_backoff).
@@ -28,6 +29,7 @@ from flask import Flask, Response, current_app, request
 from flask_jwt_extended import decode_token
 from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 
+from . import key_auth
 from .errors import error_response
 
 LOGIN = "auth.Login"
@@ -63,7 +65,13 @@ def _token_user() -> str | None:
     return sub if claims.get("type") == "access" and isinstance(sub, str) else None
 
 
-def _api_key() -> str:
+def _api_bucket() -> str:
+    try:  # verified once per request (the view reuses it); a memo hit costs one SHA-256
+        key = key_auth.request_key()
+    except Exception:  # a bad key (answered 401 by the view) or no database: by address
+        key = None
+    if key is not None:
+        return f"key:{key.id}"
     user = _token_user()
     return f"user:{user}" if user is not None else f"addr:{client_address()}"
 
@@ -112,7 +120,7 @@ def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
     """Attach the limits to the app, configured by its RATELIMIT_* keys."""
     config = app.config
     limits = [
-        ApplicationLimit(config["RATELIMIT_API"], key_function=_api_key, scope="api"),
+        ApplicationLimit(config["RATELIMIT_API"], key_function=_api_bucket, scope="api"),
         ApplicationLimit(
             config["RATELIMIT_LOGIN"],
             key_function=_account_key,

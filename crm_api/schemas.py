@@ -40,6 +40,7 @@ __all__ = [
     "id_field",
     "line_field",
     "name_field",
+    "page_example",
     "page_of",
     "query_id_field",
     "total_field",
@@ -121,3 +122,15 @@ def page_of(item: type[ma.Schema]) -> type[ma.Schema]:
             },
         )
     return _PAGE_SCHEMAS[name]
+
+
+def page_example(item: dict[str, Any]) -> dict[str, Any]:
+    """A documented example of a one-item page."""
+    return {
+        "items": [item],
+        "total": 1,
+        "page": 1,
+        "page_size": 20,
+        "pages": 1,
+        "next_cursor": None,
+    }

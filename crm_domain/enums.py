@@ -67,3 +67,10 @@ class OnDuplicate(enum.StrEnum):
 
     SKIP = "skip"
     UPDATE = "update"
+
+
+class ApiKeyScope(enum.StrEnum):
+    """What an API key may do: `read` answers GET/HEAD only, `write` everything its user may."""
+
+    READ = "read"
+    WRITE = "write"

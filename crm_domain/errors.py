@@ -56,3 +56,11 @@ class Gone(DomainError):
 class PreconditionFailed(DomainError):
     kind = "precondition_failed"
     code = "PRECONDITION_FAILED"
+
+
+class Unprocessable(DomainError):
+    """Well-formed but not acceptable as it stands (an idempotency key reused for another
+    request). The API's validation errors are 400s; this kind is 422."""
+
+    kind = "unprocessable"
+    code = "UNPROCESSABLE"

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .db import Base
 from .enums import (
     ActivityType,
+    ApiKeyScope,
     DealStage,
     DealStatus,
     EmailStatus,
@@ -618,3 +619,73 @@ class ImportRowError(Base):
     field: Mapped[str] = mapped_column(String(64), nullable=False)
     code: Mapped[str] = mapped_column(String(64), nullable=False)
     message: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class ApiKey(Base):
+    """A personal access token: acts as its user in one organization with the role the user
+    holds there at the time of each request (never more); a `read` key only reads.
+
+    The key is `crm_<lookup>_<secret>` (crm_domain.services.records.api_keys); only the SHA-256
+    of the whole key is stored, found by `lookup` and compared in constant time. A key lives
+    as long as its user's membership: removing the member (or deleting the user or the
+    organization) deletes their keys (foreign key, ON DELETE CASCADE)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "user_id"],
+            ["organization_members.organization_id", "organization_members.user_id"],
+            ondelete="CASCADE",
+            name="fk_api_keys_membership",
+        ),
+        Index("ix_api_keys_org_user_id", "organization_id", "user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    user_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    scope: Mapped[ApiKeyScope] = mapped_column(
+        _str_enum(ApiKeyScope, "api_key_scope"), nullable=False
+    )
+    # The key's public part (also shown in lists as `crm_<lookup>`): finds the row.
+    lookup: Mapped[str] = mapped_column(String(16), nullable=False, unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False)  # SHA-256, hex
+    created_at: Mapped[dt.datetime] = _now()
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Written at most once a minute per key (crm_api.key_auth), never once per request.
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """The first answer to a write sent with an `Idempotency-Key`, for replaying it to the same
+    caller (user or API key, in the same organization) for IDEMPOTENCY_KEY_HOURS.
+
+    Inserted first in the write's own transaction and given the answer right before that
+    transaction commits (crm_domain.idempotency): the row exists exactly when the change does,
+    and a concurrent request with the same key waits on the row's unique index entry until
+    the first one commits or rolls back. Purged by beat once expired."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "user_id", "api_key_id", "key"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # The caller: 0 for a route outside any organization, 0 for a login token (no key). No
+    # foreign keys: the rows are a short-lived record of answers, gone within a day.
+    organization_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    user_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    api_key_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    # SHA-256 (hex) of the method, path, query and body: the same key with another request
+    # is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[dt.datetime] = _now()
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # The answer (set before the commit that also commits the change).
+    status: Mapped[int | None] = mapped_column(Integer)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -153,6 +153,10 @@ class Settings:
     import_max_bytes: int = 20 * 1024 * 1024
     import_batch_size: int = 500
     import_stall_seconds: float = 60.0
+    # Idempotent writes: how long an answer is kept for its key, how long a request waits for
+    # the same key's first request to finish before answering 409.
+    idempotency_key_hours: float = 24.0
+    idempotency_wait_seconds: float = 5.0
     log_format: str = "text"
     metrics_token: str = ""
     metrics_cache_seconds: float = 5.0
@@ -212,6 +216,8 @@ class Settings:
             import_max_bytes=env.int("IMPORT_MAX_BYTES", 20 * 1024 * 1024),
             import_batch_size=env.int("IMPORT_BATCH_SIZE", 500),
             import_stall_seconds=env.float("IMPORT_STALL_SECONDS", 60.0),
+            idempotency_key_hours=env.float("IDEMPOTENCY_KEY_HOURS", 24.0),
+            idempotency_wait_seconds=env.float("IDEMPOTENCY_WAIT_SECONDS", 5.0),
             log_format=log_format_from_env(env),
             metrics_token=env.str("METRICS_TOKEN", ""),
             metrics_cache_seconds=env.float("METRICS_CACHE_SECONDS", 5.0),

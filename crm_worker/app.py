@@ -75,6 +75,7 @@ QUEUE_ROUTES = {
     "crm.analytics.*": "analytics",
     "crm.reports.*": "bulk",
     "crm.reminders.*": "bulk",
+    "crm.idempotency.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
     # Webhook deliveries wait on other people's servers: a worker of their own.
     "crm.webhooks.*": "webhooks",
@@ -155,6 +156,11 @@ celery_app.conf.update(
             "task": "crm.imports.requeue_stalled",
             "schedule": timedelta(seconds=max(1.0, settings.import_stall_seconds / 2)),
             "options": {"expires": max(1.0, settings.import_stall_seconds / 2)},
+        },
+        "idempotency-purge": {
+            "task": "crm.idempotency.purge_expired",
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
         },
         "weekly-reports": {
             "task": "crm.reports.schedule_weekly",

@@ -12,7 +12,7 @@ import pytest
 from flask_jwt_extended import create_access_token
 from sqlalchemy import delete, update
 
-from crm_api import access
+from crm_api import memo
 from crm_domain.models import AuthSession, OrganizationMember
 
 from .api import ApiClient, error_code
@@ -59,8 +59,8 @@ def test_a_token_whose_subject_is_not_a_user_id_is_a_401(app, api: ApiClient) ->
 
 
 class Clock:
-    """The `time` module as crm_api.access sees it in these tests: its monotonic clock moves
-    only when the test moves it (wall-clock time is the real one: tokens expire as usual),
+    """The `time` module as crm_api.memo (the access memos) sees it in these tests: its
+    monotonic clock moves only when the test moves it (wall-clock time is the real one: tokens expire as usual),
     so "within the memo's TTL" is checked exactly, whatever the machine's load."""
 
     def __init__(self) -> None:
@@ -77,7 +77,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(access, "time", fake)
+    monkeypatch.setattr(memo, "time", fake)
     return fake
 
 

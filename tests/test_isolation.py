@@ -14,6 +14,7 @@ tenant check would make the request succeed (and the snapshot comparison catch t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import string
 import uuid
@@ -144,6 +145,10 @@ ROUTES: tuple[Route, ...] = (
         snapshot="/webhooks/{webhook}/deliveries",
     ),
     Route("POST", "/webhooks/{webhook}/test", snapshot="/webhooks/{webhook}/deliveries"),
+    # API keys (the caller's own; owner/admin: everyone's)
+    Route("GET", "/api-keys"),
+    Route("POST", "/api-keys", body=lambda ids: {"name": "Intruder", "scope": "write"}),
+    Route("DELETE", "/api-keys/{api_key}", snapshot="/api-keys"),
 )
 
 # The organization is named in the path ({org}); {member} is a user id, {invitation} an
@@ -181,6 +186,7 @@ ENTITY_LOOKUP = {
     "notification": "/notifications",
     "webhook": "/webhooks/{webhook}",
     "webhook_delivery": "/webhooks/{webhook}/deliveries",
+    "api_key": "/api-keys",
 }
 
 ENTITY_ROUTES = tuple(r for r in ROUTES if r.entity is not None)
@@ -205,6 +211,7 @@ class Org:
     id: int
     owner: User
     ids: Ids = field(default_factory=dict)
+    key: str = ""  # a write API key of the owner's
 
 
 @dataclass
@@ -252,6 +259,11 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
     )
     assert r.status_code == 201, r.get_json()
     invitation = r.get_json()["id"]
+    made = api.post(
+        "/api-keys", user=owner, org=owner.org_id, json={"name": f"{label} key", "scope": "write"}
+    )
+    assert made.status_code == 201, made.get_json()
+    org.key = made.get_json()["key"]
     r = api.upload(owner, f"name,email\r\n{label} Imported,imported-{label}@example.com\r\n")
     assert r.status_code == 202, r.get_json()
     org.ids = {
@@ -268,6 +280,7 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
         "notification": _notify(db, owner),
         "webhook": webhook,
         "webhook_delivery": webhook_delivery,
+        "api_key": made.get_json()["id"],
     }
     return org
 
@@ -433,6 +446,17 @@ def test_org_header_of_another_org_is_403(world: World, route: Route) -> None:
 
 
 @route_params
+def test_a_key_naming_another_org_is_403(world: World, route: Route) -> None:
+    """A's API key with org B's header (and B's ids): refused, nothing in B read or changed."""
+    code = (
+        "API_KEY_NOT_ALLOWED"
+        if route.method == "POST" and route.path == "/api-keys"
+        else ("API_KEY_ORGANIZATION_MISMATCH")
+    )
+    _check_rejected(world, route, world.b, 403, code, token=world.a.key, org=world.b.id)
+
+
+@route_params
 @pytest.mark.parametrize("org_id", [2**31 - 1, 987654321])
 def test_unknown_org_is_403(world: World, route: Route, org_id: int) -> None:
     _check_rejected(
@@ -479,15 +503,20 @@ def test_refresh_token_is_not_an_access_token(world: World, route: Route) -> Non
 
 
 @pytest.mark.parametrize("route", ENTITY_ROUTES, ids=str)
-@pytest.mark.parametrize("caller", ["owner", "both"])
+@pytest.mark.parametrize("caller", ["owner", "both", "key"])
 def test_entity_of_another_org_is_404(world: World, route: Route, caller: str) -> None:
     """Org A's header with org B's entity id: 404 with the entity's code, B's data unchanged.
 
-    `both` is a manager in B too, so only the header (not the user's rights) decides."""
-    user = world.a.owner if caller == "owner" else world.both
+    `both` is a manager in B too, so only the header (not the user's rights) decides; `key`
+    is A's owner's API key, without a header."""
+    who: dict[str, Any] = {
+        "owner": {"user": world.a.owner, "org": world.a.id},
+        "both": {"user": world.both, "org": world.a.id},
+        "key": {"token": world.a.key},
+    }[caller]
     assert route.not_found_code is not None
     before = _snapshot(world, route, world.b) if route.mutating else None
-    r = _call(world, route, ids=world.b.ids, body_ids=world.a.ids, user=user, org=world.a.id)
+    r = _call(world, route, ids=world.b.ids, body_ids=world.a.ids, **who)
     assert r.status_code == 404, (str(route), r.get_json())
     assert error_code(r) == route.not_found_code
     if route.mutating:
@@ -689,6 +718,23 @@ def test_owner_id_of_user_outside_the_org_is_404(world: World, who: str) -> None
     for kind in ("contact", "deal"):
         r = world.api.get(f"/{kind}s/{a.ids[kind]}", user=a.owner, org=a.id)
         assert r.get_json()["owner_id"] == a.owner.id
+
+
+@pytest.mark.parametrize(
+    "route", [r for r in ROUTES if not r.mutating and r.entity is None], ids=str
+)
+def test_a_key_reads_its_own_org_only(world: World, route: Route) -> None:
+    """Without a header, A's key reads A: the same answer A's owner gets with A's header."""
+    answers = []
+    for who in ({"token": world.a.key}, {"user": world.a.owner, "org": world.a.id}):
+        r = _call(world, route, ids=world.a.ids, **who)
+        assert r.status_code == 200, (str(route), r.get_data())
+        answers.append(r.get_data())  # read now: an export streams within its request
+    if route.path.startswith("/analytics"):  # the figures; `as_of` may differ
+        figures = [{k: v for k, v in json.loads(a).items() if k != "as_of"} for a in answers]
+        assert figures[0] == figures[1], str(route)
+    else:
+        assert answers[0] == answers[1], str(route)
 
 
 def test_lists_only_show_own_org(world: World) -> None:

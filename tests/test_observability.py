@@ -246,13 +246,13 @@ def test_requests_are_counted_and_timed_by_route_template(api: ApiClient) -> Non
         return value(after, name, **labels) - value(before, name, **labels)
 
     ok = {"route": DEAL_ROUTE, "method": "GET", "status": "200"}
-    assert delta("crm_http_requests_total", **ok) == 2
+    assert delta("crm_http_requests_total", **ok, auth="token") == 2
     assert delta("crm_http_request_duration_seconds_count", **ok) == 2
     assert delta("crm_http_request_duration_seconds_sum", **ok) > 0
     assert delta("crm_http_request_duration_seconds_bucket", **ok, le="+Inf") == 2
     # A by-id 404 keeps its template; a path no route matches gets the constant label.
-    assert delta("crm_http_requests_total", **{**ok, "status": "404"}) == 1
-    unmatched = {"route": "unmatched", "method": "GET", "status": "404"}
+    assert delta("crm_http_requests_total", **{**ok, "status": "404"}, auth="token") == 1
+    unmatched = {"route": "unmatched", "method": "GET", "status": "404", "auth": "none"}
     assert delta("crm_http_requests_total", **unmatched) == 1
     routes = {dict(labels).get("route") for _, labels in after}
     assert not any(r and str(deal["id"]) in r for r in routes), routes
@@ -268,7 +268,7 @@ def test_an_unknown_method_is_one_label() -> None:
     before = scrape(ApiClient(client))
     assert client.open("/health", method="BREW", buffered=True).status_code == 405
     after = scrape(ApiClient(client))
-    labels = {"route": "unmatched", "method": "other", "status": "405"}
+    labels = {"route": "unmatched", "method": "other", "status": "405", "auth": "none"}
     assert (
         value(after, "crm_http_requests_total", **labels)
         - value(before, "crm_http_requests_total", **labels)
@@ -337,7 +337,7 @@ def test_429_answers_are_counted_by_route() -> None:
         - value(before, "crm_rate_limited_total", route="/limited")
         == 1
     )
-    labels = {"route": "/limited", "method": "GET", "status": "429"}
+    labels = {"route": "/limited", "method": "GET", "status": "429", "auth": "none"}
     assert (
         value(after, "crm_http_requests_total", **labels)
         == value(before, "crm_http_requests_total", **labels) + 1

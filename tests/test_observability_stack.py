@@ -160,6 +160,7 @@ def test_one_patch_followed_from_its_header_to_the_worker_line(
     assert access["path"] == f"/api/v1/deals/{t['deal']}"
     assert access["organization_id"] == t["org"] and isinstance(access["user_id"], int)
     assert isinstance(access["duration_ms"], float) and access["duration_ms"] > 0
+    assert access["auth"] == "token" and access["api_key_id"] is None
 
 
 def test_a_client_request_id_reaches_the_worker(stack: Stack, secrets: list[str]) -> None:
@@ -183,7 +184,7 @@ def test_metrics_add_up_both_gunicorn_workers(stack: Stack) -> None:
         pytest.skip("the access log is read as JSON")
     health = {"route": "/health", "method": "GET", "status": "200"}
     first = scrape(stack)
-    before = value(first, "crm_http_requests_total", **health)
+    before = value(first, "crm_http_requests_total", **health, auth="none")
     before_count = value(first, "crm_http_request_duration_seconds_count", **health)
     sent = 0
     lock = threading.Lock()
@@ -211,7 +212,7 @@ def test_metrics_add_up_both_gunicorn_workers(stack: Stack) -> None:
             break
     assert len(serving_pids()) >= 2, "one worker answered everything"
     after = scrape(stack)
-    assert value(after, "crm_http_requests_total", **health) - before == sent
+    assert value(after, "crm_http_requests_total", **health, auth="none") - before == sent
     assert value(after, "crm_http_request_duration_seconds_count", **health) - before_count == sent
 
 
@@ -243,8 +244,22 @@ def test_metrics_export_the_celery_workers_counters(stack: Stack, secrets: list[
 
 def test_the_logs_of_the_run_hold_no_password_or_token(stack: Stack, secrets: list[str]) -> None:
     """Last in the module: a full run (register, login right and wrong, refresh, use,
-    logout) on top of the tests above, then every log of the stack is searched."""
+    logout, an API key used, mistyped and revoked) on top of the tests above, then every log
+    of the stack is searched."""
     t = tenant(stack, secrets)
+    status, made = stack.http(
+        "POST", "/api-keys", {"name": "s", "scope": "read"}, t["token"], t["org"]
+    )
+    assert status == 201
+    key = made["key"]
+    secrets.append(key)
+    assert stack.http("GET", "/deals", None, key)[0] == 200
+    mistyped = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    secrets.append(mistyped)
+    assert stack.http("GET", "/deals", None, mistyped)[0] == 401
+    assert stack.http("DELETE", f"/api-keys/{made['id']}", None, t["token"], t["org"])[0] == 204
+    # the other gunicorn worker sees the revocation within ACCESS_CHECK_CACHE_SECONDS
+    wait_until(lambda: stack.http("GET", "/deals", None, key)[0] == 401, 10, 0.1)
     status, tokens = stack.http("POST", "/auth/login", {"email": t["email"], "password": PASSWORD})
     assert status == 200
     secrets += [tokens["access_token"], tokens["refresh_token"]]
@@ -263,6 +278,13 @@ def test_the_logs_of_the_run_hold_no_password_or_token(stack: Stack, secrets: li
 
     text = log_text(stack)
     assert "gunicorn.access" in text and "/api/v1/auth/login" in text  # the run was logged
+    if fmt(stack) == "json":  # the key's requests are told apart, by the key's id
+        assert any(
+            line.get("auth") == "key" and line.get("api_key_id") == made["id"]
+            for line in json_lines(stack, "web")
+        )
+    else:
+        assert f"auth=key key={made['id']}" in text
     for secret in secrets:
         assert secret not in text
         if secret.count(".") == 2:  # a JWT: not even its signature

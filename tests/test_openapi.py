@@ -101,20 +101,29 @@ def test_lists_that_answer_a_bare_array_say_so(spec: dict[str, Any]) -> None:
     assert bare == BARE_ARRAYS
 
 
-def test_bearer_security_scheme_and_global_security(spec: dict[str, Any]) -> None:
+def test_bearer_and_api_key_security_schemes_and_global_security(spec: dict[str, Any]) -> None:
     schemes = spec["components"]["securitySchemes"]
     assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    # the second scheme: Swagger UI's Authorize takes an API key too (sent as a bearer token)
+    assert schemes["apiKeyAuth"]["type"] == "http"
+    assert schemes["apiKeyAuth"]["scheme"] == "bearer"
     assert spec["security"] == [{"bearerAuth": []}]
 
 
-def test_public_operations_need_no_token(spec: dict[str, Any]) -> None:
+TOKEN_OR_KEY = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+TOKEN_ONLY_TENANT_OPERATIONS = {("post", f"{PREFIX}/api-keys")}  # keys do not make keys
+
+
+def test_public_operations_need_no_token_tenant_ones_take_a_key(spec: dict[str, Any]) -> None:
     found = set()
     for method, path, op in operations(spec):
         if (method, path) in PUBLIC_OPERATIONS:
             assert op.get("security") == [], (method, path)
             found.add((method, path))
+        elif is_tenant(path) and (method, path) not in TOKEN_ONLY_TENANT_OPERATIONS:
+            assert op["security"] == TOKEN_OR_KEY, (method, path)
         else:
-            # everything else inherits the global bearer requirement
+            # account and organization routes, and making keys: a login token only
             assert op.get("security", spec["security"]) == spec["security"], (method, path)
     assert found == PUBLIC_OPERATIONS
 
@@ -123,8 +132,35 @@ def test_org_header_parameter_component(spec: dict[str, Any]) -> None:
     param = _resolve(spec, {"$ref": ORG_PARAMETER_REF})
     assert param["name"] == "X-Organization-Id"
     assert param["in"] == "header"
-    assert param["required"] is True
+    # required with a login token, optional with an API key: the description says which
+    assert param["required"] is False
+    assert "API key" in param["description"] and "required" in param["description"]
     assert param["schema"]["type"] == "integer"
+
+
+IDEMPOTENCY_PARAMETER_REF = "#/components/parameters/IdempotencyKey"
+NOT_IDEMPOTENT = {("post", f"{PREFIX}/api-keys")}  # the answer is a secret kept nowhere
+
+
+def test_every_post_and_patch_with_a_caller_documents_idempotency_key(
+    spec: dict[str, Any],
+) -> None:
+    param = _resolve(spec, {"$ref": IDEMPOTENCY_PARAMETER_REF})
+    assert (param["name"], param["in"], param["required"]) == ("Idempotency-Key", "header", False)
+    assert param["schema"]["maxLength"] == 255
+    documented = 0
+    for method, path, op in operations(spec):
+        refs = [p.get("$ref") for p in _parameters(spec, path, op)]
+        takes_it = (
+            method in ("post", "patch")
+            and op.get("security") != []
+            and (method, path) not in NOT_IDEMPOTENT
+        )
+        assert refs.count(IDEMPOTENCY_PARAMETER_REF) == int(takes_it), (method, path)
+        if takes_it:
+            documented += 1
+            assert {"400", "409", "422"} <= set(op["responses"]), (method, path)
+    assert documented >= 20
 
 
 def test_every_tenant_operation_lists_the_org_header(spec: dict[str, Any]) -> None:

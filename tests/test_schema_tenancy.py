@@ -37,8 +37,10 @@ UNIQUE_WITHOUT_ORGANIZATION = {
         (table, f"pk_{table}"): "primary key (id): becomes (organization_id, id)"
         for table in (
             "activities",
+            "api_keys",
             "contacts",
             "deals",
+            "idempotency_keys",
             "import_jobs",
             "invitations",
             "notifications",
@@ -63,6 +65,9 @@ UNIQUE_WITHOUT_ORGANIZATION = {
         "looked up by token before the organization is known: a global token -> org lookup"
     ),
     ("outbound_emails", "uq_outbound_emails_dedupe_key"): "global table (see above)",
+    ("api_keys", "uq_api_keys_lookup"): (
+        "looked up by the key before the organization is known: a global key -> org lookup"
+    ),
 }
 
 TABLES_SQL = text(

@@ -3,6 +3,7 @@
 from . import (
     activities,
     analytics,
+    api_keys,
     auth,
     contacts,
     deals,
@@ -28,4 +29,5 @@ MODULES = (
     imports,
     notifications,
     webhooks,
+    api_keys,
 )

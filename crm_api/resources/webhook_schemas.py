@@ -52,17 +52,6 @@ DELIVERY_EXAMPLE = {
 }
 
 
-def page_example(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "items": [item],
-        "total": 1,
-        "page": 1,
-        "page_size": 20,
-        "pages": 1,
-        "next_cursor": None,
-    }
-
-
 event_types_field = fields.List(
     fields.String(validate=validate.OneOf(events.EVENT_TYPES)),
     validate=validate.Length(max=len(events.EVENT_TYPES)),

@@ -11,7 +11,7 @@ from crm_domain.services.delivery import webhooks as service
 
 from ..conditional import precondition, with_etag
 from ..extensions import Blueprint, current_actor, transaction
-from ..schemas import PageArgs, page_of
+from ..schemas import PageArgs, page_example, page_of
 from .webhook_schemas import (
     DELIVERY_EXAMPLE,
     ENDPOINT_EXAMPLE,
@@ -22,7 +22,6 @@ from .webhook_schemas import (
     WebhookEndpointSchema,
     WebhookEndpointUpdateSchema,
     WebhookEndpointWithSecretSchema,
-    page_example,
 )
 
 blp = Blueprint(

@@ -1,5 +1,14 @@
 """Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import analytics, imports, mail, outbox, reminders, reports, webhooks
+from . import analytics, idempotency, imports, mail, outbox, reminders, reports, webhooks
 
-__all__ = ["analytics", "imports", "mail", "outbox", "reminders", "reports", "webhooks"]
+__all__ = [
+    "analytics",
+    "idempotency",
+    "imports",
+    "mail",
+    "outbox",
+    "reminders",
+    "reports",
+    "webhooks",
+]
