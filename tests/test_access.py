@@ -60,8 +60,9 @@ def test_a_token_whose_subject_is_not_a_user_id_is_a_401(app, api: ApiClient) ->
 
 class Clock:
     """The `time` module as crm_api.memo (the access memos) sees it in these tests: its
-    monotonic clock moves only when the test moves it (wall-clock time is the real one: tokens expire as usual),
-    so "within the memo's TTL" is checked exactly, whatever the machine's load."""
+    monotonic clock moves only when the test moves it (wall-clock time is the real one: tokens
+    expire as usual), so "within the memo's TTL" is checked exactly, whatever the machine's
+    load."""
 
     def __init__(self) -> None:
         self.now = time.monotonic()
