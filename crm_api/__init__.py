@@ -20,7 +20,14 @@ from . import health
 from .access import ORG_HEADER, AccessMemo, VerifiedTokens
 from .cli import crm
 from .errors import register_error_handlers
-from .extensions import API_KEY_SCHEME, BEARER_SCHEME, IDEMPOTENCY_PARAMETER, ORG_PARAMETER, Api
+from .extensions import (
+    API_KEY_SCHEME,
+    BEARER_SCHEME,
+    IDEMPOTENCY_PARAMETER,
+    IDEMPOTENCY_REUSED_RESPONSE,
+    ORG_PARAMETER,
+    Api,
+)
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import MAX_KEY_LENGTH as IDEMPOTENCY_KEY_LENGTH
 from .jwt import init_jwt
@@ -159,6 +166,14 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
                 "maxLength": IDEMPOTENCY_KEY_LENGTH,
                 "pattern": "^[\\x20-\\x7e]+$",
             },
+        },
+    )
+    api.spec.components.response(
+        IDEMPOTENCY_REUSED_RESPONSE,
+        {
+            "description": "The Idempotency-Key was used before with another request"
+            " (IDEMPOTENCY_KEY_REUSED)",
+            "content": {"application/json": {"schema": api.ERROR_SCHEMA}},
         },
     )
     for module in MODULES:

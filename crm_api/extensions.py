@@ -38,6 +38,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ORG_PARAMETER = "OrganizationId"
 IDEMPOTENCY_PARAMETER = "IdempotencyKey"
+# Not flask-smorest's lazily registered UNPROCESSABLE_ENTITY: Python 3.13 renamed that
+# HTTPStatus member (UNPROCESSABLE_CONTENT), so the document would differ between versions.
+IDEMPOTENCY_REUSED_RESPONSE = "IdempotencyKeyReused"
 BEARER_SCHEME = "bearerAuth"
 API_KEY_SCHEME = "apiKeyAuth"
 
@@ -138,7 +141,7 @@ def _document_access(
             doc.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
             responses.setdefault("400", "BAD_REQUEST")
             responses.setdefault("409", "CONFLICT")
-            responses.setdefault("422", "UNPROCESSABLE_ENTITY")
+            responses.setdefault("422", IDEMPOTENCY_REUSED_RESPONSE)
     if access == "tenant":
         if doc_info.get("crm_api_keys", True):
             doc["security"] = [{BEARER_SCHEME: []}, {API_KEY_SCHEME: []}]
