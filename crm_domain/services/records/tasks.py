@@ -13,9 +13,11 @@ from ...context import Actor
 from ...enums import ActivityType
 from ...models import Deal, Task
 from ...pagination import Ordering, Page, PageRequest, paginate
-from .._common import Precondition, apply_changes, get_in_org
+from .._common import Precondition, get_in_org
 from ..delivery import events
 from . import deals, timeline
+from .custom_fields import apply_custom_fields, present, update_with_custom_fields
+from .custom_queries import CustomQuery, narrow
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
@@ -29,6 +31,7 @@ def list_tasks(
     only_open: bool = False,
     due_before: dt.date | None = None,
     due_after: dt.date | None = None,
+    custom: CustomQuery | None = None,
 ) -> Page[Task]:
     stmt = select(Task).where(Task.organization_id == actor.organization_id)
     if deal_id is not None:
@@ -39,9 +42,13 @@ def list_tasks(
         stmt = stmt.where(Task.due_date <= due_before)
     if due_after is not None:
         stmt = stmt.where(Task.due_date >= due_after)
+    stmt, ordering = narrow(session, actor, "task", Task, stmt, ORDERING, custom)
     if deal_id is None:
-        return paginate(session, stmt, request, ORDERING)
-    return deals.page_of_deal(session, actor, deal_id, stmt, request, ORDERING)
+        page = paginate(session, stmt, request, ordering)
+    else:
+        page = deals.page_of_deal(session, actor, deal_id, stmt, request, ordering)
+    present(session, actor.organization_id, "task", page.items)
+    return page
 
 
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:
@@ -64,6 +71,7 @@ def create_task(
     title: str,
     due_date: dt.date,
     description: str | None = None,
+    custom_fields: dict[str, Any] | None = None,
 ) -> Task:
     """Check order: 404 (deal) -> 403 (member on another's deal) -> 400 (due date)."""
     deal = deals.get_deal(session, actor, deal_id)
@@ -76,6 +84,7 @@ def create_task(
         description=description,
         due_date=due_date,
     )
+    apply_custom_fields(session, actor, "task", task, custom_fields, creating=True)
     session.add(task)
     session.flush()
     events.record_created(session, "task", task)
@@ -103,7 +112,7 @@ def update_task(
         precondition(task)
     if "due_date" in changes and changes["due_date"] != task.due_date:
         rules.ensure_due_date(changes["due_date"])
-    changed = apply_changes(task, changes)
+    changed = update_with_custom_fields(session, actor, "task", task, changes)
     if changed:
         session.flush()
         events.record_updated(session, "task", task, changed)
