@@ -76,6 +76,7 @@ QUEUE_ROUTES = {
     "crm.reports.*": "bulk",
     "crm.reminders.*": "bulk",
     "crm.idempotency.*": "bulk",
+    "crm.custom_fields.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
     # Webhook deliveries wait on other people's servers: a worker of their own.
     "crm.webhooks.*": "webhooks",
@@ -156,6 +157,11 @@ celery_app.conf.update(
             "task": "crm.imports.requeue_stalled",
             "schedule": timedelta(seconds=max(1.0, settings.import_stall_seconds / 2)),
             "options": {"expires": max(1.0, settings.import_stall_seconds / 2)},
+        },
+        "custom-fields-purge-pending": {
+            "task": "crm.custom_fields.purge_pending",
+            "schedule": timedelta(minutes=5),
+            "options": {"expires": 300},
         },
         "idempotency-purge": {
             "task": "crm.idempotency.purge_expired",

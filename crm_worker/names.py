@@ -11,3 +11,4 @@ SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in crm
 SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
 IMPORT_TASK = "crm.imports.run"
 IMPORT_QUEUE = "imports"
+PURGE_CUSTOM_FIELD_TASK = "crm.custom_fields.purge"  # queue "bulk"

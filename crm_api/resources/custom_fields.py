@@ -9,6 +9,7 @@ from flask.views import MethodView
 from crm_domain.services.records import custom_fields as service
 
 from ..extensions import Blueprint, current_actor, transaction
+from ..schemas import PageArgs, page_example, page_of
 from .custom_fields_schemas import (
     CREATE_EXAMPLE,
     EXAMPLE,
@@ -31,11 +32,13 @@ NOT_FOUND = {"description": "Not a live custom field of this organization"}
 class CustomFields(MethodView):
     @blp.tenant_required
     @blp.arguments(CustomFieldListArgs, location="query")
-    @blp.response(200, CustomFieldSchema(many=True), example=[EXAMPLE])
+    @blp.response(200, page_of(CustomFieldSchema), example=page_example(EXAMPLE))
     def get(self, args: dict[str, Any]) -> Any:
-        """List the organization's custom field definitions (of one entity with `entity`)"""
+        """List the organization's custom field definitions, oldest first (of one entity
+        with `entity`)"""
+        page = PageArgs.page_request(args)
         with transaction() as session:
-            return service.list_definitions(session, current_actor(), args.get("entity"))
+            return service.list_definitions(session, current_actor(), page, args.get("entity"))
 
     @blp.tenant_required
     @blp.arguments(CustomFieldCreateSchema, example=CREATE_EXAMPLE)

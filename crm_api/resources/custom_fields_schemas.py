@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from marshmallow import ValidationError, fields, post_load, validate
+from marshmallow import fields, post_load, validate
 
 from crm_domain import representation
 from crm_domain.custom_definitions import ENTITIES, KEY_PATTERN, TYPES
 from crm_domain.services.records.custom_queries import CustomQuery
 
-from ..schemas import Schema, StrictBoolean, Trimmed, line_field, name_field
+from ..schemas import PageArgs, Schema, StrictBoolean, Trimmed, line_field, name_field
 
 EXAMPLE = {
     "id": 7,
@@ -97,7 +97,7 @@ class CustomFieldUpdateSchema(Schema):
     options = _options()
 
 
-class CustomFieldListArgs(ma.Schema):
+class CustomFieldListArgs(PageArgs):
     entity = fields.String(validate=validate.OneOf(ENTITIES))
 
 
@@ -126,10 +126,8 @@ SORT_PATTERN = r"^-?cf\.[a-z][a-z0-9_]{0,39}$"
 
 class CustomListArgs(ma.Schema):
     """`sort=cf.<key>` and the `cf.<key>[.gte|.lte|.empty]=value` filters, given to the
-    service as `custom` (a CustomQuery). Other unknown parameters stay an error."""
-
-    class Meta:
-        unknown = ma.INCLUDE
+    service as `custom` (a CustomQuery). Other unknown parameters are ignored, as webargs
+    ignores them in every query string."""
 
     sort = fields.String(
         validate=validate.Regexp(SORT_PATTERN, error="Must be cf.<key> or -cf.<key>."),
@@ -142,18 +140,17 @@ class CustomListArgs(ma.Schema):
         },
     )
 
+    def load(self, data: Any, *, unknown: str | None = None, **kwargs: Any) -> Any:
+        # webargs excludes unknown query parameters; the cf.* ones must come through.
+        return super().load(data, unknown=ma.INCLUDE, **kwargs)
+
     @post_load
     def custom_query(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         filters: dict[str, str] = {}
-        errors: dict[str, list[str]] = {}
         for name in [k for k in data if k not in self.fields]:
             value = data.pop(name)
             if name.startswith("cf.") and isinstance(value, str):
                 filters[name] = value
-            else:
-                errors[name] = ["Unknown field."]
-        if errors:
-            raise ValidationError(errors)
         sort = data.pop("sort", None)
         data["custom"] = CustomQuery(filters, sort) if filters or sort else None
         return data

@@ -36,6 +36,7 @@ from ...custom_definitions import (
 from ...enums import ActivityType
 from ...errors import Conflict, ValidationFailed
 from ...models import Contact, CustomFieldDefinition, Deal, OrganizationMember, Task
+from ...pagination import Ordering, Page, PageRequest, paginate
 from ...validation import custom_values
 from .._common import apply_changes, get_in_org, not_found
 from ..delivery import outbox
@@ -47,6 +48,7 @@ OPTION_VALUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 MAX_OPTIONS = 200
 PURGE_BATCH = 1000
 CHANGE_PREFIX = "custom_fields."
+ORDERING = Ordering("id", CustomFieldDefinition.id, CustomFieldDefinition.id, descending=False)
 NO_OPTIONS = "Only single_select and multi_select fields have options."
 
 
@@ -54,15 +56,15 @@ NO_OPTIONS = "Only single_select and multi_select fields have options."
 
 
 def list_definitions(
-    session: Session, actor: Actor, entity: str | None = None
-) -> list[CustomFieldDefinition]:
+    session: Session, actor: Actor, request: PageRequest, entity: str | None = None
+) -> Page[CustomFieldDefinition]:
     stmt = select(CustomFieldDefinition).where(
         CustomFieldDefinition.organization_id == actor.organization_id,
         CustomFieldDefinition.deleted_at.is_(None),
     )
     if entity is not None:
         stmt = stmt.where(CustomFieldDefinition.entity == entity)
-    return list(session.scalars(stmt.order_by(CustomFieldDefinition.id)))
+    return paginate(session, stmt, request, ORDERING)
 
 
 def get_definition(
@@ -342,7 +344,7 @@ def purge_batch(session: Session, purge: Purge, limit: int = PURGE_BATCH) -> int
     result = session.execute(
         update(model)
         .where(model.id.in_(ids))
-        .values(custom_fields=model.custom_fields - purge.key, updated_at=model.updated_at)
+        .values(custom_fields=model.custom_fields.op("-")(purge.key), updated_at=model.updated_at)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
