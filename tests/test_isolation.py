@@ -149,6 +149,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api-keys"),
     Route("POST", "/api-keys", body=lambda ids: {"name": "Intruder", "scope": "write"}),
     Route("DELETE", "/api-keys/{api_key}", snapshot="/api-keys"),
+    # custom fields (definitions: owner/admin manage, members read; values on the records)
+    Route("GET", "/custom-fields", query={"entity": "deal"}),
+    Route(
+        "POST",
+        "/custom-fields",
+        body=lambda ids: {"entity": "deal", "key": "intruder", "label": "X", "type": "text"},
+        snapshot="/custom-fields",
+    ),
+    Route("GET", "/custom-fields/{custom_field}"),
+    Route("PATCH", "/custom-fields/{custom_field}", body=lambda ids: {"label": "Hacked"}),
+    Route("DELETE", "/custom-fields/{custom_field}"),
 )
 
 # The organization is named in the path ({org}); {member} is a user id, {invitation} an
@@ -187,6 +198,7 @@ ENTITY_LOOKUP = {
     "webhook": "/webhooks/{webhook}",
     "webhook_delivery": "/webhooks/{webhook}/deliveries",
     "api_key": "/api-keys",
+    "custom_field": "/custom-fields/{custom_field}",
 }
 
 ENTITY_ROUTES = tuple(r for r in ROUTES if r.entity is not None)
@@ -264,6 +276,20 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
     )
     assert made.status_code == 201, made.get_json()
     org.key = made.get_json()["key"]
+    r = api.post(
+        "/custom-fields",
+        user=owner,
+        org=owner.org_id,
+        json={
+            "entity": "deal",
+            "key": "segment",
+            "label": f"{label} segment",
+            "type": "single_select",
+            "options": [{"value": "smb", "label": "SMB"}],
+        },
+    )
+    assert r.status_code == 201, r.get_json()
+    custom_field = r.get_json()["id"]
     r = api.upload(owner, f"name,email\r\n{label} Imported,imported-{label}@example.com\r\n")
     assert r.status_code == 202, r.get_json()
     org.ids = {
@@ -281,6 +307,7 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
         "webhook": webhook,
         "webhook_delivery": webhook_delivery,
         "api_key": made.get_json()["id"],
+        "custom_field": custom_field,
     }
     return org
 

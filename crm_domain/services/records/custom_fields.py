@@ -157,8 +157,8 @@ def update_definition(
 ) -> CustomFieldDefinition:
     """label, description, required, options (the whole list: every existing value stays,
     with its label and `archived` editable; new values are added). Never a record rewrite."""
-    rules.ensure_settings_role(actor.role, "custom fields")
     definition = get_definition(session, actor, definition_id, for_update=True)
+    rules.ensure_settings_role(actor.role, "custom fields")
     changes = dict(changes)
     if "options" in changes:
         if definition.type not in SELECT_TYPES:
@@ -174,8 +174,8 @@ def update_definition(
 
 def delete_definition(session: Session, actor: Actor, definition_id: int) -> None:
     """Hide the values now; the worker purges them (CUSTOM_FIELD_DELETED_TOPIC)."""
-    rules.ensure_settings_role(actor.role, "custom fields")
     definition = get_definition(session, actor, definition_id, for_update=True)
+    rules.ensure_settings_role(actor.role, "custom fields")
     definition.deleted_at = dt.datetime.now(dt.UTC)
     session.flush()
     forget(session, definition.organization_id)
