@@ -596,3 +596,77 @@ def test_other_organizations_definitions_do_not_apply(api: ApiClient) -> None:
     foreign = api.get("/custom-fields", user=other, org=other.org_id).get_json()["items"][0]
     r = api.get(f"/custom-fields/{foreign['id']}", user=owner, org=owner.org_id)
     assert r.status_code == 404 and error_code(r) == "CUSTOM_FIELD_NOT_FOUND"
+
+
+# --- CSV export and import -------------------------------------------------------------------
+
+
+def test_export_has_a_column_per_custom_field_and_takes_the_filters(api: ApiClient) -> None:
+    owner = api.register()
+    define(api, owner, key="tags", type="multi_select", options=SEGMENT_OPTIONS)
+    define(api, owner, key="hot", type="boolean")
+    define(api, owner, key="budget", type="number")
+    contact = api.contact(owner)["id"]
+    api.deal(
+        owner, contact_id=contact, title="A", custom_fields={"tags": ["smb", "public"], "hot": True}
+    )
+    api.deal(owner, contact_id=contact, title="B", custom_fields={"budget": "-3"})
+    r = api.get("/deals/export.csv", user=owner, org=owner.org_id, query={"sort": "cf.budget"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    lines = r.get_data(as_text=True).splitlines()
+    assert lines[0].endswith(",owner_email,tags,hot,budget")
+    assert lines[1].split(",")[0] == "B" and lines[1].endswith(",,,'-3")
+    assert lines[2].startswith("A,") and lines[2].endswith(',"smb,public",true,')
+    r = api.get("/deals/export.csv", user=owner, org=owner.org_id, query={"cf.hot": "true"})
+    assert len(r.get_data(as_text=True).splitlines()) == 2
+    r = api.get("/deals/export.csv", user=owner, org=owner.org_id, query={"cf.nope": "1"})
+    assert "cf.nope" in errors(r)
+
+
+def test_import_maps_key_columns_with_per_row_errors(api: ApiClient) -> None:
+    owner = api.register()
+    define(api, owner, entity="contact", key="tier", type="single_select", options=SEGMENT_OPTIONS)
+    define(api, owner, entity="contact", key="since", type="date")
+    define(api, owner, entity="contact", key="vip", type="boolean")
+    content = (
+        "name,email,tier,since,vip\r\n"
+        "Ann,ann@example.com,smb,2020-01-31,true\r\n"
+        "Bob,bob@example.com,gold,2020-02-30,\r\n"
+        "Cid,cid@example.com,,,FALSE\r\n"
+    )
+    r = api.upload(owner, content)
+    assert r.status_code == 202, r.get_json()
+    job = api.get(f"/imports/{r.get_json()['id']}", user=owner, org=owner.org_id).get_json()
+    assert job["status"] == "done", job
+    assert {(e["row"], e["field"]) for e in job["errors"]} == {(3, "tier"), (3, "since")}
+    shown = {
+        c["name"]: c["custom_fields"]
+        for c in api.get("/contacts", user=owner, org=owner.org_id).get_json()["items"]
+    }
+    assert shown == {
+        "Ann": {"tier": "smb", "since": "2020-01-31", "vip": True},
+        "Cid": {"tier": None, "since": None, "vip": False},
+    }
+    # On a duplicate with on_duplicate=update, the row's values merge into the contact's.
+    r = api.upload(owner, "name,email,vip\r\nAnn,ann@example.com,false\r\n", on_duplicate="update")
+    assert r.status_code == 202
+    ann = api.get("/contacts", user=owner, org=owner.org_id, query={"search": "ann"}).get_json()
+    assert ann["items"][0]["custom_fields"] == {"tier": "smb", "since": "2020-01-31", "vip": False}
+    # A column that is neither the kind's nor a custom field's key: 400 at upload.
+    r = api.upload(owner, "name,email,nope\r\nX,x@example.com,1\r\n")
+    assert r.status_code == 400 and error_code(r) == "CSV_UNKNOWN_COLUMNS"
+
+
+def test_import_of_deals_carries_custom_fields(api: ApiClient) -> None:
+    owner = api.register()
+    define(api, owner, key="budget", type="number", required=True)
+    contact = api.contact(owner)["id"]
+    r = api.upload(
+        owner,
+        f"title,contact_id,budget\r\nA,{contact},12.50\r\nB,{contact},\r\n",
+        kind="deals",
+    )
+    job = api.get(f"/imports/{r.get_json()['id']}", user=owner, org=owner.org_id).get_json()
+    assert [(e["row"], e["field"]) for e in job["errors"]] == [(3, "budget")]
+    deals = api.get("/deals", user=owner, org=owner.org_id).get_json()["items"]
+    assert [(d["title"], d["custom_fields"]) for d in deals] == [("A", {"budget": "12.5"})]

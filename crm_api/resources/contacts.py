@@ -59,11 +59,14 @@ class ContactsExport(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """Export contacts as CSV (the list's filters and order; the import's columns)
 
-        Columns: name, email, phone, owner_email. Streamed: any size, little memory. Text
+        Columns: name, email, phone, owner_email, then one per custom field (header = its
+        key; the list's `cf.` filters and `sort` apply). Streamed: any size, little memory. Text
         that a spreadsheet would run as a formula starts with a ' (see `raw`)."""
         raw = args.pop("raw")
-        args.pop("custom", None)
+        custom = args.pop("custom")
         export = exports.contacts_export(current_actor(), **args)
+        with transaction() as session:
+            export = exports.with_custom(session, current_actor(), export, custom)
         return csv_download(export, "contacts.csv", raw=raw)
 
 

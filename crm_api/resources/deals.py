@@ -79,12 +79,16 @@ class DealsExport(MethodView):
         """Export deals as CSV (the list's filters and order; the import's columns)
 
         Columns: title, amount, currency, status, stage, contact_id, contact_email,
-        owner_email. Streamed: any size, little memory. Text that a spreadsheet would run as
+        owner_email, then one per custom field (header = its key; the list's `cf.` filters
+        and `sort` apply). Streamed: any size, little memory. Text that a spreadsheet would run as
         a formula starts with a ' (see `raw`); amounts and ids are plain numbers."""
         raw = args.pop("raw")
-        args.pop("custom", None)
+        custom = args.pop("custom")
         args["statuses"] = args.pop("status", ())
-        return csv_download(exports.deals_export(current_actor(), **args), "deals.csv", raw=raw)
+        export = exports.deals_export(current_actor(), **args)
+        with transaction() as session:
+            export = exports.with_custom(session, current_actor(), export, custom)
+        return csv_download(export, "deals.csv", raw=raw)
 
 
 @blp.route("")
