@@ -670,3 +670,63 @@ def test_import_of_deals_carries_custom_fields(api: ApiClient) -> None:
     assert [(e["row"], e["field"]) for e in job["errors"]] == [(3, "budget")]
     deals = api.get("/deals", user=owner, org=owner.org_id).get_json()["items"]
     assert [(d["title"], d["custom_fields"]) for d in deals] == [("A", {"budget": "12.5"})]
+
+
+# --- analytics by select field -----------------------------------------------------------------
+
+
+def _by_field(api: ApiClient, user: User, key: str) -> dict[str, Any]:
+    r = api.get(f"/analytics/deals/by-field/{key}", user=user, org=user.org_id)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def test_analytics_by_select_field_precomputed_and_refreshed(
+    api: ApiClient, app: Any, db: Database
+) -> None:
+    owner = api.register()
+    define(api, owner, key="segment", type="single_select", options=SEGMENT_OPTIONS)
+    define(api, owner, key="tags", type="multi_select", options=SEGMENT_OPTIONS)
+    define(api, owner, key="note", type="text")
+    contact = api.contact(owner)["id"]
+    a = api.deal(
+        owner,
+        contact_id=contact,
+        amount="100.00",
+        currency="EUR",
+        custom_fields={"segment": "smb", "tags": ["smb", "public"]},
+    )
+    api.deal(
+        owner, contact_id=contact, amount="50.00", currency="USD", custom_fields={"segment": "smb"}
+    )
+    api.deal(owner, contact_id=contact, amount="7.00", currency="EUR")
+    body = _by_field(api, owner, "segment")
+    smb = body["options"][0]
+    assert [o["value"] for o in body["options"]] == ["smb", "enterprise", "public"]
+    assert smb["count"] == 2
+    assert smb["by_status"]["new"] == {"count": 2, "total_amount": "150.00"}
+    assert smb["by_currency"]["EUR"]["new"] == {"count": 1, "total_amount": "100.00"}
+    assert smb["by_currency"]["USD"]["new"] == {"count": 1, "total_amount": "50.00"}
+    assert body["none"]["count"] == 1 and body["options"][1]["count"] == 0
+    tags = {o["value"]: o["count"] for o in _by_field(api, owner, "tags")["options"]}
+    assert tags == {"smb": 1, "enterprise": 0, "public": 1}
+    assert _by_field(api, owner, "tags")["none"]["count"] == 2
+
+    # Served from Redis (the refresh stored it), and refreshed after a deal write.
+    cache = app.extensions["crm_analytics"]
+    assert "by_field:segment" in {
+        k.decode() for k in cache.client.hkeys(cache.org_key(owner.org_id))
+    }
+    r = api.patch(
+        f"/deals/{a['id']}",
+        user=owner,
+        org=owner.org_id,
+        json={"status": "won", "custom_fields": {"segment": "enterprise"}},
+    )
+    assert r.status_code == 200, r.get_json()
+    enterprise = _by_field(api, owner, "segment")["options"][1]
+    assert enterprise["by_status"]["won"] == {"count": 1, "total_amount": "100.00"}
+
+    for key in ("note", "nope"):
+        r = api.get(f"/analytics/deals/by-field/{key}", user=owner, org=owner.org_id)
+        assert r.status_code == 404 and error_code(r) == "CUSTOM_FIELD_NOT_FOUND"

@@ -37,6 +37,11 @@ def _tomorrow() -> str:
     return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
 
 
+# Path parameters that name no row of one organization (every organization has a custom
+# field "segment"): the routes are checked like those without an entity.
+NOT_ENTITIES = frozenset({"custom_field_key"})
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -49,7 +54,9 @@ class Route:
     @property
     def entity(self) -> str | None:
         """The entity kind in the path, if any (the last placeholder decides the 404 code)."""
-        names = [f for _, f, _, _ in string.Formatter().parse(self.path) if f]
+        names = [
+            f for _, f, _, _ in string.Formatter().parse(self.path) if f and f not in NOT_ENTITIES
+        ]
         return names[-1] if names else None
 
     @property
@@ -113,6 +120,7 @@ ROUTES: tuple[Route, ...] = (
     # analytics
     Route("GET", "/analytics/deals/summary", query={"days": 30}),
     Route("GET", "/analytics/deals/funnel"),
+    Route("GET", "/analytics/deals/by-field/{custom_field_key}"),
     # reports
     Route("GET", "/reports"),
     Route("POST", "/reports"),
@@ -308,6 +316,7 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
         "webhook_delivery": webhook_delivery,
         "api_key": made.get_json()["id"],
         "custom_field": custom_field,
+        "custom_field_key": "segment",
     }
     return org
 

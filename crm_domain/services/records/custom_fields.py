@@ -39,7 +39,7 @@ from ...models import Contact, CustomFieldDefinition, Deal, OrganizationMember, 
 from ...pagination import Ordering, Page, PageRequest, paginate
 from ...validation import custom_values
 from .._common import apply_changes, get_in_org, not_found
-from ..delivery import outbox
+from ..delivery import events, outbox
 from . import timeline
 
 CUSTOM_FIELD_DELETED_TOPIC = "custom_field.deleted"  # -> the purge task (a RunConsumer)
@@ -149,6 +149,7 @@ def create_definition(
     session.add(definition)
     session.flush()
     forget(session, org)
+    _figures_changed(session, definition)
     return definition
 
 
@@ -169,6 +170,7 @@ def update_definition(
     if apply_changes(definition, changes):
         session.flush()
         forget(session, definition.organization_id)
+        _figures_changed(session, definition)
     return definition
 
 
@@ -185,6 +187,19 @@ def delete_definition(session: Session, actor: Actor, definition_id: int) -> Non
         CUSTOM_FIELD_DELETED_TOPIC,
         {"definition_id": definition.id},
     )
+    _figures_changed(session, definition)
+
+
+def _figures_changed(session: Session, definition: CustomFieldDefinition) -> None:
+    """A deal select field's figures (GET /analytics/deals/by-field/{key}) appear, change
+    options or go: one analytics refresh of the organization."""
+    if definition.entity == "deal" and definition.type in SELECT_TYPES:
+        outbox.record(
+            session,
+            definition.organization_id,
+            events.DEAL_CHANGED_TOPIC,
+            {"custom_field_id": definition.id},
+        )
 
 
 def _checked_options(
@@ -298,6 +313,14 @@ def _check_members(session: Session, organization_id: int, merged: custom_values
 def present(session: Session, organization_id: int, entity: str, records: Iterable[Any]) -> None:
     """Let the records show the live custom fields once the session is closed."""
     attach(session, organization_id, entity, records)
+
+
+def ensure_select_field(session: Session, actor: Actor, entity: str, key: str) -> Definition:
+    """The live select field `key` of `entity`, else 404 CUSTOM_FIELD_NOT_FOUND."""
+    found = live(session, actor.organization_id, entity).get(key)
+    if found is None or found.type not in SELECT_TYPES:
+        raise not_found("custom_field")
+    return found
 
 
 def definitions_of(session: Session, organization_id: int, entity: str) -> Definitions:
