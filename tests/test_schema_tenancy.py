@@ -39,6 +39,7 @@ UNIQUE_WITHOUT_ORGANIZATION = {
             "activities",
             "api_keys",
             "contacts",
+            "custom_field_definitions",
             "deals",
             "idempotency_keys",
             "import_jobs",
