@@ -93,8 +93,7 @@ class Funnel(MethodView):
         return _cached(analytics_cache.FUNNEL_FIELD)
 
 
-class OptionFigures(ma.Schema):
-    value = fields.String(metadata={"description": "the option's value (null: no value)"})
+class ValueFigures(ma.Schema):
     count = fields.Integer(metadata={"description": "deals with this option"})
     by_status = _by_status()
     by_currency = fields.Dict(
@@ -103,14 +102,16 @@ class OptionFigures(ma.Schema):
     )
 
 
+class OptionFigures(ValueFigures):
+    value = fields.String(metadata={"description": "the option's value"})
+
+
 class ByFieldSchema(ma.Schema):
     as_of = fields.String(metadata={"description": "when these figures were computed (UTC)"})
     key = fields.String()
     type = fields.String(metadata={"example": "single_select"})
     options = fields.List(fields.Nested(OptionFigures))
-    none = fields.Nested(
-        OptionFigures(exclude=("value",)), metadata={"description": "deals without a value"}
-    )
+    none = fields.Nested(ValueFigures, metadata={"description": "deals without a value"})
 
 
 @blp.route("/deals/by-field/<string:key>")
