@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -28,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.config import KEY_PREFIX, ROOT, SECRET_KEY, log
-from bench.infra import psycopg_url, start_infra
+from bench.config import KEY_PREFIX, log
+from bench.infra import own_database, psycopg_url, start_infra
 
 API = "/api/v1"
 OPTIONS = [{"value": v, "label": v.title()} for v in ("smb", "mid", "enterprise", "public")]
@@ -122,111 +121,99 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="per measurement")
     args = parser.parse_args()
 
-    import psycopg
-    from sqlalchemy.engine import make_url
-
     infra = start_infra(os.environ.get("BENCH_DATABASE_URL"), os.environ.get("BENCH_REDIS_URL"))
     name = f"crm_cf_bench_{os.getpid()}"  # a database of its own, dropped at the end
-    database_url = make_url(infra.database_url).set(database=name)
-    with psycopg.connect(infra.admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        url = database_url.render_as_string(hide_password=False)
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "-x", f"url={psycopg_url(url)}", "upgrade", "head"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        os.environ.update(
-            DATABASE_URL=url,
-            REDIS_URL=infra.redis_url,
-            REDIS_KEY_PREFIX=f"{KEY_PREFIX}-cf",
-            SECRET_KEY=SECRET_KEY,
-            BCRYPT_ROUNDS="4",
-        )
-        from crm_api import create_app
+        with own_database(infra, name, REDIS_KEY_PREFIX=f"{KEY_PREFIX}-cf") as url:
+            from crm_api import create_app
 
-        app = create_app(OUTBOX_DISPATCH="none", RATELIMIT_ENABLED=False)
-        client = app.test_client()
-        r = client.post(
-            f"{API}/auth/register",
-            json={
-                "email": f"cf-{uuid.uuid4().hex[:10]}@bench.example.com",
-                "password": "BenchPassword123",
-                "name": "Custom Fields Bench",
-                "organization_name": "Custom Fields Bench",
-            },
-        )
-        body = r.get_json()
-        org, owner = body["organization"]["id"], body["user"]["id"]
-        headers = {"Authorization": f"Bearer {body['access_token']}", "X-Organization-Id": str(org)}
-        started = time.perf_counter()
-        _seed(url, org, owner, args.records)
-        log(f"seeded {args.records} contacts and deals in {time.perf_counter() - started:.1f} s")
-
-        load_before = os.getloadavg()
-        page = f"{API}/deals?page_size=20&cursor="
-        first = client.get(f"{API}/deals?page_size=20", headers=headers).get_json()
-        page += first["next_cursor"]
-        _cpu_ms(client, page, headers, 50)  # warm up
-        cpu_without = _cpu_ms(client, page, headers, args.requests)
-
-        def define(entity: str, key: str, kind: str) -> float:
-            body: dict[str, Any] = {"entity": entity, "key": key, "label": key, "type": kind}
-            if kind.endswith("select"):
-                body["options"] = OPTIONS
-            return _wall(client, "POST", f"{API}/custom-fields", headers, json=body)
-
-        for entity in ("contact", "deal"):
-            for key, kind in FIELDS:
-                define(entity, key, kind)
-        cpu_with = _cpu_ms(client, page, headers, args.requests)
-
-        filters = {
-            "custom select (cf.segment=smb), page 1 with total": "cf.segment=smb",
-            "built-in column (status=won), page 1 with total": "status=won",
-        }
-        p50 = {
-            label: _p50_ms(client, f"{API}/deals?{q}", headers, args.requests // 4)
-            for label, q in filters.items()
-        }
-        for label, q in filters.items():
-            cursor = client.get(f"{API}/deals?{q}&page_size=20", headers=headers).get_json()
-            path = f"{API}/deals?{q}&page_size=20&cursor={cursor['next_cursor']}"
-            p50[label.replace("page 1 with total", "cursor page")] = _p50_ms(
-                client, path, headers, args.requests // 4
+            app = create_app(OUTBOX_DISPATCH="none", RATELIMIT_ENABLED=False)
+            client = app.test_client()
+            r = client.post(
+                f"{API}/auth/register",
+                json={
+                    "email": f"cf-{uuid.uuid4().hex[:10]}@bench.example.com",
+                    "password": "BenchPassword123",
+                    "name": "Custom Fields Bench",
+                    "organization_name": "Custom Fields Bench",
+                },
+            )
+            body = r.get_json()
+            org, owner = body["organization"]["id"], body["user"]["id"]
+            headers = {
+                "Authorization": f"Bearer {body['access_token']}",
+                "X-Organization-Id": str(org),
+            }
+            started = time.perf_counter()
+            _seed(url, org, owner, args.records)
+            log(
+                f"seeded {args.records} contacts and deals in {time.perf_counter() - started:.1f} s"
             )
 
-        creates, deletes = [], []
-        for i in range(10):
-            creates.append(define("deal", f"extra_{i}", "single_select"))
-            listed = client.get(f"{API}/custom-fields?entity=deal&page_size=100", headers=headers)
-            made = next(d for d in listed.get_json()["items"] if d["key"] == f"extra_{i}")
-            deletes.append(_wall(client, "DELETE", f"{API}/custom-fields/{made['id']}", headers))
-        load_after = os.getloadavg()
+            load_before = os.getloadavg()
+            page = f"{API}/deals?page_size=20&cursor="
+            first = client.get(f"{API}/deals?page_size=20", headers=headers).get_json()
+            page += first["next_cursor"]
+            _cpu_ms(client, page, headers, 50)  # warm up
+            cpu_without = _cpu_ms(client, page, headers, args.requests)
 
-        print(f"{args.records} contacts and deals, 20 custom fields each (one organization)")
-        for label, value in p50.items():
-            print(f"  p50 {label:55s} {value:8.2f} ms")
-        print(
-            f"  list page of 20 deals (cursor), CPU ms: without fields {cpu_without:.3f}, "
-            f"with 20 fields {cpu_with:.3f}, ratio {cpu_with / cpu_without:.2f}"
-        )
-        print(
-            f"  create a definition: median {statistics.median(creates) * 1000:.1f} ms, "
-            f"max {max(creates) * 1000:.1f} ms"
-        )
-        print(
-            f"  delete a definition: median {statistics.median(deletes) * 1000:.1f} ms, "
-            f"max {max(deletes) * 1000:.1f} ms"
-        )
-        print(f"load average before {load_before}, after {load_after}")
-        app.extensions["crm_db"].dispose()
-        return 0
+            def define(entity: str, key: str, kind: str) -> float:
+                body: dict[str, Any] = {"entity": entity, "key": key, "label": key, "type": kind}
+                if kind.endswith("select"):
+                    body["options"] = OPTIONS
+                return _wall(client, "POST", f"{API}/custom-fields", headers, json=body)
+
+            for entity in ("contact", "deal"):
+                for key, kind in FIELDS:
+                    define(entity, key, kind)
+            cpu_with = _cpu_ms(client, page, headers, args.requests)
+
+            filters = {
+                "custom select (cf.segment=smb), page 1 with total": "cf.segment=smb",
+                "built-in column (status=won), page 1 with total": "status=won",
+            }
+            p50 = {
+                label: _p50_ms(client, f"{API}/deals?{q}", headers, args.requests // 4)
+                for label, q in filters.items()
+            }
+            for label, q in filters.items():
+                cursor = client.get(f"{API}/deals?{q}&page_size=20", headers=headers).get_json()
+                path = f"{API}/deals?{q}&page_size=20&cursor={cursor['next_cursor']}"
+                p50[label.replace("page 1 with total", "cursor page")] = _p50_ms(
+                    client, path, headers, args.requests // 4
+                )
+
+            creates, deletes = [], []
+            for i in range(10):
+                creates.append(define("deal", f"extra_{i}", "single_select"))
+                listed = client.get(
+                    f"{API}/custom-fields?entity=deal&page_size=100", headers=headers
+                )
+                made = next(d for d in listed.get_json()["items"] if d["key"] == f"extra_{i}")
+                deletes.append(
+                    _wall(client, "DELETE", f"{API}/custom-fields/{made['id']}", headers)
+                )
+            load_after = os.getloadavg()
+
+            print(f"{args.records} contacts and deals, 20 custom fields each (one organization)")
+            for label, value in p50.items():
+                print(f"  p50 {label:55s} {value:8.2f} ms")
+            print(
+                f"  list page of 20 deals (cursor), CPU ms: without fields {cpu_without:.3f}, "
+                f"with 20 fields {cpu_with:.3f}, ratio {cpu_with / cpu_without:.2f}"
+            )
+            print(
+                f"  create a definition: median {statistics.median(creates) * 1000:.1f} ms, "
+                f"max {max(creates) * 1000:.1f} ms"
+            )
+            print(
+                f"  delete a definition: median {statistics.median(deletes) * 1000:.1f} ms, "
+                f"max {max(deletes) * 1000:.1f} ms"
+            )
+            print(f"load average before {load_before}, after {load_after}")
+            app.extensions["crm_db"].dispose()
+            return 0
     finally:
-        with psycopg.connect(infra.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         infra.stop()
 
 
