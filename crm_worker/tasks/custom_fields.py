@@ -1,6 +1,7 @@
-"""The purge of a deleted custom field's values: batches of PURGE_BATCH records, each its
-own short transaction (rows another transaction holds are skipped and taken by a later
-batch), then the definition row goes and its key is free again. Asked for by the outbox
+"""The purge of a deleted custom field's values: the organization's records walked by id in
+batches of PURGE_BATCH, each its own short transaction, then the definition row goes and its
+key is free again (a record written meanwhile with the key, by a write that began before the
+deletion, makes another pass). Asked for by the outbox
 (consumers.CustomFieldPurges); beat re-asks for any left over (a lost message, a crash)."""
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ def run_purge(db: Database, definition_id: int, batch: int = custom_fields.PURGE
     if purge is None:
         return True
     for _ in range(MAX_ROUNDS):
-        while True:
+        after: int | None = 0
+        while after is not None:
             with db.transaction() as session:
-                if custom_fields.purge_batch(session, purge, batch) < batch:
-                    break
+                after = custom_fields.purge_batch(session, purge, after, batch)
         with db.transaction() as session:
             if custom_fields.finish_purge(session, definition_id, purge):
                 return True

@@ -352,25 +352,28 @@ def purge_of(session: Session, definition_id: int) -> Purge | None:
     return None if row is None else Purge(row.organization_id, row.entity, row.key)
 
 
-def purge_batch(session: Session, purge: Purge, limit: int = PURGE_BATCH) -> int:
-    """Remove the key from up to `limit` records (rows locked by others are left for the next
-    batch); returns how many. Neither updated_at nor the representation changes."""
+def purge_batch(session: Session, purge: Purge, after: int, limit: int = PURGE_BATCH) -> int | None:
+    """Remove the key from the organization's next `limit` records by id after `after` (a
+    walk by primary key: each batch reads only its own rows); returns the last id looked
+    at, None past the end. Neither updated_at nor the representation changes."""
     model = MODELS[purge.entity]
-    ids = (
-        select(model.id)
-        .where(model.organization_id == purge.organization_id)
-        .where(model.custom_fields.has_key(purge.key))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    ids = list(
+        session.scalars(
+            select(model.id)
+            .where(model.organization_id == purge.organization_id, model.id > after)
+            .order_by(model.id)
+            .limit(limit)
+        )
     )
-    result = session.execute(
+    if not ids:
+        return None
+    session.execute(
         update(model)
-        .where(model.id.in_(ids))
+        .where(model.id.in_(ids), model.custom_fields.has_key(purge.key))
         .values(custom_fields=model.custom_fields.op("-")(purge.key), updated_at=model.updated_at)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return ids[-1]
 
 
 def finish_purge(session: Session, definition_id: int, purge: Purge) -> bool:
