@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from crm_domain.db import Database
 from crm_domain.models import CustomFieldDefinition, Deal, OutboxEvent
@@ -413,17 +413,25 @@ def test_deleting_a_definition_hides_values_then_purge_frees_the_key(
 
 
 def test_deletion_asks_the_worker_through_the_outbox(api: ApiClient, db: Database) -> None:
+    """The drain's run consumer asks for one purge per deleted definition."""
+    from crm_worker.consumers import CustomFieldPurges
+    from crm_worker.dispatch import Dispatcher
+
     owner = api.register()
     made = define(api, owner, key="budget", type="number")
     api.delete(f"/custom-fields/{made['id']}", user=owner, org=owner.org_id)
+    deleted = (OutboxEvent.organization_id == owner.org_id) & (
+        OutboxEvent.topic == "custom_field.deleted"
+    )
     with db.transaction() as s:
-        payloads = s.scalars(
-            select(OutboxEvent.payload).where(
-                OutboxEvent.organization_id == owner.org_id,
-                OutboxEvent.topic == "custom_field.deleted",
-            )
-        )
-        assert list(payloads) == [{"definition_id": made["id"]}]
+        assert list(s.scalars(select(OutboxEvent.payload).where(deleted))) == [
+            {"definition_id": made["id"]}
+        ]
+        # Delivered in-process already (no handler there): as the drain would find it.
+        s.execute(update(OutboxEvent).where(deleted).values(delivered_at=None, attempts=0))
+    asked: list[int] = []
+    Dispatcher().register(lambda: CustomFieldPurges(asked.append)).deliver(db)
+    assert asked == [made["id"]]
 
 
 # --- lists ---------------------------------------------------------------------------------------
