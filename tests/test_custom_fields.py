@@ -738,3 +738,33 @@ def test_analytics_by_select_field_precomputed_and_refreshed(
     for key in ("note", "nope"):
         r = api.get(f"/analytics/deals/by-field/{key}", user=owner, org=owner.org_id)
         assert r.status_code == 404 and error_code(r) == "CUSTOM_FIELD_NOT_FOUND"
+
+
+def test_apply_custom_fields_for_other_features(api: ApiClient, db: Database) -> None:
+    """The function a merge or a bulk update calls: the same checks and key-by-key merge as a
+    PATCH, changes for the events, and `keep_archived` for values copied between records."""
+    from crm_domain.context import Actor
+    from crm_domain.enums import Role
+    from crm_domain.errors import ValidationFailed
+    from crm_domain.services.records.custom_fields import apply_custom_fields
+
+    owner = api.register()
+    made = define(api, owner, key="segment", type="single_select", options=SEGMENT_OPTIONS)
+    define(api, owner, key="note", type="text")
+    deal = api.deal(owner, custom_fields={"note": "kept"})
+    archived = [o | {"archived": o["value"] == "public"} for o in SEGMENT_OPTIONS]
+    r = api.patch(
+        f"/custom-fields/{made['id']}", user=owner, org=owner.org_id, json={"options": archived}
+    )
+    assert r.status_code == 200
+    actor = Actor(owner.id, owner.org_id, Role.OWNER)
+    with db.transaction() as s:
+        record = s.get(Deal, deal["id"])
+        with pytest.raises(ValidationFailed) as refused:
+            apply_custom_fields(s, actor, "deal", record, {"segment": "public"})
+        assert "segment" in refused.value.details["errors"]["custom_fields"]
+        changed = apply_custom_fields(
+            s, actor, "deal", record, {"segment": "public"}, keep_archived=True
+        )
+        assert changed == {"custom_fields.segment": (None, "public")}
+        assert record.custom_fields == {"note": "kept", "segment": "public"}

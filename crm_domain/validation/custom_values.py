@@ -28,6 +28,11 @@ NUMBER_RE = re.compile(r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$")
 _EMAIL = ma.validate.Email()
 
 
+# As `previous`: archived options are accepted (a value moved from another record of the
+# organization, e.g. by a merge, rather than chosen anew).
+KEEP_ARCHIVED: Any = object()
+
+
 class Invalid(ValueError):
     """One value's problem (its message)."""
 
@@ -108,7 +113,8 @@ def _option(definition: Definition, value: Any, previous: Any) -> str:
     if not isinstance(value, str) or value not in definition.options:
         raise Invalid(f"Not one of the options: {value!r}.")
     archived = definition.options[value]
-    kept = previous == value or (isinstance(previous, list) and value in previous)
+    kept = previous is KEEP_ARCHIVED or previous == value
+    kept = kept or (isinstance(previous, list) and value in previous)
     if archived and not kept:
         raise Invalid(f"The option {value!r} is archived.")
     return value
@@ -155,10 +161,12 @@ def merge(
     incoming: Mapping[str, Any] | None,
     *,
     creating: bool,
+    keep_archived: bool = False,
 ) -> Merged:
     """Merge `incoming` ({key: value}, null clears) into `stored` key by key. Unknown keys
     are refused; required fields must have a value on create and may not be cleared; the
-    values of keys no longer defined are dropped."""
+    values of keys no longer defined are dropped. `keep_archived`: values that already exist
+    elsewhere (a merge's) may be archived options."""
     current = {k: v for k, v in (stored or {}).items() if k in definitions}
     merged = Merged(values=dict(current))
     for key, value in (incoming or {}).items():
@@ -167,7 +175,8 @@ def merge(
             merged.errors[key] = ["Unknown custom field."]
             continue
         try:
-            cleaned = clean(definition, value, current.get(key))
+            previous = KEEP_ARCHIVED if keep_archived else current.get(key)
+            cleaned = clean(definition, value, previous)
         except Invalid as exc:
             merged.errors[key] = [str(exc)]
             continue

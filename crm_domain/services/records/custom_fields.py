@@ -243,17 +243,22 @@ def apply_custom_fields(
     values: Mapping[str, Any] | None,
     *,
     creating: bool = False,
+    keep_archived: bool = False,
 ) -> dict[str, tuple[Any, Any]]:
     """Validate `values` ({key: value}, null clears a key) against the live definitions and
     merge them into `record.custom_fields`; 400 VALIDATION_ERROR with every problem under
     details.errors.custom_fields.<key>. `creating`: required fields must have a value.
+    `keep_archived`: archived options are accepted (values copied from another record, as a
+    merge of duplicates does; a user's new choice never is).
     Returns {"custom_fields.<key>": (old, new)} for the keys that really changed."""
     definitions = live(session, actor.organization_id, entity)
     stored: dict[str, Any] = dict(record.custom_fields or {})
     if not values and not creating:
         attach(session, actor.organization_id, entity, [record])
         return {}
-    merged = custom_values.merge(definitions, stored, values, creating=creating)
+    merged = custom_values.merge(
+        definitions, stored, values, creating=creating, keep_archived=keep_archived
+    )
     _check_members(session, actor.organization_id, merged)
     if merged.errors:
         raise _invalid({"custom_fields": merged.errors})
