@@ -16,7 +16,9 @@ in `occurred_at` and `xid` (the transaction's id, which orders the change feed).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import insert
@@ -30,6 +32,20 @@ from .representation import json_value
 _SECRET = re.compile(r"password|secret|token|(^|_)key$|_hash$|digest", re.IGNORECASE)
 
 Changes = Mapping[str, Sequence[Any]]
+
+# Inside `derived()`: the events recorded are consequences of a change audited already.
+_derived: ContextVar[bool] = ContextVar("crm_audit_derived", default=False)
+
+
+@contextmanager
+def derived() -> Iterator[None]:
+    """Events recorded inside are not audited: they follow from a change that was (a deal's
+    timeline entry after its `deal.updated`). Explicit `record` calls still write."""
+    token = _derived.set(True)
+    try:
+        yield
+    finally:
+        _derived.reset(token)
 
 
 def redact(changes: Changes) -> dict[str, list[Any]]:
@@ -97,7 +113,10 @@ def event_changes(event_type: str, data: Mapping[str, Any]) -> dict[str, tuple[A
 def record_event(
     session: Session, organization_id: int, event_type: str, data: Mapping[str, Any]
 ) -> None:
-    """Audit a domain event (`<entity>.<what>`, `data` the resource with its `id`)."""
+    """Audit a domain event (`<entity>.<what>`, `data` the resource with its `id`); nothing
+    inside `derived()`."""
+    if _derived.get():
+        return
     entity_type = event_type.split(".", 1)[0]
     changes = event_changes(event_type, data)
     record(session, organization_id, event_type, entity_type, int(data["id"]), changes)

@@ -96,6 +96,27 @@ def test_records_changes_with_the_login_user_and_the_request(api: ApiClient) -> 
     assert _entry(api, owner, "activity.created", entity_id=r.get_json()["id"])
 
 
+def test_a_deals_timeline_is_not_audited_again(api: ApiClient) -> None:
+    owner = api.register()
+    r = api.post(  # a subscriber makes the timeline's entries `activity.created` events too
+        "/webhooks",
+        user=owner,
+        org=owner.org_id,
+        json={"url": "http://127.0.0.1:9/x", "event_types": ["activity.created"]},
+    )
+    assert r.status_code == 201
+    deal = api.deal(owner)
+    r = api.patch(f"/deals/{deal['id']}", user=owner, org=owner.org_id, json={"stage": "proposal"})
+    assert r.status_code == 200
+    r = api.get(f"/deals/{deal['id']}/activities", user=owner, org=owner.org_id)
+    assert "stage_changed" in {a["type"] for a in r.get_json()["items"]}
+    assert _log(api, owner, entity_type="activity") == []
+    assert _actions(_log(api, owner, entity_id=deal["id"], entity_type="deal")) == [
+        "deal.updated",
+        "deal.created",
+    ]
+
+
 def test_an_api_key_is_named_with_its_user(api: ApiClient) -> None:
     owner = api.register()
     r = api.post("/api-keys", user=owner, org=owner.org_id, json={"name": "s", "scope": "write"})
