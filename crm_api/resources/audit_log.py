@@ -59,7 +59,7 @@ class ActorSchema(Schema):
 class AuditEntrySchema(Schema):
     id = fields.Integer(dump_only=True)
     occurred_at = fields.DateTime(dump_only=True)
-    actor = fields.Method("_actor", dump_only=True, metadata={"type": "object"})
+    actor = fields.Nested(ActorSchema, dump_only=True)
     request_id = fields.String(dump_only=True, allow_none=True)
     action = fields.String(dump_only=True, metadata={"example": "deal.updated"})
     entity_type = fields.String(dump_only=True, metadata={"example": "deal"})
@@ -71,11 +71,17 @@ class AuditEntrySchema(Schema):
         },
     )
 
-    def _actor(self, entry: Any) -> dict[str, Any]:
+    @ma.pre_dump
+    def _with_actor(self, entry: Any, **_: Any) -> dict[str, Any]:
+        names = ("id", "occurred_at", "request_id", "action", "entity_type", "entity_id")
         return {
-            "type": log.actor_type(entry),
-            "user_id": entry.actor_user_id,
-            "api_key_id": entry.actor_api_key_id,
+            **{name: getattr(entry, name) for name in names},
+            "changes": entry.changes,
+            "actor": {
+                "type": log.actor_type(entry),
+                "user_id": entry.actor_user_id,
+                "api_key_id": entry.actor_api_key_id,
+            },
         }
 
 
