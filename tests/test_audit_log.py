@@ -28,7 +28,8 @@ from crm_domain.services.records import contacts
 from crm_worker.importing import run_import
 from crm_worker.tasks.audit import purge_expired
 
-from .api import ApiClient, User, error_code
+from .api import PASSWORD, ApiClient, User, error_code
+from .mail import SmtpServer, send_all, token_from
 
 
 def _log(api: ApiClient, user: User, **query: Any) -> list[dict[str, Any]]:
@@ -207,6 +208,46 @@ def test_members_invitations_and_webhooks_are_audited_without_secrets(api: ApiCl
         assert secret not in everything
     for word in ("secret", "token", "password", "hash"):
         assert word not in everything.replace("secret_rotated", "")
+
+
+def test_an_accepted_invitation_and_a_failed_import(
+    api: ApiClient, app: Flask, db: Database, smtp: SmtpServer
+) -> None:
+    owner = api.register()
+    email = f"invitee-{uuid.uuid4().hex[:10]}@example.com"
+    r = api.post(
+        f"/organizations/{owner.org_id}/invitations",
+        user=owner,
+        json={"email": email, "role": "manager"},
+    )
+    invitation = r.get_json()["id"]
+    send_all(db, smtp)
+    (mail,) = smtp.to(email)
+    token = token_from(mail)
+    r = api.post(
+        "/auth/accept-invitation", json={"token": token, "name": "Bob", "password": PASSWORD}
+    )
+    assert r.status_code == 201
+    user_id = r.get_json()["user"]["id"]
+    accepted = _entry(api, owner, "invitation.accepted", entity_id=invitation)
+    assert accepted["changes"]["accepted_by"] == [None, user_id]
+    joined = _entry(api, owner, "member.added", entity_id=user_id)
+    assert joined["changes"] == {"role": [None, "manager"]}
+    assert joined["request_id"] == r.headers["X-Request-ID"]
+    created = _entry(api, owner, "invitation.created", entity_id=invitation)
+    assert set(created["changes"]) == {"email", "role", "invited_by", "expires_at"}
+
+    # An import whose user left meanwhile fails, by the system's hand.
+    with _held(db) as session:
+        job = _new_import(session, owner)
+        session.execute(
+            text("UPDATE import_jobs SET created_by = :u WHERE id = :j"), {"u": user_id, "j": job}
+        )
+    assert api.delete(f"/organizations/{owner.org_id}/members/{user_id}", user=owner).status_code
+    run_import(db, job, app.extensions["crm_settings"])
+    failed = _entry(api, owner, "import.failed", entity_id=job)
+    assert failed["actor"]["type"] == "system"
+    assert failed["changes"]["status"] == ["running", "failed"]
 
 
 # --- reading the log -----------------------------------------------------------------------
