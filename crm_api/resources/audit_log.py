@@ -15,7 +15,7 @@ from crm_domain.services.transfer.audit_export import audit_log_export
 
 from ..exports import ExportArgs, csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
-from ..schemas import Schema, query_id_field
+from ..schemas import Schema, line_field, query_id_field
 
 blp = Blueprint(
     "audit_log",
@@ -86,16 +86,12 @@ class AuditEntrySchema(Schema):
 
 
 class AuditLogFilterArgs(ma.Schema):
-    entity_type = fields.String(
-        validate=validate.Length(min=1, max=32), metadata={"example": "deal"}
-    )
+    entity_type = line_field(32, min_len=1, metadata={"example": "deal"})
     entity_id = query_id_field()
     actor = query_id_field(
         attribute="actor_user_id", metadata={"description": "the acting user's id"}
     )
-    action = fields.String(
-        validate=validate.Length(min=1, max=64), metadata={"example": "deal.updated"}
-    )
+    action = line_field(64, min_len=1, metadata={"example": "deal.updated"})
     since = fields.AwareDateTime(metadata={"description": "occurred at or after"})
     until = fields.AwareDateTime(metadata={"description": "occurred before"})
 
