@@ -72,6 +72,7 @@ def upgrade() -> None:
         "audit_entries",
         ["occurred_at"],
         postgresql_using="brin",
+        postgresql_with={"autosummarize": "on"},
     )
 
 
