@@ -21,6 +21,7 @@ from flask import Flask
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from crm_domain import installation
 from crm_domain.context import Actor
 from crm_domain.db import Database
 from crm_domain.enums import Role
@@ -30,6 +31,7 @@ from crm_worker.tasks.audit import purge_expired
 
 from .api import PASSWORD, ApiClient, User, error_code
 from .mail import SmtpServer, send_all, token_from
+from .scratch import ScratchDatabase
 
 
 def _log(api: ApiClient, user: User, **query: Any) -> list[dict[str, Any]]:
@@ -492,3 +494,20 @@ def test_feed_cursors_are_checked(api: ApiClient) -> None:
         assert error_code(r) == "INVALID_CURSOR"
     r = api.get("/events", user=owner, org=owner.org_id, query={"limit": 0})
     assert r.status_code in (400, 422)
+
+
+def test_a_cursor_from_before_a_restore_is_stale(scratch: ScratchDatabase) -> None:
+    """Transaction ids hold within one database history: after a restore (here: a new
+    installation id, which a restore's other identity facts change as well) a cursor would
+    skip what the new history writes, so it is refused and the client starts again."""
+    scratch.create()
+    app = scratch.app()
+    api = ApiClient(app.test_client())
+    owner = api.register()
+    after = _poll(api, owner, None)["next_cursor"]
+    assert _poll(api, owner, after)["next_cursor"] == after
+    with app.extensions["crm_db"].transaction() as session:
+        installation.rotate(session.connection())
+    r = api.get("/events", user=owner, org=owner.org_id, query={"after": after})
+    assert r.status_code == 400 and error_code(r) == "CURSOR_STALE"
+    assert len(_poll(api, owner, None)["items"]) == 2  # from the start: the registration's

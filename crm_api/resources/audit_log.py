@@ -197,7 +197,9 @@ class ChangeFeed(MethodView):
         comes exactly once, in a stable order, however transactions interleave (an entry
         appears once every transaction that began writing before it has ended, usually
         within milliseconds). A cursor from another organization, or altered, is 400
-        INVALID_CURSOR. Entries older than AUDIT_RETENTION_DAYS are gone from the feed too."""
+        INVALID_CURSOR; one given before the database was restored or replaced, 400
+        CURSOR_STALE (start again without `after`). Entries older than AUDIT_RETENTION_DAYS
+        are gone from the feed too."""
         with transaction() as session:
             return feed.read(
                 session,

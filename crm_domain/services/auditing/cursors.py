@@ -1,6 +1,7 @@
 """Cursors of the audit log and the change feed: the position, signed and bound to one
-organization. A cursor that was altered, made up, or issued to another organization (or for
-the other list) is refused with 400 INVALID_CURSOR."""
+organization (and, for the feed, to the database's identity). A cursor that was altered, made
+up, or issued to another organization (or for the other list) is refused with 400
+INVALID_CURSOR; one of another database identity with 400 CURSOR_STALE."""
 
 from __future__ import annotations
 
@@ -32,24 +33,36 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def encode(secret_key: str, kind: str, organization_id: int, position: list[int]) -> str:
-    payload = json.dumps([kind, organization_id, position], separators=(",", ":")).encode()
-    return f"{_b64(payload)}.{_b64(_mac(secret_key, payload))}"
+def encode(
+    secret_key: str, kind: str, organization_id: int, position: list[int], epoch: str = ""
+) -> str:
+    payload = json.dumps([kind, organization_id, epoch, position], separators=(",", ":"))
+    return f"{_b64(payload.encode())}.{_b64(_mac(secret_key, payload.encode()))}"
 
 
-def decode(secret_key: str, kind: str, organization_id: int, cursor: str) -> list[int]:
-    """The position in `cursor`, which must be this kind's, for this organization."""
+def decode(
+    secret_key: str, kind: str, organization_id: int, cursor: str, epoch: str = ""
+) -> list[int]:
+    """The position in `cursor`, which must be this kind's, for this organization (and this
+    database identity)."""
     try:
         body, mac = cursor.split(".")
         payload = _unb64(body)
         valid = hmac.compare_digest(_unb64(mac), _mac(secret_key, payload))
-        found_kind, found_org, position = json.loads(payload) if valid else (None, None, None)
+        found = json.loads(payload) if valid else [None] * 4
+        found_kind, found_org, found_epoch, position = found
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         valid = False
     if not valid or found_kind != kind:
         raise invalid()
     if found_org != organization_id:
         raise ValidationFailed("The cursor belongs to another organization", code="INVALID_CURSOR")
+    if found_epoch != epoch:
+        raise ValidationFailed(
+            "The database was restored or replaced since this cursor was given: its positions "
+            "no longer hold. Start again without it (and skip the entries you have already)",
+            code="CURSOR_STALE",
+        )
     if not isinstance(position, list) or not all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in position
     ):

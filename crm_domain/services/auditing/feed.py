@@ -12,8 +12,10 @@ Hence: nothing skipped, nothing repeated, one stable order.
 
 The price: an entry shows up once every write transaction that began before it ended, in any
 database of the server; a transaction left open (idle in transaction) holds the feed back
-until it ends. Transaction ids are per server: a feed read from a replica or after a
-dump/restore into another server would need the cursor to start again."""
+until it ends. Transaction ids hold within one database's history only: a cursor carries the
+database's identity (crm_domain.identity: a restore, a point-in-time recovery, a promoted
+standby or an `installation rotate` changes it) and is refused with 400 CURSOR_STALE under
+another one, instead of silently skipping what the new history writes."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import BigInteger, Text, cast, func, select, tuple_
 from sqlalchemy.orm import Session
 
+from ... import identity
 from ...context import Actor
 from ...models import AuditEntry
 from . import cursors
@@ -48,7 +51,12 @@ def read(
     """Up to `limit` entries after the cursor `after` (from the oldest kept when None)."""
     ensure_may_read(actor)
     org = actor.organization_id
-    position = [0, 0] if after is None else cursors.decode(secret_key, _CURSOR_KIND, org, after)
+    # Transaction ids hold within one database's history: a cursor names the identity it was
+    # given under (a restore, a point-in-time recovery or another server makes another one).
+    epoch = identity.epoch_of(session.execute(identity.IDENTITY_SQL).one())
+    position = (
+        [0, 0] if after is None else cursors.decode(secret_key, _CURSOR_KIND, org, after, epoch)
+    )
     if len(position) != 2:
         raise cursors.invalid()
     rows = list(
@@ -68,6 +76,6 @@ def read(
         position = [items[-1].xid, items[-1].id]
     return FeedPage(
         items=items,
-        next_cursor=cursors.encode(secret_key, _CURSOR_KIND, org, position),
+        next_cursor=cursors.encode(secret_key, _CURSOR_KIND, org, position, epoch),
         has_more=len(rows) > limit,
     )
