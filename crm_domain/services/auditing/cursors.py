@@ -41,10 +41,10 @@ def encode(
 
 
 def decode(
-    secret_key: str, kind: str, organization_id: int, cursor: str, epoch: str = ""
+    secret_key: str, kind: str, organization_id: int, cursor: str, *, size: int, epoch: str = ""
 ) -> list[int]:
-    """The position in `cursor`, which must be this kind's, for this organization (and this
-    database identity)."""
+    """The position in `cursor` (`size` integers), which must be this kind's, for this
+    organization (and this database identity)."""
     try:
         body, mac = cursor.split(".")
         payload = _unb64(body)
@@ -63,8 +63,12 @@ def decode(
             "no longer hold. Start again without it (and skip the entries you have already)",
             code="CURSOR_STALE",
         )
-    if not isinstance(position, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in position
+    if (
+        not isinstance(position, list)
+        or len(position) != size
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in position
+        )
     ):
         raise invalid()
     return position

@@ -55,10 +55,10 @@ def read(
     # given under (a restore, a point-in-time recovery or another server makes another one).
     epoch = identity.epoch_of(session.execute(identity.IDENTITY_SQL).one())
     position = (
-        [0, 0] if after is None else cursors.decode(secret_key, _CURSOR_KIND, org, after, epoch)
+        [0, 0]
+        if after is None
+        else cursors.decode(secret_key, _CURSOR_KIND, org, after, size=2, epoch=epoch)
     )
-    if len(position) != 2:
-        raise cursors.invalid()
     rows = list(
         session.scalars(
             select(AuditEntry)

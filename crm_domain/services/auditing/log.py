@@ -74,8 +74,8 @@ def list_entries(
     """One page, newest first; `next_cursor` while older entries follow."""
     stmt = filtered(actor, **filters).order_by(*ORDERING.clauses())
     if cursor is not None:
-        position = cursors.decode(secret_key, _CURSOR_KIND, actor.organization_id, cursor)
-        stmt = stmt.where(ORDERING.after(position[:1]))
+        position = cursors.decode(secret_key, _CURSOR_KIND, actor.organization_id, cursor, size=1)
+        stmt = stmt.where(ORDERING.after(position))
     rows = list(session.scalars(stmt.limit(limit + 1)))
     items = rows[:limit]
     more = len(rows) > limit
@@ -88,7 +88,7 @@ def list_entries(
 
 
 def actor_type(entry: AuditEntry) -> str:
-    """ "system" (workers, beat, tools), "api_key" (a user's key) or "user" (a login token)."""
+    """Who acted: "system" (workers, beat, tools), "api_key" (a user's key) or "user"."""
     if entry.actor_user_id is None:
         return "system"
     return "api_key" if entry.actor_api_key_id is not None else "user"
