@@ -4,6 +4,7 @@ from . import (
     activities,
     analytics,
     api_keys,
+    audit_log,
     auth,
     contacts,
     deals,
@@ -30,4 +31,5 @@ MODULES = (
     notifications,
     webhooks,
     api_keys,
+    audit_log,
 )

@@ -1,9 +1,10 @@
 """Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import analytics, idempotency, imports, mail, outbox, reminders, reports, webhooks
+from . import analytics, audit, idempotency, imports, mail, outbox, reminders, reports, webhooks
 
 __all__ = [
     "analytics",
+    "audit",
     "idempotency",
     "imports",
     "mail",
