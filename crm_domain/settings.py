@@ -157,6 +157,8 @@ class Settings:
     # the same key's first request to finish before answering 409.
     idempotency_key_hours: float = 24.0
     idempotency_wait_seconds: float = 5.0
+    # Beat purges what has been in the trash longer than this for good (services.records.trash).
+    trash_retention_days: float = 30.0
     log_format: str = "text"
     metrics_token: str = ""
     metrics_cache_seconds: float = 5.0
@@ -218,6 +220,7 @@ class Settings:
             import_stall_seconds=env.float("IMPORT_STALL_SECONDS", 60.0),
             idempotency_key_hours=env.float("IDEMPOTENCY_KEY_HOURS", 24.0),
             idempotency_wait_seconds=env.float("IDEMPOTENCY_WAIT_SECONDS", 5.0),
+            trash_retention_days=env.float("TRASH_RETENTION_DAYS", 30.0),
             log_format=log_format_from_env(env),
             metrics_token=env.str("METRICS_TOKEN", ""),
             metrics_cache_seconds=env.float("METRICS_CACHE_SECONDS", 5.0),

@@ -76,6 +76,7 @@ QUEUE_ROUTES = {
     "crm.reports.*": "bulk",
     "crm.reminders.*": "bulk",
     "crm.idempotency.*": "bulk",
+    "crm.trash.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
     # Webhook deliveries wait on other people's servers: a worker of their own.
     "crm.webhooks.*": "webhooks",
@@ -159,6 +160,11 @@ celery_app.conf.update(
         },
         "idempotency-purge": {
             "task": "crm.idempotency.purge_expired",
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
+        "trash-purge": {
+            "task": "crm.trash.purge_expired",
             "schedule": timedelta(hours=1),
             "options": {"expires": 3600},
         },

@@ -110,6 +110,16 @@ ROUTES: tuple[Route, ...] = (
         "/deals/{deal}/activities",
         body=lambda ids: {"type": "comment", "payload": {"text": "intruder"}},
     ),
+    # trash (the ids are live records: another org's id, or a live one, is not in the trash)
+    Route("GET", "/trash", query={"entity": "deal"}),
+    *(
+        Route(method, path.format(kind=kind) + suffix, snapshot=f"/{kind}s/{{{kind}}}")
+        for kind in ("contact", "deal", "task")
+        for method, path, suffix in (
+            ("POST", "/trash/{kind}/{{{kind}}}", "/restore"),
+            ("DELETE", "/trash/{kind}/{{{kind}}}", ""),
+        )
+    ),
     # analytics
     Route("GET", "/analytics/deals/summary", query={"days": 30}),
     Route("GET", "/analytics/deals/funnel"),

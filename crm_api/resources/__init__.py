@@ -13,6 +13,7 @@ from . import (
     organizations,
     reports,
     tasks,
+    trash,
     webhooks,
 )
 
@@ -24,6 +25,7 @@ MODULES = (
     deals,
     tasks,
     activities,
+    trash,
     analytics,
     reports,
     imports,

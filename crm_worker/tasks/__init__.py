@@ -1,6 +1,6 @@
 """Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import analytics, idempotency, imports, mail, outbox, reminders, reports, webhooks
+from . import analytics, idempotency, imports, mail, outbox, reminders, reports, trash, webhooks
 
 __all__ = [
     "analytics",
@@ -10,5 +10,6 @@ __all__ = [
     "outbox",
     "reminders",
     "reports",
+    "trash",
     "webhooks",
 ]

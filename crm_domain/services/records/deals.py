@@ -17,7 +17,7 @@ from ...pagination import Ordering, Page, PageRequest, paginate
 from ...rules import DEFAULT_AMOUNT, DEFAULT_CURRENCY
 from .._common import Precondition, apply_changes, ensure_in_org, get_in_org
 from ..delivery import events
-from . import contacts, organizations, timeline
+from . import contacts, organizations, timeline, trash
 
 # Changes that go to the timeline: {"old_<field>": ..., "new_<field>": ...}.
 TIMELINE_FIELDS = (
@@ -164,5 +164,4 @@ def delete_deal(
     if precondition:
         precondition(deal)
     events.record_deleted(session, "deal", deal)
-    session.delete(deal)
-    session.flush()
+    trash.put_in_trash(session, actor, "deal", deal)

@@ -15,7 +15,7 @@ from ...models import Deal, Task
 from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import Precondition, apply_changes, get_in_org
 from ..delivery import events
-from . import deals, timeline
+from . import deals, timeline, trash
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
@@ -118,5 +118,4 @@ def delete_task(
     if precondition:
         precondition(task)
     events.record_deleted(session, "task", task)
-    session.delete(task)
-    session.flush()
+    trash.put_in_trash(session, actor, "task", task)
