@@ -78,6 +78,13 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/contacts/{contact}"),
     Route("PATCH", "/contacts/{contact}", body=lambda ids: {"name": "Hacked", "phone": "666"}),
     Route("DELETE", "/contacts/{contact}"),
+    Route("GET", "/contacts/{contact}/duplicates"),
+    Route(
+        "POST",
+        "/contacts/{contact}/merge",
+        body=lambda ids: {"merge_ids": [ids["deal_contact"]]},
+        snapshot="/contacts/{contact}",
+    ),
     # deals
     Route("GET", "/deals"),
     Route("GET", "/deals/export.csv"),

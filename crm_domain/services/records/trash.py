@@ -58,11 +58,12 @@ def model_of(entity: str) -> Any:
         ) from None
 
 
-def put_in_trash(session: Session, actor: Actor, entity: str, obj: Any) -> None:
+def put_in_trash(session: Session, actor: Actor, entity: str, obj: Any, **marks: Any) -> None:
     """Move `obj` (loaded and checked by its service: permissions, preconditions, rules) to
-    the trash. Its `<entity>.deleted` event is the service's."""
+    the trash; `marks` are more columns to set (a merge's `merged_into_id`). Its
+    `<entity>.deleted` event is the service's."""
     model = model_of(entity)
-    _mark(session, model, model.id == obj.id, deleted_by=actor.user_id)
+    _mark(session, model, model.id == obj.id, deleted_by=actor.user_id, **marks)
     if entity == "deal":
         live_tasks = (Task.deal_id == obj.id) & Task.deleted_at.is_(None)
         _mark(session, Task, live_tasks, deleted_by=actor.user_id, trashed_with_deal=True)
