@@ -5,14 +5,16 @@ TRASH_RETENTION_DAYS)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
 from crm_domain.db import Database
-from crm_domain.models import Contact, Deal, Task
+from crm_domain.models import Activity, Contact, Deal, Task, WebhookDelivery
 from crm_domain.services.records import trash
+from crm_domain.services.records.reminders import reminder_key, send_due_reminders
 from crm_domain.trashable import INCLUDE_TRASHED
 from crm_worker.tasks.trash import purge_expired
 
@@ -253,3 +255,73 @@ def test_another_organization_cannot_see_restore_or_purge(api: ApiClient, entity
     assert _restore(api, other, entity, record["id"]).status_code == 404
     r = api.delete(f"/trash/{entity}/{record['id']}", user=other, org=other.org_id)
     assert r.status_code == 404
+
+
+# --- everything else skips the trash ------------------------------------------------------------
+
+
+def test_no_reminder_for_a_trashed_task_or_a_task_of_a_trashed_deal(
+    api: ApiClient, db: Database
+) -> None:
+    user = api.register()
+    deal, other = api.deal(user), api.deal(user)
+    on_trashed_deal = api.task(user, deal["id"])
+    trashed_task, live = api.task(user, other["id"]), api.task(user, other["id"])
+    assert api.delete(f"/deals/{deal['id']}", user=user, org=user.org_id).status_code == 204
+    assert api.delete(f"/tasks/{trashed_task['id']}", user=user, org=user.org_id).status_code == 204
+    tomorrow = dt.date.fromisoformat(live["due_date"])
+    with db.transaction() as s:
+        written, _ = send_due_reminders(s, today=tomorrow, after_id=on_trashed_deal["id"] - 1)
+        reminded = set(
+            s.scalars(
+                select(Activity.payload["task_id"].as_integer()).where(
+                    Activity.event_key.in_(
+                        [
+                            reminder_key(t["id"], tomorrow)
+                            for t in (on_trashed_deal, trashed_task, live)
+                        ]
+                    )
+                )
+            )
+        )
+    assert written >= 1
+    assert reminded == {live["id"]}
+
+
+def test_trash_and_restore_send_deleted_and_restored_webhooks(api: ApiClient, db: Database) -> None:
+    user = api.register()
+    types = ["contact.deleted", "contact.restored", "deal.deleted", "deal.restored"]
+    types += ["task.deleted", "task.restored"]
+    r = api.post(
+        "/webhooks",
+        user=user,
+        org=user.org_id,
+        json={"url": "http://127.0.0.1:9/hook", "event_types": types},
+    )
+    assert r.status_code == 201, r.get_json()
+    endpoint = r.get_json()["id"]
+    deal = api.deal(user)
+    task = api.task(user, deal["id"])
+    cid = deal["contact_id"]
+    for path in (f"/tasks/{task['id']}", f"/deals/{deal['id']}", f"/contacts/{cid}"):
+        assert api.delete(path, user=user, org=user.org_id).status_code == 204
+    for entity, key in (("contact", cid), ("deal", deal["id"]), ("task", task["id"])):
+        assert _restore(api, user, entity, key).status_code == 200
+    with db.reads() as s:
+        sent = list(
+            s.execute(
+                select(WebhookDelivery.event_type, WebhookDelivery.body)
+                .where(WebhookDelivery.endpoint_id == endpoint)
+                .order_by(WebhookDelivery.id)
+            )
+        )
+    assert [t for t, _ in sent] == [
+        "task.deleted",
+        "deal.deleted",
+        "contact.deleted",
+        "contact.restored",
+        "deal.restored",
+        "task.restored",
+    ]
+    restored = json.loads(sent[4][1])
+    assert restored["type"] == "deal.restored" and restored["data"] == deal
