@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from crm_domain.db import Database
-from crm_domain.models import WebhookDelivery
 from crm_domain.services.records import merge
 
 from .api import ApiClient, User, error_code
+from .test_trash import webhook_endpoint, webhooks_sent
 
 
 def _duplicates(api: ApiClient, user: User, contact_id: int) -> list[dict[str, Any]]:
@@ -24,27 +23,6 @@ def _duplicates(api: ApiClient, user: User, contact_id: int) -> list[dict[str, A
 def _merge(api: ApiClient, user: User, target: int, merge_ids: list[int], **prefer: int):
     body = {"merge_ids": merge_ids, "prefer": prefer}
     return api.post(f"/contacts/{target}/merge", user=user, org=user.org_id, json=body)
-
-
-def _endpoint(api: ApiClient, user: User, *types: str) -> int:
-    r = api.post(
-        "/webhooks",
-        user=user,
-        org=user.org_id,
-        json={"url": "http://127.0.0.1:9/hook", "event_types": list(types)},
-    )
-    assert r.status_code == 201, r.get_json()
-    return r.get_json()["id"]
-
-
-def _delivered(db: Database, endpoint_id: int) -> list[tuple[str, str]]:
-    with db.reads() as s:
-        rows = s.execute(
-            select(WebhookDelivery.event_type, WebhookDelivery.body)
-            .where(WebhookDelivery.endpoint_id == endpoint_id)
-            .order_by(WebhookDelivery.id)
-        )
-        return [(t, b) for t, b in rows]
 
 
 # --- duplicates ---------------------------------------------------------------------------------
@@ -98,7 +76,7 @@ def test_merge_moves_deals_fills_fields_trashes_the_others_and_keeps_analytics(
     api: ApiClient, db: Database
 ) -> None:
     user = api.register()
-    hook = _endpoint(api, user, "contact.merged", "contact.deleted")
+    hook = webhook_endpoint(api, user, "contact.merged", "contact.deleted")
     target = api.contact(user, name="Ada Lovelace", email=None, phone=None)
     first = api.contact(user, name="Ada L.", email="ada@example.com", phone=None)
     second = api.contact(
@@ -148,9 +126,9 @@ def test_merge_moves_deals_fills_fields_trashes_the_others_and_keeps_analytics(
     assert r.status_code == 409 and error_code(r) == "CONTACT_MERGED"
     assert r.get_json()["error"]["details"] == {"merged_into_id": target["id"]}
 
-    types = [t for t, _ in _delivered(db, hook)]
+    types = [t for t, _ in webhooks_sent(db, hook)]
     assert types == ["contact.deleted", "contact.deleted", "contact.merged"]
-    body = _delivered(db, hook)[-1][1]
+    body = webhooks_sent(db, hook)[-1][1]
     assert f'"merged_ids":[{first["id"]},{second["id"]}]' in body.replace(" ", "")
 
 

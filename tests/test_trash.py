@@ -37,6 +37,25 @@ def _timeline(api: ApiClient, user: User, deal_id: int) -> list[dict[str, Any]]:
     return r.get_json()["items"]
 
 
+def webhook_endpoint(api: ApiClient, user: User, *types: str) -> int:
+    """An endpoint for `types` (nothing listens there: the deliveries rows are what counts)."""
+    body = {"url": "http://127.0.0.1:9/hook", "event_types": list(types)}
+    r = api.post("/webhooks", user=user, org=user.org_id, json=body)
+    assert r.status_code == 201, r.get_json()
+    return int(r.get_json()["id"])
+
+
+def webhooks_sent(db: Database, endpoint_id: int) -> list[tuple[str, str]]:
+    """(event type, body) of every delivery written for the endpoint, in order."""
+    with db.reads() as s:
+        rows = s.execute(
+            select(WebhookDelivery.event_type, WebhookDelivery.body)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+            .order_by(WebhookDelivery.id)
+        )
+        return [(t, b) for t, b in rows]
+
+
 def _summary(api: ApiClient, user: User) -> dict[str, Any]:
     r = api.get("/analytics/deals/summary", user=user, org=user.org_id)
     assert r.status_code == 200
@@ -292,14 +311,7 @@ def test_trash_and_restore_send_deleted_and_restored_webhooks(api: ApiClient, db
     user = api.register()
     types = ["contact.deleted", "contact.restored", "deal.deleted", "deal.restored"]
     types += ["task.deleted", "task.restored"]
-    r = api.post(
-        "/webhooks",
-        user=user,
-        org=user.org_id,
-        json={"url": "http://127.0.0.1:9/hook", "event_types": types},
-    )
-    assert r.status_code == 201, r.get_json()
-    endpoint = r.get_json()["id"]
+    endpoint = webhook_endpoint(api, user, *types)
     deal = api.deal(user)
     task = api.task(user, deal["id"])
     cid = deal["contact_id"]
@@ -307,14 +319,7 @@ def test_trash_and_restore_send_deleted_and_restored_webhooks(api: ApiClient, db
         assert api.delete(path, user=user, org=user.org_id).status_code == 204
     for entity, key in (("contact", cid), ("deal", deal["id"]), ("task", task["id"])):
         assert _restore(api, user, entity, key).status_code == 200
-    with db.reads() as s:
-        sent = list(
-            s.execute(
-                select(WebhookDelivery.event_type, WebhookDelivery.body)
-                .where(WebhookDelivery.endpoint_id == endpoint)
-                .order_by(WebhookDelivery.id)
-            )
-        )
+    sent = webhooks_sent(db, endpoint)
     assert [t for t, _ in sent] == [
         "task.deleted",
         "deal.deleted",

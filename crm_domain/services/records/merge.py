@@ -21,13 +21,12 @@ from sqlalchemy.orm import Session
 
 from ... import rules
 from ...context import Actor
-from ...enums import ActivityType
 from ...errors import NotFound, ValidationFailed
 from ...models import Contact, Deal
 from ...trashable import INCLUDE_TRASHED
 from .._common import apply_changes
 from ..delivery import events
-from . import timeline, trash
+from . import trash
 
 MERGEABLE_FIELDS = ("name", "email", "phone")
 CUSTOM_PREFIX = "cf."  # prefer {"cf.<key>": id}: a custom field's value
@@ -151,17 +150,13 @@ def _move_deals(session: Session, actor: Actor, target: Contact, merge_ids: list
     for deal in deals:
         old_contact = deal.contact_id
         moves.append((deal, apply_changes(deal, {"contact_id": target.id})))
-        timeline.record_activity(
+        trash.system_entry(
             session,
-            organization_id=deal.organization_id,
-            deal_id=deal.id,
-            author_id=actor.user_id,
-            type=ActivityType.SYSTEM,
-            payload={
-                "event": TIMELINE_MOVED,
-                "old_contact_id": old_contact,
-                "new_contact_id": target.id,
-            },
+            actor,
+            deal,
+            TIMELINE_MOVED,
+            old_contact_id=old_contact,
+            new_contact_id=target.id,
         )
     session.flush()
     for deal, changed in moves:

@@ -67,7 +67,7 @@ def put_in_trash(session: Session, actor: Actor, entity: str, obj: Any, **marks:
     if entity == "deal":
         live_tasks = (Task.deal_id == obj.id) & Task.deleted_at.is_(None)
         _mark(session, Task, live_tasks, deleted_by=actor.user_id, trashed_with_deal=True)
-        _timeline(session, actor, obj, TIMELINE_DELETED)
+        system_entry(session, actor, obj, TIMELINE_DELETED)
     session.expire(obj)
 
 
@@ -80,7 +80,7 @@ def restore(session: Session, actor: Actor, entity: str, record_id: int) -> Any:
     _unmark(session, model, model.id == obj.id)
     if entity == "deal":
         _unmark(session, Task, (Task.deal_id == obj.id) & Task.trashed_with_deal.is_(True))
-        _timeline(session, actor, obj, TIMELINE_RESTORED)
+        system_entry(session, actor, obj, TIMELINE_RESTORED)
     session.refresh(obj)
     events.record_restored(session, entity, obj)
     return obj
@@ -238,12 +238,13 @@ def _purge_deals_of(session: Session, contact_ids: list[int]) -> None:
     session.execute(delete(Deal).where(Deal.contact_id.in_(contact_ids)))
 
 
-def _timeline(session: Session, actor: Actor, deal: Any, event: str) -> None:
+def system_entry(session: Session, actor: Actor, deal: Any, event: str, **details: Any) -> None:
+    """A `system` entry on the deal's timeline: {"event": event, **details} (trash, merge)."""
     timeline.record_activity(
         session,
         organization_id=deal.organization_id,
         deal_id=deal.id,
         author_id=actor.user_id,
         type=ActivityType.SYSTEM,
-        payload={"event": event},
+        payload={"event": event, **details},
     )
