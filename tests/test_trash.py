@@ -330,3 +330,23 @@ def test_trash_and_restore_send_deleted_and_restored_webhooks(api: ApiClient, db
     ]
     restored = json.loads(sent[4][1])
     assert restored["type"] == "deal.restored" and restored["data"] == deal
+
+
+def test_a_member_sees_the_trashed_tasks_of_their_own_deals_a_manager_all(api: ApiClient) -> None:
+    team = api.team()
+    owner, member, manager = team["owner"], team["member"], team["manager"]
+    mine = api.task(member, api.deal(member, org=owner.org_id)["id"], org=owner.org_id)
+    theirs = api.task(owner, api.deal(owner)["id"])
+    for t in (mine, theirs):
+        assert api.delete(f"/tasks/{t['id']}", user=owner, org=owner.org_id).status_code == 204
+
+    def ids(user: User) -> set[int]:
+        r = api.get("/trash", user=user, org=owner.org_id, query={"entity": "task"})
+        return {i["id"] for i in r.get_json()["items"]}
+
+    assert ids(member) == {mine["id"]}
+    assert ids(manager) == {mine["id"], theirs["id"]}
+    r = api.post(f"/trash/task/{theirs['id']}/restore", user=member, org=owner.org_id)
+    assert r.status_code == 403 and error_code(r) == "NOT_OWNER"
+    r = api.post(f"/trash/task/{mine['id']}/restore", user=member, org=owner.org_id)
+    assert r.status_code == 200 and r.get_json()["record"] == mine
