@@ -6,19 +6,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
+from crm_domain.context import Actor
 from crm_domain.db import Database
+from crm_domain.enums import Role
 from crm_domain.models import Activity, Contact, Deal, Task, WebhookDelivery
+from crm_domain.services.records import contacts as contacts_service
+from crm_domain.services.records import deals as deals_service
 from crm_domain.services.records import trash
 from crm_domain.services.records.reminders import reminder_key, send_due_reminders
 from crm_domain.trashable import INCLUDE_TRASHED
 from crm_worker.tasks.trash import purge_expired
 
 from .api import ApiClient, User, error_code
+from .stack import wait_until
 
 
 def _trash(api: ApiClient, user: User, entity: str, **query: Any) -> dict[str, Any]:
@@ -350,3 +356,43 @@ def test_a_member_sees_the_trashed_tasks_of_their_own_deals_a_manager_all(api: A
     assert r.status_code == 403 and error_code(r) == "NOT_OWNER"
     r = api.post(f"/trash/task/{mine['id']}/restore", user=member, org=owner.org_id)
     assert r.status_code == 200 and r.get_json()["record"] == mine
+
+
+@pytest.mark.parametrize("parent", ["deal", "contact"])
+def test_a_child_created_while_its_parent_goes_to_the_trash_is_a_404(
+    api: ApiClient, db: Database, parent: str
+) -> None:
+    """The DELETE holds the parent's row lock until it commits; a task (deal) created for it
+    meanwhile waits, then finds it in the trash (404) instead of living on under it."""
+    user = api.register()
+    deal = api.deal(user)
+    if parent == "deal":
+        parent_id, path = deal["id"], "/tasks"
+        body = {"deal_id": deal["id"], "title": "Late", "due_date": "2999-01-01"}
+    else:
+        assert api.delete(f"/deals/{deal['id']}", user=user, org=user.org_id).status_code == 204
+        parent_id, path = deal["contact_id"], "/deals"
+        body = {"contact_id": deal["contact_id"], "title": "Late"}
+    actor = Actor(user_id=user.id, organization_id=user.org_id, role=Role.OWNER)
+    answers: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: answers.append(api.post(path, user=user, org=user.org_id, json=body))
+    )
+    with db.transaction() as s:
+        delete = deals_service.delete_deal if parent == "deal" else contacts_service.delete_contact
+        delete(s, actor, parent_id)
+        worker.start()
+        wait_until(lambda: _lock_waiters(db) > 0, 10, 0.02)
+    worker.join(10)
+    assert answers[0].status_code == 404, answers[0].get_json()
+
+
+def _lock_waiters(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            ).scalar()
+            or 0
+        )

@@ -94,7 +94,9 @@ def create_deal(
     currency: str = DEFAULT_CURRENCY,
     owner_id: int | None = None,
 ) -> Deal:
-    contacts.get_contact(session, actor, contact_id)  # 404 for another org's contact
+    # 404 for another org's contact; locked, so a concurrent DELETE (to the trash) either
+    # waits for this deal and refuses (CONTACT_HAS_DEALS) or goes first and this is a 404.
+    contacts.get_contact(session, actor, contact_id, for_update=True)
     owner = actor.user_id if owner_id is None else owner_id
     organizations.ensure_assignable_owner(session, actor, owner)
     deal = Deal(

@@ -66,7 +66,8 @@ def create_task(
     description: str | None = None,
 ) -> Task:
     """Check order: 404 (deal) -> 403 (member on another's deal) -> 400 (due date)."""
-    deal = deals.get_deal(session, actor, deal_id)
+    # Locked: a deal going to the trash meanwhile takes this task with it or this is a 404.
+    deal = deals.get_deal(session, actor, deal_id, for_update=True)
     _ensure_own_deal(session, actor, deal)
     rules.ensure_due_date(due_date)
     task = Task(
