@@ -358,33 +358,36 @@ def test_a_member_sees_the_trashed_tasks_of_their_own_deals_a_manager_all(api: A
     assert r.status_code == 200 and r.get_json()["record"] == mine
 
 
-@pytest.mark.parametrize("parent", ["deal", "contact"])
-def test_a_child_created_while_its_parent_goes_to_the_trash_is_a_404(
-    api: ApiClient, db: Database, parent: str
+@pytest.mark.parametrize(("case", "status"), [("task", 404), ("deal", 404), ("restored_deal", 409)])
+def test_a_child_made_or_restored_while_its_parent_goes_to_the_trash_is_refused(
+    api: ApiClient, db: Database, case: str, status: int
 ) -> None:
-    """The DELETE holds the parent's row lock until it commits; a task (deal) created for it
-    meanwhile waits, then finds it in the trash (404) instead of living on under it."""
+    """The DELETE holds the parent's row lock until it commits; creating (or restoring) a
+    child of it meanwhile waits, then finds the parent in the trash instead of leaving a live
+    child under it."""
     user = api.register()
     deal = api.deal(user)
-    if parent == "deal":
+    if case == "task":
         parent_id, path = deal["id"], "/tasks"
-        body = {"deal_id": deal["id"], "title": "Late", "due_date": "2999-01-01"}
+        body: Any = {"deal_id": deal["id"], "title": "Late", "due_date": "2999-01-01"}
     else:
         assert api.delete(f"/deals/{deal['id']}", user=user, org=user.org_id).status_code == 204
         parent_id, path = deal["contact_id"], "/deals"
         body = {"contact_id": deal["contact_id"], "title": "Late"}
+        if case == "restored_deal":
+            path, body = f"/trash/deal/{deal['id']}/restore", None
     actor = Actor(user_id=user.id, organization_id=user.org_id, role=Role.OWNER)
     answers: list[Any] = []
     worker = threading.Thread(
         target=lambda: answers.append(api.post(path, user=user, org=user.org_id, json=body))
     )
     with db.transaction() as s:
-        delete = deals_service.delete_deal if parent == "deal" else contacts_service.delete_contact
+        delete = deals_service.delete_deal if case == "task" else contacts_service.delete_contact
         delete(s, actor, parent_id)
         worker.start()
         wait_until(lambda: _lock_waiters(db) > 0, 10, 0.02)
     worker.join(10)
-    assert answers[0].status_code == 404, answers[0].get_json()
+    assert answers[0].status_code == status, answers[0].get_json()
 
 
 def _lock_waiters(db: Database) -> int:

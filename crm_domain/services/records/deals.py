@@ -132,7 +132,7 @@ def update_deal(
     if new_owner is not None and new_owner != deal.owner_id:
         organizations.ensure_assignable_owner(session, actor, new_owner)
     if "contact_id" in changes and changes["contact_id"] != deal.contact_id:
-        contacts.get_contact(session, actor, changes["contact_id"])
+        contacts.get_contact(session, actor, changes["contact_id"], for_update=True)
     if "stage" in changes:
         rules.ensure_stage_transition(actor.role, deal.stage, changes["stage"])
     status = changes.get("status", deal.status)

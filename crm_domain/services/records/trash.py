@@ -168,8 +168,11 @@ def _trashed(session: Session, actor: Actor, model: Any, entity: str, record_id:
 def _ensure_can_restore(session: Session, actor: Actor, entity: str, obj: Any) -> None:
     """Who could delete it may restore it; its parent must be live; a merged contact stays."""
     if entity == "task":
-        deal = session.scalar(
-            select(Deal).where(Deal.id == obj.deal_id).execution_options(**INCLUDE_TRASHED)
+        deal = session.scalar(  # locked: its DELETE waits for this restore, or goes first
+            select(Deal)
+            .where(Deal.id == obj.deal_id)
+            .with_for_update()
+            .execution_options(**INCLUDE_TRASHED)
         )
         assert deal is not None  # a foreign key
         rules.ensure_can_modify(
@@ -192,9 +195,10 @@ def _ensure_can_restore(session: Session, actor: Actor, entity: str, obj: Any) -
             details={"merged_into_id": obj.merged_into_id},
         )
     if entity == "deal":
-        contact_trashed = session.scalar(
+        contact_trashed = session.scalar(  # locked, like a task's deal above
             select(Contact.deleted_at.is_not(None))
             .where(Contact.id == obj.contact_id)
+            .with_for_update(of=Contact)
             .execution_options(**INCLUDE_TRASHED)
         )
         if contact_trashed:
