@@ -1,6 +1,6 @@
-"""Deals import duplicate matching: a row with the contact and title (ignoring case) of a live
-deal, or of an earlier row, is skipped or updates that deal as `on_duplicate` says; a deal in
-the trash never matches."""
+"""Imports and duplicates: a deals row with the contact and title (ignoring case) of a live
+deal, or of an earlier row, is skipped or updates that deal as `on_duplicate` says; a record
+in the trash (deal or contact) never matches."""
 
 from __future__ import annotations
 
@@ -92,3 +92,13 @@ def test_an_update_by_import_meets_the_rules_of_a_patch(api: ApiClient) -> None:
     for deal in (theirs, mine):
         got = api.get(f"/deals/{deal['id']}", user=owner, org=owner.org_id).get_json()
         assert got["amount"] == deal["amount"]
+
+
+def test_a_contact_in_the_trash_is_no_duplicate_for_a_contacts_import(api: ApiClient) -> None:
+    owner = api.register()
+    trashed = api.contact(owner, name="Gone", email="gone@example.com")
+    assert api.delete(f"/contacts/{trashed['id']}", user=owner, org=owner.org_id).status_code == 204
+    job = _import(api, owner, _csv(["name", "email"], [["Back", "GONE@example.com"]]))
+    assert (job["created"], job["skipped"]) == (1, 0), job
+    r = api.get("/contacts", user=owner, org=owner.org_id, query={"search": "gone@"})
+    assert [c["name"] for c in r.get_json()["items"]] == ["Back"]
