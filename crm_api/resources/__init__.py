@@ -6,6 +6,7 @@ from . import (
     api_keys,
     audit_log,
     auth,
+    contact_merge,
     contacts,
     deals,
     imports,
@@ -14,6 +15,7 @@ from . import (
     organizations,
     reports,
     tasks,
+    trash,
     webhooks,
 )
 
@@ -22,9 +24,11 @@ MODULES = (
     organizations,
     invitations,
     contacts,
+    contact_merge,
     deals,
     tasks,
     activities,
+    trash,
     analytics,
     reports,
     imports,

@@ -1,6 +1,17 @@
 """Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import analytics, audit, idempotency, imports, mail, outbox, reminders, reports, webhooks
+from . import (
+    analytics,
+    audit,
+    idempotency,
+    imports,
+    mail,
+    outbox,
+    reminders,
+    reports,
+    trash,
+    webhooks,
+)
 
 __all__ = [
     "analytics",
@@ -11,5 +22,6 @@ __all__ = [
     "outbox",
     "reminders",
     "reports",
+    "trash",
     "webhooks",
 ]
