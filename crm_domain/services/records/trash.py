@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...context import Actor
 from ...enums import ActivityType
 from ...errors import Conflict, Forbidden, NotFound
@@ -42,6 +42,7 @@ ENTITIES: dict[str, type[Contact] | type[Deal] | type[Task]] = {
     "deal": Deal,
     "task": Task,
 }
+ENTITY_OF = {model: entity for entity, model in ENTITIES.items()}
 # The deal timeline's entries for its trip to the trash and back (type `system`).
 TIMELINE_DELETED = "deal_deleted"
 TIMELINE_RESTORED = "deal_restored"
@@ -96,6 +97,7 @@ def purge(session: Session, actor: Actor, entity: str, record_id: int) -> None:
     if entity == "contact":
         _purge_deals_of(session, [obj.id])
     session.execute(delete(model).where(model.id == obj.id))
+    audit.record(session, obj.organization_id, f"{entity}.purged", entity, obj.id)
     session.expunge(obj)
 
 
@@ -104,25 +106,29 @@ def purge_expired(session: Session, *, before: dt.datetime, batch_size: int) -> 
     another purge holds are skipped. Answers how many rows went (0: nothing left)."""
     purged = 0
     for model in (Task, Deal, Contact):
-        due = select(model.id).where(model.deleted_at < before)
+        due = select(model.id, model.organization_id).where(model.deleted_at < before)
         if model is Contact:  # never one with a live deal (the foreign key would refuse)
             live_deal = select(Deal.id).where(
                 Deal.contact_id == Contact.id, Deal.deleted_at.is_(None)
             )
             due = due.where(~live_deal.exists())
-        ids = list(
-            session.scalars(
-                due.order_by(model.deleted_at)
-                .limit(batch_size)
-                .with_for_update(skip_locked=True)
-                .execution_options(**INCLUDE_TRASHED)
-            )
-        )
-        if not ids:
+        rows = session.execute(
+            due.order_by(model.deleted_at)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+            .execution_options(**INCLUDE_TRASHED)
+        ).all()
+        if not rows:
             continue
+        ids = [row.id for row in rows]
         if model is Contact:
             _purge_deals_of(session, ids)
         session.execute(delete(model).where(model.id.in_(ids)))
+        entity = ENTITY_OF[model]
+        audit.record_many(
+            session,
+            [audit.entry(row.organization_id, f"{entity}.purged", entity, row.id) for row in rows],
+        )
         purged += len(ids)
     return purged
 
