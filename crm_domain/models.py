@@ -44,6 +44,7 @@ from .enums import (
     OnDuplicate,
     Role,
 )
+from .trashable import Trashable
 
 AMOUNT = Numeric(12, 2)
 
@@ -89,6 +90,18 @@ def _custom_fields_index(table: str) -> Index:
 
 def _custom_fields() -> Any:
     return mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+
+
+def _trash_index(table: str) -> Index:
+    """The trash of an organization, newest first (GET /trash) and what beat purges.
+    Partial: live rows cost no index entry."""
+    return Index(
+        f"ix_{table}_org_trash",
+        "organization_id",
+        "deleted_at",
+        "id",
+        postgresql_where=text("deleted_at IS NOT NULL"),
+    )
 
 
 class Organization(Base):
@@ -156,7 +169,7 @@ class AuthSession(Base):
 CONTACT_SEARCH_TEXT = "lower((name)::text) || E'\\n' || COALESCE(lower((email)::text), '')"
 
 
-class Contact(Base):
+class Contact(Trashable, Base):
     __tablename__ = "contacts"
     __table_args__ = (
         UniqueConstraint("id", "organization_id"),
@@ -166,6 +179,14 @@ class Contact(Base):
         # Imports match contacts by e-mail, case-insensitively, a batch at a time.
         Index("ix_contacts_org_lower_email", "organization_id", func.lower(text("email"))),
         _import_row_key("contacts"),
+        _trash_index("contacts"),
+        # Duplicates by phone (services.records.duplicates): the phone's digits.
+        Index(
+            "ix_contacts_org_phone_digits",
+            "organization_id",
+            func.regexp_replace(text("phone"), text("'\\D'"), text("''"), text("'g'")),
+            postgresql_where=text("phone IS NOT NULL"),
+        ),
         # The trigram index on search_text (contact search) is created by migration 0010
         # where the server has pg_trgm.
     )
@@ -187,6 +208,8 @@ class Contact(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
+    # Set with deleted_at when a merge trashed this contact (services.records.merge).
+    merged_into_id: Mapped[int | None] = mapped_column(Integer)
     # What `search` matches, kept by PostgreSQL: one LIKE per row instead of two lower()s and
     # two LIKEs (crm_domain.services.records.contacts.matching). Never loaded with the contact.
     search_text: Mapped[str | None] = mapped_column(
@@ -196,7 +219,7 @@ class Contact(Base):
     )
 
 
-class Deal(Base):
+class Deal(Trashable, Base):
     __tablename__ = "deals"
     __table_args__ = (
         UniqueConstraint("id", "organization_id"),
@@ -219,6 +242,7 @@ class Deal(Base):
         Index("ix_deals_contact", "contact_id"),
         _custom_fields_index("deals"),
         _import_row_key("deals"),
+        _trash_index("deals"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -249,7 +273,7 @@ class Deal(Base):
     )
 
 
-class Task(Base):
+class Task(Trashable, Base):
     __tablename__ = "tasks"
     __table_args__ = (
         ForeignKeyConstraint(
@@ -268,6 +292,7 @@ class Task(Base):
         ),
         Index("ix_tasks_deal_due", "deal_id", "due_date", "id"),
         _custom_fields_index("tasks"),
+        _trash_index("tasks"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -282,6 +307,10 @@ class Task(Base):
     # Custom field values {key: value}, validated against the organization's definitions
     # (crm_domain.validation.custom_values); shown through the live ones only.
     custom_fields: Mapped[dict[str, Any]] = _custom_fields()
+    # Trashed because its deal was (and restored with it), not on its own.
+    trashed_with_deal: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -751,3 +780,51 @@ class CustomFieldDefinition(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
     deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One change to an organization's data, written in the change's own transaction
+    (crm_domain.audit): who (a user, with the API key they sent, or the system: both None),
+    in which request, what (`action`, the entity) and `changes` ({field: [old, new]}, never
+    a secret). Purged after AUDIT_RETENTION_DAYS by beat.
+
+    `xid` is the writing transaction's id, given by the database at the INSERT: the change
+    feed (crm_domain.services.auditing.feed) orders by (xid, id) and serves an entry only once
+    every transaction with a smaller id has ended, so it never skips one that commits late."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        Index("ix_audit_entries_org_id", "organization_id", "id"),
+        Index("ix_audit_entries_org_xid", "organization_id", "xid", "id"),
+        Index("ix_audit_entries_org_entity", "organization_id", "entity_type", "entity_id", "id"),
+        # Retention deletes by age: a BRIN index (rows arrive in time order) costs next to
+        # nothing per INSERT; autosummarize: a filled block range is summarized at once (an
+        # unsummarized one is read whole by every purge).
+        Index(
+            "ix_audit_entries_occurred_at",
+            "occurred_at",
+            postgresql_using="brin",
+            postgresql_with={"autosummarize": "on"},
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    xid: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint"), nullable=False
+    )
+    occurred_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    # No foreign keys: the log outlives the users and keys it names.
+    actor_user_id: Mapped[int | None] = mapped_column(Integer)
+    actor_api_key_id: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    entity_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    entity_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    changes: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, server_default=text("'{}'::jsonb"), nullable=False
+    )

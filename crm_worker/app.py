@@ -77,6 +77,8 @@ QUEUE_ROUTES = {
     "crm.reminders.*": "bulk",
     "crm.idempotency.*": "bulk",
     "crm.custom_fields.*": "bulk",
+    "crm.audit.*": "bulk",
+    "crm.trash.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
     # Webhook deliveries wait on other people's servers: a worker of their own.
     "crm.webhooks.*": "webhooks",
@@ -165,6 +167,16 @@ celery_app.conf.update(
         },
         "idempotency-purge": {
             "task": "crm.idempotency.purge_expired",
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
+        "audit-purge": {
+            "task": "crm.audit.purge_expired",
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
+        "trash-purge": {
+            "task": "crm.trash.purge_expired",
             "schedule": timedelta(hours=1),
             "options": {"expires": 3600},
         },

@@ -768,3 +768,29 @@ def test_apply_custom_fields_for_other_features(api: ApiClient, db: Database) ->
         )
         assert changed == {"custom_fields.segment": (None, "public")}
         assert record.custom_fields == {"note": "kept", "segment": "public"}
+
+
+def test_merge_fills_and_prefers_custom_fields(api: ApiClient) -> None:
+    """POST /contacts/{id}/merge: empty custom fields of the target are filled from the
+    merged contacts, `prefer: {"cf.<key>": id}` picks the winner, archived options carry over."""
+    owner = api.register()
+    made = define(
+        api, owner, entity="contact", key="tier", type="single_select", options=SEGMENT_OPTIONS
+    )
+    define(api, owner, entity="contact", key="since", type="date")
+    target = api.contact(owner, email="t@example.com", custom_fields={"tier": "smb"})
+    source = api.contact(
+        owner, email="s@example.com", custom_fields={"tier": "public", "since": "2020-01-01"}
+    )
+    archived = [o | {"archived": o["value"] == "public"} for o in SEGMENT_OPTIONS]
+    api.patch(
+        f"/custom-fields/{made['id']}", user=owner, org=owner.org_id, json={"options": archived}
+    )
+    r = api.post(
+        f"/contacts/{target['id']}/merge",
+        user=owner,
+        org=owner.org_id,
+        json={"merge_ids": [source["id"]], "prefer": {"cf.tier": source["id"]}},
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["custom_fields"] == {"tier": "public", "since": "2020-01-01"}

@@ -2,6 +2,7 @@
 
 from . import (
     analytics,
+    audit,
     custom_fields,
     idempotency,
     imports,
@@ -9,11 +10,13 @@ from . import (
     outbox,
     reminders,
     reports,
+    trash,
     webhooks,
 )
 
 __all__ = [
     "analytics",
+    "audit",
     "custom_fields",
     "idempotency",
     "imports",
@@ -21,5 +24,6 @@ __all__ = [
     "outbox",
     "reminders",
     "reports",
+    "trash",
     "webhooks",
 ]

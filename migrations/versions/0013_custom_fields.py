@@ -8,7 +8,7 @@ contacts/deals/tasks.custom_fields: ADD COLUMN with a constant default, which Po
 serves the equality filters.
 
 Revision ID: 0013_custom_fields
-Revises: 0012_api_keys
+Revises: 0015_audit_log
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0013_custom_fields"
-down_revision: str | None = "0012_api_keys"
+down_revision: str | None = "0015_audit_log"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -37,6 +37,7 @@ from ...enums import ActivityType
 from ...errors import Conflict, ValidationFailed
 from ...models import Contact, CustomFieldDefinition, Deal, OrganizationMember, Task
 from ...pagination import Ordering, Page, PageRequest, paginate
+from ...trashable import INCLUDE_TRASHED
 from ...validation import custom_values
 from .._common import apply_changes, get_in_org, not_found
 from ..delivery import events, outbox
@@ -368,6 +369,7 @@ def purge_batch(session: Session, purge: Purge, after: int, limit: int = PURGE_B
             .where(model.organization_id == purge.organization_id, model.id > after)
             .order_by(model.id)
             .limit(limit)
+            .execution_options(**INCLUDE_TRASHED)  # trashed records may come back
         )
     )
     if not ids:
@@ -390,6 +392,7 @@ def finish_purge(session: Session, definition_id: int, purge: Purge) -> bool:
         .where(model.organization_id == purge.organization_id)
         .where(model.custom_fields.has_key(purge.key))
         .limit(1)
+        .execution_options(**INCLUDE_TRASHED)
     )
     if left is not None:
         return False

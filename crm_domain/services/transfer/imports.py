@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...context import Actor
 from ...enums import ImportKind, ImportStatus, OnDuplicate
 from ...errors import Conflict
@@ -94,7 +94,13 @@ def create(
     session.flush()
     session.execute(insert(ImportFile).values(job_id=job.id, size=len(content), content=content))
     _request_run(session, job)
+    fields = ("kind", "on_duplicate", "filename", "rows_total", "status")
+    _audit(session, job, "import.started", {f: (None, getattr(job, f)) for f in fields})
     return job
+
+
+def _audit(session: Session, job: ImportJob, action: str, changes: audit.Changes) -> None:
+    audit.record(session, job.organization_id, action, "import", job.id, changes)
 
 
 def _request_run(session: Session, job: ImportJob) -> None:
@@ -158,6 +164,7 @@ def retry(session: Session, actor: Actor, job_id: int) -> ImportJob:
     job.finished_at = None
     session.flush()
     _request_run(session, job)
+    _audit(session, job, "import.retried", {"status": (ImportStatus.FAILED, job.status)})
     return job
 
 
@@ -188,7 +195,9 @@ def claim(session: Session, job_id: int, stale_after: dt.timedelta) -> ImportJob
     if job is None:
         return None
     if job.attempts >= MAX_ATTEMPTS:
-        _mark_failed(job, f"Gave up after {job.attempts} attempts; retry when the cause is fixed")
+        _mark_failed(
+            session, job, f"Gave up after {job.attempts} attempts; retry when the cause is fixed"
+        )
         log.error("import %s parked as failed after %d attempts", job.id, job.attempts)
         return None
     now = _now()
@@ -240,21 +249,31 @@ def record_batch(
 def finish(session: Session, job_id: int, lease: uuid.UUID) -> None:
     """Done: the file is no longer needed."""
     job = lock_for_batch(session, job_id, lease)
+    old = job.status
     job.status = ImportStatus.DONE
     job.lease = None
     job.finished_at = _now()
     session.execute(delete(ImportFile).where(ImportFile.job_id == job_id))
     session.flush()
+    counts = ("rows_done", "created_count", "updated_count", "skipped_count", "error_rows")
+    changes = {"status": (old, job.status), **{f: (None, getattr(job, f)) for f in counts}}
+    _audit(session, job, "import.finished", changes)
 
 
 def fail(session: Session, job_id: int, lease: uuid.UUID, message: str) -> None:
     job = session.scalar(select(ImportJob).where(ImportJob.id == job_id).with_for_update())
     if job is not None and job.lease == lease:
-        _mark_failed(job, message)
+        _mark_failed(session, job, message)
         session.flush()
 
 
-def _mark_failed(job: ImportJob, message: str) -> None:
+def _mark_failed(session: Session, job: ImportJob, message: str) -> None:
+    _audit(
+        session,
+        job,
+        "import.failed",
+        {"status": (job.status, ImportStatus.FAILED), "error": (None, message[:2000])},
+    )
     job.status = ImportStatus.FAILED
     job.error = message[:2000]
     job.lease = None
