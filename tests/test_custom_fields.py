@@ -719,6 +719,13 @@ def test_analytics_by_select_field_precomputed_and_refreshed(
     tags = {o["value"]: o["count"] for o in _by_field(api, owner, "tags")["options"]}
     assert tags == {"smb": 1, "enterprise": 0, "public": 1}
     assert _by_field(api, owner, "tags")["none"]["count"] == 2
+    # A deal in the trash is not counted; restored, it is again.
+    assert api.delete(f"/deals/{a['id']}", user=owner, org=owner.org_id).status_code == 204
+    tags = {o["value"]: o["count"] for o in _by_field(api, owner, "tags")["options"]}
+    assert tags == {"smb": 0, "enterprise": 0, "public": 0}
+    r = api.post(f"/trash/deal/{a['id']}/restore", user=owner, org=owner.org_id)
+    assert r.status_code == 200, r.get_json()
+    assert _by_field(api, owner, "tags")["options"][0]["count"] == 1
 
     # Served from Redis (the refresh stored it), and refreshed after a deal write.
     cache = app.extensions["crm_analytics"]

@@ -71,7 +71,7 @@ def _statement(definition: Definition, organization_id: int) -> Any:
     return (
         select(option, Deal.status, Deal.currency, func.count(), func.sum(Deal.amount))
         .select_from(source)
-        .where(Deal.organization_id == organization_id)
+        .where(Deal.organization_id == organization_id, Deal.deleted_at.is_(None))  # no trash
         .group_by(option, Deal.status, Deal.currency)
     )
 
