@@ -13,6 +13,7 @@ from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from .app import celery_app
 from .broker import countdown
 from .names import (
+    BULK_ACTION_TASK,
     DRAIN_TASK,
     IMPORT_QUEUE,
     IMPORT_TASK,
@@ -60,6 +61,11 @@ def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) 
 def send_import(job_id: int) -> None:
     """Ask the "imports" queue to run a job (the run claims it from the database)."""
     publish(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE)
+
+
+def send_bulk_action(job_id: int) -> None:
+    """Ask the "imports" queue to run a bulk action (the run claims it from the database)."""
+    publish(BULK_ACTION_TASK, args=[job_id], queue=IMPORT_QUEUE)
 
 
 def send_report_build(report_id: int) -> None:

@@ -1,9 +1,20 @@
 """Celery tasks, registered by explicit name on crm_worker.app.celery_app."""
 
-from . import analytics, idempotency, imports, mail, outbox, reminders, reports, webhooks
+from . import (
+    analytics,
+    bulk_actions,
+    idempotency,
+    imports,
+    mail,
+    outbox,
+    reminders,
+    reports,
+    webhooks,
+)
 
 __all__ = [
     "analytics",
+    "bulk_actions",
     "idempotency",
     "imports",
     "mail",

@@ -1,0 +1,166 @@
+"""Running a bulk action: batch after batch, one transaction each, the next records in id order
+go through the registry's per-record function (the single PATCH/DELETE's service function),
+each in a savepoint: a record it refuses (a DomainError: not the member's deal, won without
+an amount, a stage rollback...) or the database refuses is rolled back alone and becomes a
+per-record error with the refusal's code; the others commit with the job's progress.
+
+The work is done as the user who asked for it, with the role they hold now (a user who left
+the organization fails the job), and in their name: audit entries and events name them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from ... import context
+from ...context import Actor
+from ...db import Database
+from ...enums import BulkActionStatus
+from ...errors import DomainError
+from ..records import organizations
+from . import bulk_actions
+from .bulk_actions import BatchOutcome
+from .bulk_registry import ENTITIES, RecordAction, actions
+from .leases import Superseded
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 200
+RECORD_FAILED = "RECORD_FAILED"  # the database refused the record (not a rule it breaks)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run works through a job (crm_worker.bulk_running makes them from the settings)."""
+
+    stale_after: dt.timedelta  # a running job without a heartbeat this long is taken over
+    batch_size: int = BATCH_SIZE
+    # Outages: the job is released and the error raised, for the caller to retry.
+    transient: tuple[type[BaseException], ...] = ()
+    # Called after a batch that recorded outbox events commits (ask for a drain).
+    announce: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    job_id: int
+    lease: uuid.UUID
+    actor: Actor
+    apply: RecordAction
+    changes: dict[str, Any]
+
+
+class _JobError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def run(db: Database, job_id: int, options: Options) -> BulkActionStatus | None:
+    """Claim and run a job to its end; returns its final status, or None when there was
+    nothing to claim (another run has it, or it is finished). `transient` errors (an
+    outage) release the job and are raised for the caller to retry; any other error fails
+    the job with its message."""
+    with db.transaction() as session:
+        job = bulk_actions.claim(session, job_id, options.stale_after)
+        if job is None:
+            return None
+        lease = job.lease
+        assert lease is not None
+        try:
+            claimed = _prepare(session, job, lease)
+            failure = None
+        except _JobError as exc:
+            failure = exc.message
+    try:
+        if failure is not None:
+            raise _JobError(failure)
+        with _acting_as(claimed.actor):
+            return _run_batches(db, claimed, options)
+    except Superseded:
+        log.warning("bulk action %s was taken over by another run; this one stops", job_id)
+        return None
+    except options.transient:
+        with db.transaction() as session:
+            bulk_actions.release(session, job_id, lease)
+        raise
+    except Exception as exc:
+        if isinstance(exc, _JobError):
+            message = exc.message
+            log.error("bulk action %s failed: %s", job_id, message)
+        else:
+            log.exception("bulk action %s failed", job_id)
+            message = f"The bulk action stopped on an unexpected error: {exc!r}"
+        with db.transaction() as session:
+            bulk_actions.fail(session, job_id, lease, message)
+        return BulkActionStatus.FAILED
+
+
+def _prepare(session: Session, job: Any, lease: uuid.UUID) -> _Claimed:
+    """What the batches need: the user with their role now, the function, the changes."""
+    user_id = job.created_by
+    role = None if user_id is None else organizations.role_in(session, job.organization_id, user_id)
+    if role is None or user_id is None:
+        raise _JobError("The user who started it is no longer a member of the organization")
+    apply = actions.get(job.action, job.entity)
+    if apply is None:
+        raise _JobError(f"The action {job.action!r} is not available for {job.entity}s")
+    changes = ENTITIES[job.entity].changes().load(job.changes) if job.changes else {}
+    actor = Actor(user_id, job.organization_id, role, api_key_id=job.api_key_id)
+    return _Claimed(job.id, lease, actor, apply, changes)
+
+
+@contextmanager
+def _acting_as(actor: Actor) -> Iterator[None]:
+    """Who is behind the work (context.origin): the user and key that asked for it."""
+    token = context.bind_caller(actor.user_id, actor.api_key_id)
+    try:
+        yield
+    finally:
+        context.reset_caller(token)
+
+
+def _run_batches(db: Database, job: _Claimed, options: Options) -> BulkActionStatus:
+    while True:
+        with db.transaction() as session:
+            locked = bulk_actions.lock_for_batch(session, job.job_id, job.lease)
+            if locked.cancel_requested:
+                bulk_actions.finish(session, locked, BulkActionStatus.CANCELLED)
+                return BulkActionStatus.CANCELLED
+            record_ids = bulk_actions.next_ids(session, locked, options.batch_size)
+            if not record_ids:
+                bulk_actions.finish(session, locked, BulkActionStatus.DONE)
+                return BulkActionStatus.DONE
+            outcome = _apply(session, job, record_ids)
+            bulk_actions.record_batch(session, locked, record_ids, outcome)
+        if outcome.succeeded and options.announce is not None:
+            options.announce()
+
+
+def _apply(session: Session, job: _Claimed, record_ids: list[int]) -> BatchOutcome:
+    """Each record through the per-record function in a savepoint of its own; a refused one
+    is rolled back alone (its events with it). An outage is raised."""
+    outcome = BatchOutcome()
+    for record_id in record_ids:
+        try:
+            with session.begin_nested():
+                job.apply(session, job.actor, record_id, job.changes)
+            outcome.succeeded += 1
+        except OperationalError:
+            raise
+        except DomainError as exc:
+            outcome.errors.append((record_id, exc.code, exc.message))
+        except Exception as exc:
+            log.warning("bulk action %s: record %d failed: %r", job.job_id, record_id, exc)
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            message = f"The record could not be changed: {type(cause).__name__}: {cause}"
+            outcome.errors.append((record_id, RECORD_FAILED, message))
+    return outcome

@@ -1,0 +1,132 @@
+"""The lease of a background job (a CSV import, a bulk action): claimed by one run at a time,
+locked by each batch, handed over when its run stops without a word (the worker died).
+
+A job row has `status` (pending, running, done, failed...), `lease` (the run that holds it),
+`attempts`, `heartbeat_at` (each batch's commit), `error`, `created_at`, `started_at`
+and `finished_at`. A run claims a pending job, or a running one whose run is gone (released,
+or no heartbeat for `stale_after`), with FOR UPDATE SKIP LOCKED under a fresh lease; every
+batch locks the row and checks the lease is still its own, so a run that stalled and wakes
+up after another took over stops."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+PENDING, RUNNING, FAILED = "pending", "running", "failed"
+# A job claimed this often without finishing (each claim after a crash or an outage) fails.
+MAX_ATTEMPTS = 5
+
+
+class Superseded(Exception):
+    """The job was claimed by another run (this one stalled) or is no longer running."""
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _status(job: Any, value: str) -> Any:
+    """The job model's own status enum member for `value` (the in-memory row keeps its type)."""
+    return type(job).__table__.c.status.type.enum_class(value)
+
+
+def claim(session: Session, model: type[Any], job_id: int, stale_after: dt.timedelta) -> Any:
+    """Take the job for a run: pending, or running without a live run (released, or no
+    heartbeat for `stale_after`). None when another run has it or there is nothing to do.
+    A job claimed MAX_ATTEMPTS times fails instead."""
+    job: Any = session.scalar(
+        select(model)
+        .where(
+            model.id == job_id,
+            or_(
+                model.status == PENDING,
+                and_(
+                    model.status == RUNNING,
+                    or_(
+                        model.lease.is_(None),
+                        model.heartbeat_at < now() - stale_after,
+                    ),
+                ),
+            ),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    if job is None:
+        return None
+    if job.attempts >= MAX_ATTEMPTS:
+        mark_failed(job, f"Gave up after {job.attempts} attempts; retry when the cause is fixed")
+        log.error("%s %s parked as failed after %d attempts", model.__name__, job.id, job.attempts)
+        return None
+    started = now()
+    job.status = _status(job, RUNNING)
+    job.lease = uuid.uuid4()
+    job.attempts += 1
+    job.heartbeat_at = started
+    job.started_at = job.started_at or started
+    session.flush()
+    return job
+
+
+def lock(session: Session, model: type[Any], job_id: int, lease: uuid.UUID) -> Any:
+    """The job row, locked for one batch's transaction, if `lease` still holds it."""
+    job: Any = session.scalar(select(model).where(model.id == job_id).with_for_update())
+    if job is None or job.lease != lease or job.status != RUNNING:
+        raise Superseded(job_id)
+    return job
+
+
+def fail(session: Session, model: type[Any], job_id: int, lease: uuid.UUID, message: str) -> None:
+    job = session.scalar(select(model).where(model.id == job_id).with_for_update())
+    if job is not None and job.lease == lease:
+        mark_failed(job, message)
+        session.flush()
+
+
+def mark_failed(job: Any, message: str) -> None:
+    job.status = _status(job, FAILED)
+    job.error = message[:2000]
+    job.lease = None
+    job.finished_at = now()
+
+
+def release(session: Session, model: type[Any], job_id: int, lease: uuid.UUID) -> None:
+    """Let the next run claim the job at once (after an outage interrupted this one)."""
+    session.execute(
+        update(model).where(model.id == job_id, model.lease == lease).values(lease=None)
+    )
+
+
+def stalled(
+    session: Session, model: type[Any], stale_after: dt.timedelta, limit: int = 100
+) -> list[int]:
+    """Jobs that should be running but nothing runs: running without a heartbeat for
+    `stale_after`, or pending for that long (their run request was lost)."""
+    cutoff = now() - stale_after
+    return list(
+        session.scalars(
+            select(model.id)
+            .where(
+                or_(
+                    and_(
+                        model.status == RUNNING,
+                        or_(model.heartbeat_at < cutoff, model.lease.is_(None)),
+                    ),
+                    and_(
+                        model.status == PENDING,
+                        func.coalesce(model.heartbeat_at, model.created_at) < cutoff,
+                    ),
+                )
+            )
+            .order_by(model.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
