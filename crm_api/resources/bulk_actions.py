@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import url_for
+from flask import jsonify, url_for
 from flask.views import MethodView
 from marshmallow import Schema as BaseSchema
 from marshmallow import ValidationError
@@ -142,7 +142,8 @@ class BulkActions(MethodView):
             target = _target(actor, data)
             if args["dry_run"]:
                 matched = service.matching(session, actor, data["entity"], target)
-                return DryRunSchema().dump({**data, "matched": matched}), 200
+                # A Response of its own: the 202's schema would drop `matched`.
+                return jsonify(DryRunSchema().dump({**data, "matched": matched}))
             request = service.Request(
                 entity=data["entity"],
                 action=data["action"],
