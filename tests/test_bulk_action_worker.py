@@ -93,7 +93,7 @@ def post(stack: Stack, tenant: dict[str, Any], body: dict[str, Any]) -> dict[str
 
 
 def test_a_bulk_action_is_run_by_the_worker(stack: Stack, db: Database) -> None:
-    tenant, ids = seed_deals(stack, db, 300)
+    tenant, _ = seed_deals(stack, db, 300)
     body = {"entity": "deal", "action": "update", "filter": {}, "changes": {"status": "lost"}}
     done = finished(stack, tenant, post(stack, tenant, body)["id"])
     assert done["status"] == "done", (done, stack.logs())
