@@ -545,7 +545,21 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class ImportJob(Base):
+class LeasedJob:
+    """The columns of a background job that one run at a time holds under a lease
+    (crm_domain.services.transfer.leases): its error, the lease, the claims, the heartbeat
+    and when it was created, started and finished."""
+
+    error: Mapped[str | None] = mapped_column(Text)
+    lease: Mapped[uuid.UUID | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = _now()
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImportJob(LeasedJob, Base):
     """A CSV import: the upload's settings, its progress and its outcome.
 
     `last_row` is the CSV row (the header being row 1) up to which every row is written;
@@ -585,13 +599,6 @@ class ImportJob(Base):
     updated_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     skipped_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     error_rows: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    error: Mapped[str | None] = mapped_column(Text)
-    lease: Mapped[uuid.UUID | None] = mapped_column()
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[dt.datetime] = _now()
-    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ImportFile(Base):
@@ -692,7 +699,7 @@ class IdempotencyKey(Base):
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
-class BulkAction(Base):
+class BulkAction(LeasedJob, Base):
     """A bulk action (update or delete many contacts, deals or tasks): what to do, its
     progress and its outcome (crm_domain.services.transfer.bulk_actions).
 
@@ -736,13 +743,6 @@ class BulkAction(Base):
     cancel_requested: Mapped[bool] = mapped_column(
         Boolean, nullable=False, server_default=text("false")
     )
-    error: Mapped[str | None] = mapped_column(Text)
-    lease: Mapped[uuid.UUID | None] = mapped_column()
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[dt.datetime] = _now()
-    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class BulkActionItem(Base):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from crm_domain.db import Database
 from crm_domain.enums import BulkActionStatus
-from crm_domain.services.transfer import bulk_run
+from crm_domain.services.transfer import bulk_run, leases
 from crm_domain.settings import Settings
 
 from .dispatch import TRANSIENT_ERRORS
@@ -23,7 +23,7 @@ def run_bulk_action(
     announce: Callable[[], None] | None = None,
     batch_size: int = bulk_run.BATCH_SIZE,
 ) -> BulkActionStatus | None:
-    options = bulk_run.Options(
+    options = leases.RunOptions(
         stale_after=dt.timedelta(seconds=settings.import_stall_seconds),
         batch_size=batch_size,
         transient=TRANSIENT_ERRORS,

@@ -10,7 +10,7 @@ from celery import Celery
 
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
-from .app import celery_app
+from .app import celery_app, drain_flag
 from .broker import countdown
 from .names import (
     BULK_ACTION_TASK,
@@ -45,6 +45,12 @@ publish = TaskSender(celery_app)
 
 def send_drain() -> None:
     publish(DRAIN_TASK)
+
+
+def announce_drain() -> None:
+    """A job's batch recorded outbox events: ask for a drain unless one is due."""
+    if drain_flag().claim():
+        send_drain()
 
 
 def send_mail_task() -> None:

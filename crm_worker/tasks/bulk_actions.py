@@ -8,26 +8,20 @@ import logging
 
 from crm_domain.services.transfer import bulk_actions
 
-from ..app import celery_app, database, drain_flag, settings
+from ..app import celery_app, database, settings
 from ..bulk_running import run_bulk_action
 from ..dispatch import RESILIENT_TASK
 from ..names import BULK_ACTION_STALLED_TASK, BULK_ACTION_TASK
-from ..publishing import send_bulk_action, send_drain
+from ..publishing import announce_drain, send_bulk_action
 
 log = logging.getLogger(__name__)
-
-
-def _announce() -> None:
-    """A batch recorded outbox events: ask for a drain unless one is due."""
-    if drain_flag().claim():
-        send_drain()
 
 
 @celery_app.task(name=BULK_ACTION_TASK, soft_time_limit=1800, time_limit=1900, **RESILIENT_TASK)
 def run(job_id: int) -> str | None:
     """Claim the job (FOR UPDATE SKIP LOCKED) and run it; a duplicate message finds it
     claimed or finished and does nothing."""
-    status = run_bulk_action(database, job_id, settings, announce=_announce)
+    status = run_bulk_action(database, job_id, settings, announce=announce_drain)
     return None if status is None else status.value
 
 

@@ -9,10 +9,9 @@ the organization fails the job), and in their name: audit entries and events nam
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,28 +24,17 @@ from ...context import Actor
 from ...db import Database
 from ...enums import BulkActionStatus
 from ...errors import DomainError
+from ...models import BulkAction
 from ..records import organizations
-from . import bulk_actions
+from . import bulk_actions, leases
 from .bulk_actions import BatchOutcome
 from .bulk_registry import ENTITIES, RecordAction, actions
-from .leases import Superseded
+from .leases import JobError, RunOptions
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
 RECORD_FAILED = "RECORD_FAILED"  # the database refused the record (not a rule it breaks)
-
-
-@dataclass(frozen=True)
-class Options:
-    """How a run works through a job (crm_worker.bulk_running makes them from the settings)."""
-
-    stale_after: dt.timedelta  # a running job without a heartbeat this long is taken over
-    batch_size: int = BATCH_SIZE
-    # Outages: the job is released and the error raised, for the caller to retry.
-    transient: tuple[type[BaseException], ...] = ()
-    # Called after a batch that recorded outbox events commits (ask for a drain).
-    announce: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,13 +46,7 @@ class _Claimed:
     changes: dict[str, Any]
 
 
-class _JobError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def run(db: Database, job_id: int, options: Options) -> BulkActionStatus | None:
+def run(db: Database, job_id: int, options: RunOptions) -> BulkActionStatus | None:
     """Claim and run a job to its end; returns its final status, or None when there was
     nothing to claim (another run has it, or it is finished). `transient` errors (an
     outage) release the job and are raised for the caller to retry; any other error fails
@@ -76,32 +58,19 @@ def run(db: Database, job_id: int, options: Options) -> BulkActionStatus | None:
         lease = job.lease
         assert lease is not None
         try:
-            claimed = _prepare(session, job, lease)
-            failure = None
-        except _JobError as exc:
-            failure = exc.message
-    try:
-        if failure is not None:
-            raise _JobError(failure)
+            claimed: _Claimed | str = _prepare(session, job, lease)
+        except JobError as exc:
+            claimed = exc.message
+
+    def body() -> BulkActionStatus:
+        if isinstance(claimed, str):
+            raise JobError(claimed)
         with _acting_as(claimed.actor):
             return _run_batches(db, claimed, options)
-    except Superseded:
-        log.warning("bulk action %s was taken over by another run; this one stops", job_id)
-        return None
-    except options.transient:
-        with db.transaction() as session:
-            bulk_actions.release(session, job_id, lease)
-        raise
-    except Exception as exc:
-        if isinstance(exc, _JobError):
-            message = exc.message
-            log.error("bulk action %s failed: %s", job_id, message)
-        else:
-            log.exception("bulk action %s failed", job_id)
-            message = f"The bulk action stopped on an unexpected error: {exc!r}"
-        with db.transaction() as session:
-            bulk_actions.fail(session, job_id, lease, message)
-        return BulkActionStatus.FAILED
+
+    return leases.guarded(
+        db, BulkAction, job_id, lease, options.transient, body, BulkActionStatus.FAILED
+    )
 
 
 def _prepare(session: Session, job: Any, lease: uuid.UUID) -> _Claimed:
@@ -109,10 +78,10 @@ def _prepare(session: Session, job: Any, lease: uuid.UUID) -> _Claimed:
     user_id = job.created_by
     role = None if user_id is None else organizations.role_in(session, job.organization_id, user_id)
     if role is None or user_id is None:
-        raise _JobError("The user who started it is no longer a member of the organization")
+        raise JobError("The user who started it is no longer a member of the organization")
     apply = actions.get(job.action, job.entity)
     if apply is None:
-        raise _JobError(f"The action {job.action!r} is not available for {job.entity}s")
+        raise JobError(f"The action {job.action!r} is not available for {job.entity}s")
     changes = ENTITIES[job.entity].changes().load(job.changes) if job.changes else {}
     actor = Actor(user_id, job.organization_id, role, api_key_id=job.api_key_id)
     return _Claimed(job.id, lease, actor, apply, changes)
@@ -128,7 +97,7 @@ def _acting_as(actor: Actor) -> Iterator[None]:
         context.reset_caller(token)
 
 
-def _run_batches(db: Database, job: _Claimed, options: Options) -> BulkActionStatus:
+def _run_batches(db: Database, job: _Claimed, options: RunOptions) -> BulkActionStatus:
     while True:
         with db.transaction() as session:
             locked = bulk_actions.lock_for_batch(session, job.job_id, job.lease)

@@ -13,10 +13,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
+
+from ...db import Database
+from ...errors import DomainError
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +30,31 @@ PENDING, RUNNING, FAILED = "pending", "running", "failed"
 MAX_ATTEMPTS = 5
 
 
+T = TypeVar("T")
+
+
 class Superseded(Exception):
     """The job was claimed by another run (this one stalled) or is no longer running."""
+
+
+class JobError(Exception):
+    """The job cannot go on (its message is the job's `error`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run works through a job (crm_worker makes them from the settings)."""
+
+    stale_after: dt.timedelta  # a running job without a heartbeat this long is taken over
+    batch_size: int = 500
+    # Outages: the job is released and the error raised, for the caller to retry.
+    transient: tuple[type[BaseException], ...] = ()
+    # Called after a batch that recorded outbox events commits (ask for a drain).
+    announce: Callable[[], None] | None = None
 
 
 def now() -> dt.datetime:
@@ -130,3 +158,37 @@ def stalled(
             .with_for_update(skip_locked=True)
         )
     )
+
+
+def guarded(
+    db: Database,
+    model: type[Any],
+    job_id: int,
+    lease: uuid.UUID,
+    transient: tuple[type[BaseException], ...],
+    body: Callable[[], T],
+    failed: T,
+) -> T | None:
+    """`body()`, the run of a claimed job, and what its end means for the job: taken over
+    (None: this run stops), an outage (`transient`: the job is released and the error raised,
+    for the caller to retry), any other error (the job fails with its message: `failed`)."""
+    what = model.__tablename__.removesuffix("s").replace("_job", "").replace("_", " ")
+    try:
+        return body()
+    except Superseded:
+        log.warning("%s %s was taken over by another run; this one stops", what, job_id)
+        return None
+    except transient:
+        with db.transaction() as session:
+            release(session, model, job_id, lease)
+        raise
+    except Exception as exc:
+        if isinstance(exc, JobError | DomainError):
+            message = exc.message
+            log.error("%s %s failed: %s", what, job_id, message)
+        else:
+            log.exception("%s %s failed", what, job_id)
+            message = f"The {what} stopped on an unexpected error: {exc!r}"
+        with db.transaction() as session:
+            fail(session, model, job_id, lease, message)
+        return failed
