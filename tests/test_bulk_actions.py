@@ -15,13 +15,16 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from crm_api import create_app
 from crm_domain.db import Database
 from crm_domain.enums import BulkActionStatus
+from crm_domain.errors import Forbidden
 from crm_domain.models import OutboxEvent
+from crm_domain.services.records import deals
 from crm_domain.services.transfer import bulk_actions
+from crm_domain.services.transfer.bulk_registry import actions
 from crm_worker.bulk_running import run_bulk_action
 
 from .api import ApiClient, User, error_code
@@ -352,3 +355,45 @@ def test_a_run_that_dies_resumes_without_doing_a_record_twice(
     done = job(held, owner, job_id)
     assert (done["status"], done["total"], done["done"], done["succeeded"]) == ("done", 7, 7, 7)
     assert events(db, "deal.status_changed", ids) == dict.fromkeys(ids, 1)
+
+
+# --- what a refused record leaves behind --------------------------------------------------------
+
+
+def _update_deal_but(record_id: int, misstep: str) -> Any:
+    """The registry's deal update, except on `record_id`: after the update the database
+    refuses a statement (`refused`), or the change is made and then refused by a rule
+    (`left_behind`: a rule checked too late)."""
+
+    def apply(session: Any, actor: Any, deal_id: int, changes: dict[str, Any]) -> None:
+        if deal_id == record_id and misstep == "left_behind":
+            deals.get_deal(session, actor, deal_id).title = "Leaked"
+            raise Forbidden("Refused after a change", code="LATE_REFUSAL")
+        deals.update_deal(session, actor, deal_id, changes)
+        if deal_id == record_id:
+            session.execute(text("SELECT 1 / 0"))
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("misstep", "code"), [("refused", "RECORD_FAILED"), ("left_behind", "LATE_REFUSAL")]
+)
+def test_a_record_that_fails_is_undone_alone(
+    api: ApiClient, db: Database, team, monkeypatch: pytest.MonkeyPatch, misstep: str, code: str
+) -> None:
+    owner = team["owner"]
+    contact = api.contact(owner)["id"]
+    ids = [api.deal(owner, contact_id=contact)["id"] for _ in range(3)]
+    bad = ids[1]
+    monkeypatch.setitem(actions._actions["update"], "deal", _update_deal_but(bad, misstep))
+    body = {"entity": "deal", "action": "update", "ids": ids, "changes": {"status": "lost"}}
+    done = run_to_end(api, owner, body)
+    assert (done["succeeded"], done["failed"]) == (2, 1)
+    assert errors_of(done) == {bad: code}
+    if misstep == "refused":
+        assert "DivisionByZero" in done["errors"][0]["message"]
+    statuses = {i: deal_of(api, owner, i)["status"] for i in ids}
+    assert statuses == {ids[0]: "lost", bad: "new", ids[2]: "lost"}
+    assert deal_of(api, owner, bad)["title"] == "Website redesign"
+    assert events(db, "deal.updated", ids) == {ids[0]: 1, ids[2]: 1}

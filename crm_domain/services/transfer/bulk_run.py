@@ -1,6 +1,6 @@
 """Running a bulk action: batch after batch, one transaction each, the next records in id order
-go through the registry's per-record function (the single PATCH/DELETE's service function),
-each in a savepoint: a record it refuses (a DomainError: not the member's deal, won without
+go through the registry's per-record function (the single PATCH/DELETE's service function):
+a record it refuses (a DomainError: not the member's deal, won without
 an amount, a stage rollback...) or the database refuses is rolled back alone and becomes a
 per-record error with the refusal's code; the others commit with the job's progress.
 
@@ -25,6 +25,7 @@ from ...db import Database
 from ...enums import BulkActionStatus
 from ...errors import DomainError
 from ...models import BulkAction
+from ..delivery import outbox
 from ..records import organizations
 from . import bulk_actions, leases
 from .bulk_actions import BatchOutcome
@@ -114,9 +115,47 @@ def _run_batches(db: Database, job: _Claimed, options: RunOptions) -> BulkAction
             options.announce()
 
 
+class _Unsettled(Exception):
+    """A record failed in a way that may have left something behind in the transaction."""
+
+
 def _apply(session: Session, job: _Claimed, record_ids: list[int]) -> BatchOutcome:
-    """Each record through the per-record function in a savepoint of its own; a refused one
-    is rolled back alone (its events with it). An outage is raised."""
+    """The batch's records together, in one savepoint: a per-record function checks its
+    rules before it writes, so a record it refuses leaves nothing behind, which is checked
+    (nothing pending in the session, no event recorded). Should a record fail otherwise (the
+    database refuses it, or a refusal left something), the savepoint is rolled back and the
+    batch done again with a savepoint per record. An outage is raised."""
+    try:
+        with session.begin_nested():
+            return _apply_together(session, job, record_ids)
+    except OperationalError:
+        raise
+    except Exception:
+        log.info("bulk action %s: a batch failed; one savepoint per record", job.job_id)
+    return _apply_one_by_one(session, job, record_ids)
+
+
+def _apply_together(session: Session, job: _Claimed, record_ids: list[int]) -> BatchOutcome:
+    outcome = BatchOutcome()
+    for record_id in record_ids:
+        events_before = outbox.queued(session)
+        try:
+            job.apply(session, job.actor, record_id, job.changes)
+            session.flush()
+        except DomainError as exc:
+            if session.new or session.dirty or session.deleted:
+                raise _Unsettled(record_id) from exc
+            if outbox.queued(session) != events_before:
+                raise _Unsettled(record_id) from exc
+            outcome.errors.append((record_id, exc.code, exc.message))
+            continue
+        outcome.succeeded += 1
+    return outcome
+
+
+def _apply_one_by_one(session: Session, job: _Claimed, record_ids: list[int]) -> BatchOutcome:
+    """Each record in a savepoint of its own; a refused one is rolled back alone (its events
+    with it)."""
     outcome = BatchOutcome()
     for record_id in record_ids:
         try:
