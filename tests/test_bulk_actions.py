@@ -89,6 +89,18 @@ def test_each_record_meets_the_single_patch_rules(api: ApiClient, db: Database, 
         987654: "DEAL_NOT_FOUND",
     }
     assert all(e["message"] for e in done["errors"])
+    r = api.get(f"/bulk-actions/{done['id']}/errors", user=member, org=owner.org_id)
+    assert r.get_json()["items"] == done["errors"]
+    walked, cursor = [], None
+    while True:  # every error, a page of one at a time
+        query = {"page_size": 1, **({"cursor": cursor} if cursor else {})}
+        page = api.get(
+            f"/bulk-actions/{done['id']}/errors", user=member, org=owner.org_id, query=query
+        ).get_json()
+        walked += page["items"]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert walked == done["errors"]
     assert deal_of(api, member, mine["id"])["status"] == "won"
     assert deal_of(api, member, mine["id"])["title"] == "Closed"
     for refused in (others, no_amount):  # left exactly as they were
@@ -397,3 +409,20 @@ def test_a_record_that_fails_is_undone_alone(
     assert statuses == {ids[0]: "lost", bad: "new", ids[2]: "lost"}
     assert deal_of(api, owner, bad)["title"] == "Website redesign"
     assert events(db, "deal.updated", ids) == {ids[0]: 1, ids[2]: 1}
+
+
+def test_a_job_whose_user_left_fails(held: ApiClient, db: Database, held_app: Flask) -> None:
+    team = held.team()
+    owner, member = team["owner"], team["member"]
+    deal = held.deal(member, org=owner.org_id)
+    body = {"entity": "deal", "action": "delete", "ids": [deal["id"]]}
+    job_id = bulk(held, member, body).get_json()["id"]
+    r = held.delete(f"/organizations/{owner.org_id}/members/{member.id}", user=owner)
+    assert r.status_code == 204, r.get_json()
+    settings = held_app.extensions["crm_settings"]
+    assert run_bulk_action(db, job_id, settings) is BulkActionStatus.FAILED
+    failed = job(held, owner, job_id)
+    assert failed["status"] == "failed"
+    assert failed["error"] == "The user who started it is no longer a member of the organization"
+    assert (failed["done"], failed["finished_at"] is not None) == (0, True)
+    assert deal_of(held, owner, deal["id"])["id"] == deal["id"]  # still there

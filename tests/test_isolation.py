@@ -137,6 +137,7 @@ ROUTES: tuple[Route, ...] = (
         snapshot="/deals/{deal}",
     ),
     Route("GET", "/bulk-actions/{bulk_action}"),
+    Route("GET", "/bulk-actions/{bulk_action}/errors"),
     Route("POST", "/bulk-actions/{bulk_action}/cancel", snapshot="/bulk-actions/{bulk_action}"),
     # notifications (the caller's own, in the header's org)
     Route("GET", "/notifications"),

@@ -33,6 +33,11 @@ EXAMPLE_JOB = {
     "started_at": "2026-12-07T10:00:01+00:00",
     "finished_at": None,
 }
+EXAMPLE_ERROR = {
+    "record_id": 4411,
+    "code": "NOT_OWNER",
+    "message": "Members can only modify their own deals",
+}
 PENDING = {"status": "pending", "done": 0, "succeeded": 0, "failed": 0, "started_at": None}
 
 
@@ -135,5 +140,8 @@ class BulkActionDetailSchema(BulkActionSchema):
     errors = fields.List(
         fields.Nested(RecordErrorSchema),
         dump_only=True,
-        metadata={"description": f"the first {service.ERRORS_SHOWN} by record id"},
+        metadata={
+            "description": f"the first {service.ERRORS_SHOWN} by record id; all of them: "
+            "GET /bulk-actions/{id}/errors"
+        },
     )

@@ -24,6 +24,7 @@ from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, page_example, page_of
 from . import contacts, deals, tasks
 from .bulk_action_schemas import (
+    EXAMPLE_ERROR,
     EXAMPLE_JOB,
     PENDING,
     BulkActionArgs,
@@ -31,6 +32,7 @@ from .bulk_action_schemas import (
     BulkActionDetailSchema,
     BulkActionSchema,
     DryRunSchema,
+    RecordErrorSchema,
 )
 
 blp = Blueprint(
@@ -165,11 +167,7 @@ class BulkActionById(MethodView):
             **EXAMPLE_JOB,
             "errors_total": 9,
             "errors": [
-                {
-                    "record_id": 4411,
-                    "code": "NOT_OWNER",
-                    "message": "Members can only modify their own deals",
-                },
+                EXAMPLE_ERROR,
                 {
                     "record_id": 4420,
                     "code": "WON_REQUIRES_POSITIVE_AMOUNT",
@@ -183,6 +181,20 @@ class BulkActionById(MethodView):
         """A bulk action's status, progress and its first per-record errors"""
         with transaction() as session:
             return _Detail(session, service.get(session, current_actor(), bulk_action_id))
+
+
+@blp.route("/<int:bulk_action_id>/errors")
+class BulkActionErrors(MethodView):
+    @blp.tenant_required
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, page_of(RecordErrorSchema), example=page_example(EXAMPLE_ERROR))
+    @blp.alt_response(404, description="Not found in this organization")
+    def get(self, args: dict[str, Any], bulk_action_id: int) -> Any:
+        """Every per-record error of a bulk action, by record id"""
+        with transaction() as session:
+            return service.error_page(
+                session, current_actor(), bulk_action_id, PageArgs.page_request(args)
+            )
 
 
 @blp.route("/<int:bulk_action_id>/cancel")

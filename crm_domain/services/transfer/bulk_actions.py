@@ -157,6 +157,18 @@ def first_errors(session: Session, job_id: int, limit: int = ERRORS_SHOWN) -> li
     return list(session.scalars(stmt))
 
 
+def error_page(
+    session: Session, actor: Actor, job_id: int, request: PageRequest
+) -> Page[BulkActionError]:
+    """Every per-record error of a job, by record id (a cursor walks them all)."""
+    get(session, actor, job_id)
+    stmt = select(BulkActionError).where(BulkActionError.bulk_action_id == job_id)
+    ordering = Ordering(
+        "record_id", BulkActionError.record_id, BulkActionError.record_id, descending=False
+    )
+    return paginate(session, stmt, request, ordering)
+
+
 def cancel(session: Session, actor: Actor, job_id: int) -> BulkAction:
     """A pending job is cancelled at once; a running one stops before its next batch (what
     its committed batches did stays done). Members may cancel only their own. Cancelling a
@@ -237,7 +249,9 @@ def _finish(session: Session, job: BulkAction, status: BulkActionStatus) -> None
 
 
 def fail(session: Session, job_id: int, lease: uuid.UUID, message: str) -> None:
+    """Failed (the user left, an unexpected error): the records not done stay undone."""
     leases.fail(session, BulkAction, job_id, lease, message)
+    session.execute(delete(BulkActionItem).where(BulkActionItem.bulk_action_id == job_id))
 
 
 def release(session: Session, job_id: int, lease: uuid.UUID) -> None:
