@@ -231,6 +231,7 @@ def test_a_filter_matching_more_than_the_limit_is_400(
         r = bulk(api, owner, body, **query)
         assert r.status_code == 400, r.get_json()
         assert error_code(r) == "BULK_ACTION_TOO_MANY"
+    assert api.get("/bulk-actions", user=owner, org=owner.org_id).get_json()["total"] == 0
     monkeypatch.setattr(bulk_actions, "MAX_MATCHES", 3)
     assert bulk(api, owner, body, dry_run="true").get_json()["matched"] == 3
 

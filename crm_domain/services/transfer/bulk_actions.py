@@ -65,18 +65,21 @@ def matching(
     model = ENTITIES[entity].model
     if isinstance(target, Select):
         ids = select(target.subquery().c.id).limit(MAX_MATCHES + 1).subquery()
-        count = session.scalar(select(func.count()).select_from(ids)) or 0
-        if count > MAX_MATCHES:
-            raise ValidationFailed(
-                f"The filter matches more than {MAX_MATCHES} records; narrow it",
-                code="BULK_ACTION_TOO_MANY",
-                details={"max": MAX_MATCHES},
-            )
-        return count
+        return _within_limit(session.scalar(select(func.count()).select_from(ids)) or 0)
     stmt = select(func.count()).where(
         model.organization_id == actor.organization_id, model.id.in_(_unique(target))
     )
     return session.scalar(stmt) or 0
+
+
+def _within_limit(matches: int) -> int:
+    if matches > MAX_MATCHES:
+        raise ValidationFailed(
+            f"The filter matches more than {MAX_MATCHES} records; narrow it",
+            code="BULK_ACTION_TOO_MANY",
+            details={"max": MAX_MATCHES},
+        )
+    return matches
 
 
 def _unique(ids: Sequence[int]) -> list[int]:
@@ -95,11 +98,7 @@ def create(
     """A pending bulk action with its target ids; the outbox event asks a worker to run it.
     `target` is a list of ids (those not in the organization fail one by one, as a PATCH of
     them would) or the list endpoint's query of a filter (its rows now)."""
-    if isinstance(target, Select):
-        matching(session, actor, request.entity, target)  # the limit
-        ids = None
-    else:
-        ids = _unique(target)
+    ids = None if isinstance(target, Select) else _unique(target)
     job = BulkAction(
         organization_id=actor.organization_id,
         created_by=actor.user_id,
@@ -117,11 +116,11 @@ def create(
         assert isinstance(target, Select)
         found = target.subquery()
         columns = ["bulk_action_id", "record_id"]
-        session.execute(
-            insert(BulkActionItem).from_select(columns, select(literal(job.id), found.c.id))
-        )
+        selected = select(literal(job.id), found.c.id).limit(MAX_MATCHES + 1)
+        session.execute(insert(BulkActionItem).from_select(columns, selected))
         count = select(func.count()).where(BulkActionItem.bulk_action_id == job.id)
-        job.total = session.scalar(count) or 0
+        # Over the limit: the 400 rolls the job back with the request's transaction.
+        job.total = _within_limit(session.scalar(count) or 0)
     elif ids:
         rows = [{"bulk_action_id": job.id, "record_id": record_id} for record_id in ids]
         session.execute(insert(BulkActionItem), rows)
