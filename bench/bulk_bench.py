@@ -22,14 +22,13 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import Client
+from bench.client import Client, fresh_tenant
 from bench.config import PASSWORD
 from bench.import_bench import multipart
-from bench.report import percentile
+from bench.report import latency_line
 
 
 def reader(client: Client, stop: threading.Event, out: list[float]) -> None:
@@ -76,24 +75,7 @@ def main() -> None:
     parser.add_argument("--deals", type=int, default=10_000)
     parser.add_argument("--readers", type=int, default=2)
     args = parser.parse_args()
-    url = urlsplit(args.base)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-
-    owner = Client(port, host=host)
-    body = owner.call(
-        "POST",
-        "/auth/register",
-        body={
-            "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
-            "password": PASSWORD,
-            "name": "Bench",
-            "organization_name": "Bulk bench",
-        },
-    )
-    owner.token, owner.org_id = body["access_token"], body["organization"]["id"]
-
-    def client() -> Client:
-        return Client(port, host=host, token=owner.token, org_id=owner.org_id, timeout=30)
+    owner, client = fresh_tenant(args.base, PASSWORD, "Bulk bench")
 
     email = f"buyer-{uuid.uuid4().hex[:8]}@example.com"
     owner.call("POST", "/contacts", body={"name": "Buyer", "email": email})
@@ -140,13 +122,8 @@ def main() -> None:
         f"bulk action: {job['status']} in {elapsed:.1f} s ({job['done'] / elapsed:,.0f} "
         f"records/s); succeeded {job['succeeded']}, failed {job['failed']}"
     )
-    for label, values in (("idle", idle), (f"during the job ({args.readers} readers)", ok)):
-        ordered = sorted(values)
-        print(
-            f"GET /deals?page_size=1 {label}: n={len(values)} "
-            f"p50={percentile(ordered, 50):.1f} ms p95={percentile(ordered, 95):.1f} ms "
-            f"p99={percentile(ordered, 99):.1f} ms max={max(values, default=0):.1f} ms"
-        )
+    print(latency_line("GET /deals?page_size=1 idle", idle))
+    print(latency_line(f"GET /deals?page_size=1 during the job ({args.readers} readers)", ok))
     print(f"failed GETs during the job: {failed}")
     peak = max(loads, default=0.0)
     print(f"load average: peak 1-min {peak:.2f}; now {os.getloadavg()} ({os.cpu_count()} cores)")
