@@ -18,6 +18,7 @@ from flask import Flask
 from sqlalchemy import select, text
 
 from crm_api import create_app
+from crm_domain import context
 from crm_domain.db import Database
 from crm_domain.enums import BulkActionStatus
 from crm_domain.errors import Forbidden
@@ -427,3 +428,51 @@ def test_a_job_whose_user_left_fails(held: ApiClient, db: Database, held_app: Fl
     assert failed["error"] == "The user who started it is no longer a member of the organization"
     assert (failed["done"], failed["finished_at"] is not None) == (0, True)
     assert deal_of(held, owner, deal["id"])["id"] == deal["id"]  # still there
+
+
+def test_api_keys_write_key_acts_read_key_is_refused(api: ApiClient, team) -> None:
+    owner = team["owner"]
+    deal = api.deal(owner)
+    keys = {}
+    for scope in ("read", "write"):
+        r = api.post(
+            "/api-keys", user=owner, org=owner.org_id, json={"name": scope, "scope": scope}
+        )
+        assert r.status_code == 201, r.get_json()
+        keys[scope] = r.get_json()["key"]
+    body = {"entity": "deal", "action": "update", "ids": [deal["id"]], "changes": {"title": "K"}}
+    r = api.post("/bulk-actions", token=keys["read"], json=body)
+    assert r.status_code == 403 and error_code(r) == "API_KEY_READ_ONLY"
+    assert api.get("/bulk-actions", token=keys["read"]).get_json()["total"] == 0
+    r = api.post("/bulk-actions", token=keys["write"], json=body)
+    assert r.status_code == 202, r.get_json()
+    done = api.get(f"/bulk-actions/{r.get_json()['id']}", token=keys["read"]).get_json()
+    assert (done["status"], done["succeeded"], done["created_by"]) == ("done", 1, owner.id)
+    assert deal_of(api, owner, deal["id"])["title"] == "K"
+
+
+def test_the_run_acts_in_the_name_of_its_user_and_key(
+    held: ApiClient, db: Database, held_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What audit entries and events will name (context.origin) in the worker: the user and
+    the API key that asked, not the system."""
+    owner = held.register()
+    deal = held.deal(owner)
+    made = held.post(
+        "/api-keys", user=owner, org=owner.org_id, json={"name": "k", "scope": "write"}
+    )
+    key = made.get_json()
+    seen = []
+
+    def update(session: Any, actor: Any, deal_id: int, changes: dict[str, Any]) -> None:
+        seen.append((context.origin().user_id, context.origin().api_key_id, actor.api_key_id))
+        deals.update_deal(session, actor, deal_id, changes)
+
+    monkeypatch.setitem(actions._actions["update"], "deal", update)
+    body = {"entity": "deal", "action": "update", "ids": [deal["id"]], "changes": {"title": "K"}}
+    job_id = held.post("/bulk-actions", token=key["key"], json=body).get_json()["id"]
+    assert context.origin().is_system
+    settings = held_app.extensions["crm_settings"]
+    assert run_bulk_action(db, job_id, settings) is BulkActionStatus.DONE
+    assert seen == [(owner.id, key["id"], key["id"])]
+    assert context.origin().is_system
