@@ -157,6 +157,8 @@ class Settings:
     # the same key's first request to finish before answering 409.
     idempotency_key_hours: float = 24.0
     idempotency_wait_seconds: float = 5.0
+    # The audit log keeps entries this long; beat purges older ones (and the feed loses them).
+    audit_retention_days: int = 365
     log_format: str = "text"
     metrics_token: str = ""
     metrics_cache_seconds: float = 5.0
@@ -217,6 +219,7 @@ class Settings:
             import_batch_size=env.int("IMPORT_BATCH_SIZE", 500),
             import_stall_seconds=env.float("IMPORT_STALL_SECONDS", 60.0),
             idempotency_key_hours=env.float("IDEMPOTENCY_KEY_HOURS", 24.0),
+            audit_retention_days=env.int("AUDIT_RETENTION_DAYS", 365),
             idempotency_wait_seconds=env.float("IDEMPOTENCY_WAIT_SECONDS", 5.0),
             log_format=log_format_from_env(env),
             metrics_token=env.str("METRICS_TOKEN", ""),

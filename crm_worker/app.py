@@ -77,6 +77,7 @@ QUEUE_ROUTES = {
     "crm.reports.*": "bulk",
     "crm.reminders.*": "bulk",
     "crm.idempotency.*": "bulk",
+    "crm.audit.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
     # Webhook deliveries wait on other people's servers: a worker of their own.
     "crm.webhooks.*": "webhooks",
@@ -166,6 +167,11 @@ celery_app.conf.update(
         },
         "idempotency-purge": {
             "task": "crm.idempotency.purge_expired",
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
+        "audit-purge": {
+            "task": "crm.audit.purge_expired",
             "schedule": timedelta(hours=1),
             "options": {"expires": 3600},
         },

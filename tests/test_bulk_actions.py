@@ -476,3 +476,14 @@ def test_the_run_acts_in_the_name_of_its_user_and_key(
     assert run_bulk_action(db, job_id, settings) is BulkActionStatus.DONE
     assert seen == [(owner.id, key["id"], key["id"])]
     assert context.origin().is_system
+    # the audit log: the job's own entries and the record's change, in the key's name
+    by_key = {"type": "api_key", "user_id": owner.id, "api_key_id": key["id"]}
+    log = held.get("/audit-log", user=owner, org=owner.org_id, query={"page_size": 100})
+    entries = {(e["action"], e["entity_id"]): e for e in log.get_json()["items"]}
+    for action, entity_id in (
+        ("bulk_action.started", job_id),
+        ("deal.updated", deal["id"]),
+        ("bulk_action.done", job_id),
+    ):
+        assert entries[(action, entity_id)]["actor"] == by_key, action
+    assert entries[("bulk_action.done", job_id)]["changes"]["succeeded"] == [None, 1]

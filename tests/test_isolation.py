@@ -13,7 +13,9 @@ tenant check would make the request succeed (and the snapshot comparison catch t
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import re
 import string
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import text
 
 from crm_domain.db import Database
 from crm_domain.models import Notification
@@ -165,6 +168,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api-keys"),
     Route("POST", "/api-keys", body=lambda ids: {"name": "Intruder", "scope": "write"}),
     Route("DELETE", "/api-keys/{api_key}", snapshot="/api-keys"),
+    # the audit log and the change feed (owner/admin)
+    Route("GET", "/audit-log", query={"entity_type": "contact"}),
+    Route("GET", "/audit-log/export.csv"),
+    Route("GET", "/events"),
 )
 
 # The organization is named in the path ({org}); {member} is a user id, {invitation} an
@@ -629,6 +636,29 @@ def test_members_and_invitations_lists_show_only_their_org(world: World) -> None
         assert not member_ids & {other.owner.id, other.ids["member"]}
         assert [i["id"] for i in invitations["items"]] == [me.ids["invitation"]]
         assert {i["organization_id"] for i in invitations["items"]} == {me.id}
+
+
+def test_the_audit_log_and_the_feed_show_only_their_org(world: World, db: Database) -> None:
+    with db.transaction() as session:
+        rows = session.execute(text("SELECT organization_id, id FROM audit_entries")).all()
+    for me, other in ((world.a, world.b), (world.b, world.a)):
+        mine = {i for org, i in rows if org == me.id}
+        theirs = {i for org, i in rows if org == other.id}
+        assert mine and theirs
+        log = world.api.get("/audit-log", user=me.owner, org=me.id, query={"limit": 100})
+        feed = world.api.get("/events", token=me.key, query={"limit": 1000})
+        csv_ids = world.api.get("/audit-log/export.csv", user=me.owner, org=me.id)
+        shown = {e["id"] for e in log.get_json()["items"] + feed.get_json()["items"]}
+        csv_rows = csv.DictReader(io.StringIO(csv_ids.get_data(as_text=True)))
+        shown |= {int(row["id"]) for row in csv_rows}
+        assert shown <= mine and not shown & theirs
+        entities = {(e["entity_type"], e["entity_id"]) for e in feed.get_json()["items"]}
+        assert ("contact", me.ids["contact"]) in entities
+        assert ("contact", other.ids["contact"]) not in entities
+        # A cursor of the other organization's feed is refused, not followed.
+        cursor = world.api.get("/events", token=other.key).get_json()["next_cursor"]
+        r = world.api.get("/events", token=me.key, query={"after": cursor})
+        assert r.status_code == 400 and error_code(r) == "INVALID_CURSOR"
 
 
 def test_my_organizations_are_mine_only(world: World) -> None:

@@ -38,6 +38,7 @@ UNIQUE_WITHOUT_ORGANIZATION = {
         for table in (
             "activities",
             "api_keys",
+            "audit_entries",
             "contacts",
             "deals",
             "idempotency_keys",

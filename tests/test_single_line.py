@@ -336,6 +336,7 @@ FREE_TEXT = {
     ("AcceptNewUserSchema", "token"): "opaque, never stored",
     ("AcceptSchema", "token"): "opaque, never stored",
     ("PreviewArgs", "token"): "opaque, never stored",
+    ("FeedArgs", "after"): "the change feed's cursor: opaque, never stored",
 }
 OPAQUE_EVERYWHERE = {"cursor": "opaque, never stored (every list's PageArgs)"}
 

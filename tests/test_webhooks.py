@@ -818,6 +818,16 @@ def test_410_gone_disables_at_once(api: ApiClient, db: Database, sender, receive
     send_due(db, sender, endpoint)
     got = api.get(f"/webhooks/{endpoint['id']}", user=owner, org=owner.org_id).get_json()
     assert got["enabled"] is False and "410 Gone" in got["disabled_reason"]
+    # Audited as the system's doing (the sender is a worker), in the same transaction.
+    r = api.get(
+        "/audit-log", user=owner, org=owner.org_id, query={"action": "webhook_endpoint.disabled"}
+    )
+    (entry,) = r.get_json()["items"]
+    assert entry["actor"]["type"] == "system" and entry["entity_id"] == endpoint["id"]
+    assert entry["changes"] == {
+        "enabled": [True, False],
+        "disabled_reason": [None, got["disabled_reason"]],
+    }
 
 
 def test_a_receiver_that_never_answers_costs_one_timeout(

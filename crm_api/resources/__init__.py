@@ -4,6 +4,7 @@ from . import (
     activities,
     analytics,
     api_keys,
+    audit_log,
     auth,
     bulk_actions,
     contacts,
@@ -32,4 +33,5 @@ MODULES = (
     notifications,
     webhooks,
     api_keys,
+    audit_log,
 )

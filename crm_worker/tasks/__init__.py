@@ -2,6 +2,7 @@
 
 from . import (
     analytics,
+    audit,
     bulk_actions,
     idempotency,
     imports,
@@ -14,6 +15,7 @@ from . import (
 
 __all__ = [
     "analytics",
+    "audit",
     "bulk_actions",
     "idempotency",
     "imports",

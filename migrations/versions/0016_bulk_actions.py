@@ -7,7 +7,7 @@ it finishes); bulk_action_errors: why a record was left unchanged.
 Three new tables: no lock on existing data.
 
 Revision ID: 0016_bulk_actions
-Revises: 0012_api_keys
+Revises: 0015_audit_log
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0016_bulk_actions"
-down_revision: str | None = "0012_api_keys"
+down_revision: str | None = "0015_audit_log"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

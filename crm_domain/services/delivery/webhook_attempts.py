@@ -18,7 +18,15 @@ from sqlalchemy.orm import Session
 from ...models import WebhookDelivery, WebhookEndpoint
 from .webhook_leases import lease_until
 from .webhook_policy import RetryPolicy
-from .webhooks import ERROR_LIMIT, FAILED, PENDING, RESPONSE_BODY_LIMIT, SUCCEEDED, set_enabled
+from .webhooks import (
+    ERROR_LIMIT,
+    FAILED,
+    PENDING,
+    RESPONSE_BODY_LIMIT,
+    SUCCEEDED,
+    audit_endpoint,
+    set_enabled,
+)
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,8 @@ def record_result(
     reason = _disable_reason(endpoint, result, policy, now)
     if reason is not None and endpoint.enabled:
         set_enabled(endpoint, False, reason)
+        disabled = {"enabled": (True, False), "disabled_reason": (None, reason)}
+        audit_endpoint(session, endpoint, "disabled", disabled)
     return delivery
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ... import egress, rules
+from ... import audit, egress, rules
 from ...context import Actor
 from ...errors import Conflict, NotFound, ValidationFailed
 from ...models import WebhookDelivery, WebhookEndpoint
@@ -120,7 +120,27 @@ def create_endpoint(
         endpoint.disabled_at = dt.datetime.now(dt.UTC)
     session.add(endpoint)
     session.flush()
+    audit_endpoint(
+        session, endpoint, "created", {f: (None, getattr(endpoint, f)) for f in AUDITED_FIELDS}
+    )
     return endpoint
+
+
+# What an endpoint's audit entries show (never its secrets).
+AUDITED_FIELDS = ("url", "description", "event_types", "enabled")
+
+
+def audit_endpoint(
+    session: Session, endpoint: WebhookEndpoint, what: str, changes: audit.Changes
+) -> None:
+    audit.record(
+        session,
+        endpoint.organization_id,
+        f"webhook_endpoint.{what}",
+        "webhook_endpoint",
+        endpoint.id,
+        changes,
+    )
 
 
 def update_endpoint(
@@ -145,6 +165,7 @@ def update_endpoint(
         set_enabled(endpoint, endpoint.enabled, "Disabled through the API")
     if changed:
         session.flush()
+        audit_endpoint(session, endpoint, "updated", changed)
     return endpoint
 
 
@@ -168,6 +189,9 @@ def delete_endpoint(
     endpoint = get_endpoint(session, actor, endpoint_id, for_update=True)
     if precondition:
         precondition(endpoint)
+    audit_endpoint(
+        session, endpoint, "deleted", {f: (getattr(endpoint, f), None) for f in AUDITED_FIELDS}
+    )
     session.delete(endpoint)
     session.flush()
 
@@ -180,6 +204,7 @@ def rotate_secret(session: Session, actor: Actor, endpoint_id: int) -> WebhookEn
     endpoint.previous_secret_expires_at = dt.datetime.now(dt.UTC) + PREVIOUS_SECRET_GRACE
     endpoint.secret = new_secret()
     session.flush()
+    audit_endpoint(session, endpoint, "secret_rotated", {})
     return endpoint
 
 

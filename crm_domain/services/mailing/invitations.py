@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...enums import Role
 from ...errors import Conflict, Forbidden, Gone, NotFound
 from ...mail.render import Content, render
@@ -101,6 +101,7 @@ def invite(
     if previous is not None:  # replacing an owner invitation is for owners only
         rules.ensure_can_touch_membership(inviter_role, target_role=previous.role, new_role=role)
         previous.revoked_at = now
+        _audit(session, previous, "invitation.revoked", {"revoked_at": (None, now)})
     nonce = secrets.token_urlsafe(24)
     invitation = Invitation(
         organization_id=organization_id,
@@ -121,7 +122,18 @@ def invite(
             code="INVITATION_CONFLICT",
         ) from exc
     outbox.record(session, organization_id, INVITATION_TOPIC, {"invitation_id": invitation.id})
+    fields = ("email", "role", "invited_by", "expires_at")
+    _audit(
+        session,
+        invitation,
+        "invitation.created",
+        {f: (None, getattr(invitation, f)) for f in fields},
+    )
     return invitation
+
+
+def _audit(session: Session, invitation: Invitation, action: str, changes: audit.Changes) -> None:
+    audit.record(session, invitation.organization_id, action, "invitation", invitation.id, changes)
 
 
 def list_pending(
@@ -149,6 +161,7 @@ def revoke(session: Session, *, organization_id: int, actor_role: Role, invitati
         raise Conflict("The invitation was already accepted", code="INVITATION_ALREADY_ACCEPTED")
     rules.ensure_can_touch_membership(actor_role, target_role=invitation.role, new_role=None)
     invitation.revoked_at = _now()
+    _audit(session, invitation, "invitation.revoked", {"revoked_at": (None, invitation.revoked_at)})
 
 
 # --- using the token ------------------------------------------------------------------------
@@ -210,6 +223,8 @@ def _join(session: Session, invitation: Invitation, user_id: int) -> tuple[Organ
     )
     invitation.accepted_at = _now()
     invitation.accepted_by = user_id
+    changes = {"accepted_at": (None, invitation.accepted_at), "accepted_by": (None, user_id)}
+    _audit(session, invitation, "invitation.accepted", changes)
     org = session.get(Organization, invitation.organization_id)
     assert org is not None
     return org, invitation.role

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Connection, select, text, update
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...context import Actor
 from ...enums import ApiKeyScope, Role
 from ...errors import NotFound, Unauthorized, ValidationFailed
@@ -170,6 +170,9 @@ def create(
     )
     session.add(row)
     session.flush()
+    fields = ("user_id", "name", "scope", "expires_at")
+    changes = {f: (None, getattr(row, f)) for f in fields}
+    audit.record(session, row.organization_id, "api_key.created", "api_key", row.id, changes)
     return row, key
 
 
@@ -201,3 +204,4 @@ def revoke(session: Session, actor: Actor, key_id: int) -> None:
     ).scalar()
     if done is None:
         raise NotFound("API key not found", code="API_KEY_NOT_FOUND")
+    audit.record(session, actor.organization_id, "api_key.revoked", "api_key", key_id)

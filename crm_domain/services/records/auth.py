@@ -10,6 +10,7 @@ from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ... import audit
 from ...enums import Role
 from ...errors import Conflict, Unauthorized, ValidationFailed
 from ...models import AuthSession, Organization, OrganizationMember, User
@@ -65,7 +66,22 @@ def register(
         ) from exc
     session.add(OrganizationMember(organization_id=org.id, user_id=user.id, role=Role.OWNER))
     session.flush()
+    record_founding(session, org, user.id)
     return user, org
+
+
+def record_founding(session: Session, org: Organization, owner_id: int) -> None:
+    """Audit a new organization and its first owner (entries by the system at registration:
+    nobody is logged in yet)."""
+    audit.record_many(
+        session,
+        [
+            audit.entry(
+                org.id, "organization.created", "organization", org.id, {"name": (None, org.name)}
+            ),
+            audit.entry(org.id, "member.added", "member", owner_id, {"role": (None, Role.OWNER)}),
+        ],
+    )
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...context import Actor
 from ...enums import Role
 from ...errors import Conflict, Forbidden, NotFound
 from ...models import Organization, OrganizationMember, User
-from .auth import normalize_email
+from .auth import normalize_email, record_founding
 
 
 def memberships_of(session: Session, user_id: int) -> Sequence[tuple[Organization, Role]]:
@@ -48,7 +48,19 @@ def create(session: Session, *, name: str, creator_id: int) -> Organization:
     session.flush()
     session.add(OrganizationMember(organization_id=org.id, user_id=creator_id, role=Role.OWNER))
     session.flush()
+    record_founding(session, org, creator_id)
     return org
+
+
+def _audit_member(
+    session: Session,
+    organization_id: int,
+    action: str,
+    user_id: int,
+    old: Role | None,
+    new: Role | None,
+) -> None:
+    audit.record(session, organization_id, action, "member", user_id, {"role": (old, new)})
 
 
 def list_members(
@@ -114,6 +126,7 @@ def join(session: Session, *, organization_id: int, user_id: int, role: Role) ->
             session.flush()
     except IntegrityError as exc:
         raise Conflict("The user is already a member", code="MEMBER_ALREADY_EXISTS") from exc
+    _audit_member(session, organization_id, "member.added", user_id, None, role)
     return member
 
 
@@ -126,6 +139,8 @@ def change_role(
     rules.ensure_can_touch_membership(actor_role, target_role=member.role, new_role=role)
     if member.role is Role.OWNER and role is not Role.OWNER and owners <= 1:
         raise Conflict("The last owner cannot be demoted", code="LAST_OWNER")
+    if member.role is not role:
+        _audit_member(session, organization_id, "member.role_changed", user_id, member.role, role)
     member.role = role
     session.flush()
     user = session.get(User, user_id)
@@ -144,6 +159,7 @@ def remove_member(
         raise Conflict("The last owner cannot be removed", code="LAST_OWNER")
     session.delete(member)
     session.flush()
+    _audit_member(session, organization_id, "member.removed", user_id, member.role, None)
 
 
 def ensure_assignable_owner(session: Session, actor: Actor, owner_id: int) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from ... import request_id
+from ... import audit, request_id
 from ...enums import ActivityType
 from ...models import Activity, Deal, OutboxEvent
 from ..delivery import events as domain_events
@@ -87,5 +87,6 @@ def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     for row in rows:
         if row["event_key"] in ids and row["organization_id"] in wanted_by:
             entry = Activity(**row, id=ids[row["event_key"]])  # transient: only dumped
-            with request_id.bound(request_ids[row["event_key"]]):  # the request behind it
+            # The request behind it; audited already as the deal's change.
+            with request_id.bound(request_ids[row["event_key"]]), audit.derived():
                 domain_events.record_created(session, "activity", entry)

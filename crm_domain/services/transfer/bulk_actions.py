@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...context import Actor
 from ...enums import BulkActionStatus
 from ...errors import Conflict, ValidationFailed
@@ -127,7 +127,14 @@ def create(
         job.total = len(ids)
     session.flush()
     outbox.record(session, job.organization_id, BULK_ACTION_TOPIC, {"bulk_action_id": job.id})
+    fields = ("entity", "action", "changes", "filter", "total", "status")
+    _audit(session, job, "bulk_action.started", {f: (None, getattr(job, f)) for f in fields})
     return job
+
+
+def _audit(session: Session, job: BulkAction, action: str, changes: audit.Changes) -> None:
+    """The job's own entries (each record's change is audited by its domain event)."""
+    audit.record(session, job.organization_id, action, "bulk_action", job.id, changes)
 
 
 def list_jobs(session: Session, actor: Actor, request: PageRequest) -> Page[BulkAction]:
@@ -182,6 +189,8 @@ def cancel(session: Session, actor: Actor, job_id: int) -> BulkAction:
             code="BULK_ACTION_FINISHED",
             details={"status": job.status.value},
         )
+    if not job.cancel_requested:
+        _audit(session, job, "bulk_action.cancel_requested", {"cancel_requested": (False, True)})
     job.cancel_requested = True
     if job.status is BulkActionStatus.PENDING:
         _finish(session, job, BulkActionStatus.CANCELLED)
@@ -193,7 +202,7 @@ def cancel(session: Session, actor: Actor, job_id: int) -> BulkAction:
 
 
 def claim(session: Session, job_id: int, stale_after: dt.timedelta) -> BulkAction | None:
-    return leases.claim(session, BulkAction, job_id, stale_after)
+    return leases.claim(session, BulkAction, job_id, stale_after, _audit_failed)
 
 
 def lock_for_batch(session: Session, job_id: int, lease: uuid.UUID) -> BulkAction:
@@ -241,6 +250,9 @@ def finish(session: Session, job: BulkAction, status: BulkActionStatus) -> None:
 
 def _finish(session: Session, job: BulkAction, status: BulkActionStatus) -> None:
     """Done or cancelled: its list of ids is no longer needed."""
+    counts = ("done", "succeeded", "failed")
+    changes = {"status": (job.status, status), **{f: (None, getattr(job, f)) for f in counts}}
+    _audit(session, job, f"bulk_action.{status.value}", changes)
     job.status = status
     job.lease = None
     job.finished_at = leases.now()
@@ -249,8 +261,13 @@ def _finish(session: Session, job: BulkAction, status: BulkActionStatus) -> None
 
 def fail(session: Session, job_id: int, lease: uuid.UUID, message: str) -> None:
     """Failed (the user left, an unexpected error): the records not done stay undone."""
-    leases.fail(session, BulkAction, job_id, lease, message)
+    leases.fail(session, BulkAction, job_id, lease, message, _audit_failed)
     session.execute(delete(BulkActionItem).where(BulkActionItem.bulk_action_id == job_id))
+
+
+def _audit_failed(session: Session, job: BulkAction, message: str) -> None:
+    changes = {"status": (job.status, BulkActionStatus.FAILED), "error": (None, message)}
+    _audit(session, job, "bulk_action.failed", changes)
 
 
 def release(session: Session, job_id: int, lease: uuid.UUID) -> None:

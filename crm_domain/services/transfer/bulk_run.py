@@ -70,7 +70,14 @@ def run(db: Database, job_id: int, options: RunOptions) -> BulkActionStatus | No
             return _run_batches(db, claimed, options)
 
     return leases.guarded(
-        db, BulkAction, job_id, lease, options.transient, body, BulkActionStatus.FAILED
+        db,
+        BulkAction,
+        job_id,
+        lease,
+        options.transient,
+        body,
+        BulkActionStatus.FAILED,
+        bulk_actions.fail,
     )
 
 

@@ -181,7 +181,7 @@ def run(db: Database, job_id: int, options: Options) -> ImportStatus | None:
         return ImportStatus.DONE
 
     return leases.guarded(
-        db, ImportJob, job_id, lease, options.transient, body, ImportStatus.FAILED
+        db, ImportJob, job_id, lease, options.transient, body, ImportStatus.FAILED, imports.fail
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...context import Actor
 from ...enums import ImportKind, ImportStatus, OnDuplicate
 from ...errors import Conflict
@@ -89,7 +89,13 @@ def create(
     session.flush()
     session.execute(insert(ImportFile).values(job_id=job.id, size=len(content), content=content))
     _request_run(session, job)
+    fields = ("kind", "on_duplicate", "filename", "rows_total", "status")
+    _audit(session, job, "import.started", {f: (None, getattr(job, f)) for f in fields})
     return job
+
+
+def _audit(session: Session, job: ImportJob, action: str, changes: audit.Changes) -> None:
+    audit.record(session, job.organization_id, action, "import", job.id, changes)
 
 
 def _request_run(session: Session, job: ImportJob) -> None:
@@ -153,6 +159,7 @@ def retry(session: Session, actor: Actor, job_id: int) -> ImportJob:
     job.finished_at = None
     session.flush()
     _request_run(session, job)
+    _audit(session, job, "import.retried", {"status": (ImportStatus.FAILED, job.status)})
     return job
 
 
@@ -161,7 +168,7 @@ def retry(session: Session, actor: Actor, job_id: int) -> ImportJob:
 
 def claim(session: Session, job_id: int, stale_after: dt.timedelta) -> ImportJob | None:
     """Take the job for a run (see leases.claim)."""
-    return leases.claim(session, ImportJob, job_id, stale_after)
+    return leases.claim(session, ImportJob, job_id, stale_after, _audit_failed)
 
 
 def lock_for_batch(session: Session, job_id: int, lease: uuid.UUID) -> ImportJob:
@@ -200,15 +207,24 @@ def record_batch(
 def finish(session: Session, job_id: int, lease: uuid.UUID) -> None:
     """Done: the file is no longer needed."""
     job = lock_for_batch(session, job_id, lease)
+    old = job.status
     job.status = ImportStatus.DONE
     job.lease = None
     job.finished_at = _now()
     session.execute(delete(ImportFile).where(ImportFile.job_id == job_id))
     session.flush()
+    counts = ("rows_done", "created_count", "updated_count", "skipped_count", "error_rows")
+    changes = {"status": (old, job.status), **{f: (None, getattr(job, f)) for f in counts}}
+    _audit(session, job, "import.finished", changes)
 
 
 def fail(session: Session, job_id: int, lease: uuid.UUID, message: str) -> None:
-    leases.fail(session, ImportJob, job_id, lease, message)
+    leases.fail(session, ImportJob, job_id, lease, message, _audit_failed)
+
+
+def _audit_failed(session: Session, job: ImportJob, message: str) -> None:
+    changes = {"status": (job.status, ImportStatus.FAILED), "error": (None, message)}
+    _audit(session, job, "import.failed", changes)
 
 
 def release(session: Session, job_id: int, lease: uuid.UUID) -> None:

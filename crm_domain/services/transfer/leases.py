@@ -31,6 +31,8 @@ MAX_ATTEMPTS = 5
 
 
 T = TypeVar("T")
+# Told (session, job, message) right before a job is marked failed (its audit entry).
+FailHook = Callable[[Session, Any, str], None]
 
 
 class Superseded(Exception):
@@ -66,7 +68,13 @@ def _status(job: Any, value: str) -> Any:
     return type(job).__table__.c.status.type.enum_class(value)
 
 
-def claim(session: Session, model: type[Any], job_id: int, stale_after: dt.timedelta) -> Any:
+def claim(
+    session: Session,
+    model: type[Any],
+    job_id: int,
+    stale_after: dt.timedelta,
+    on_fail: FailHook | None = None,
+) -> Any:
     """Take the job for a run: pending, or running without a live run (released, or no
     heartbeat for `stale_after`). None when another run has it or there is nothing to do.
     A job claimed MAX_ATTEMPTS times fails instead."""
@@ -90,7 +98,8 @@ def claim(session: Session, model: type[Any], job_id: int, stale_after: dt.timed
     if job is None:
         return None
     if job.attempts >= MAX_ATTEMPTS:
-        mark_failed(job, f"Gave up after {job.attempts} attempts; retry when the cause is fixed")
+        message = f"Gave up after {job.attempts} attempts; retry when the cause is fixed"
+        mark_failed(session, job, message, on_fail)
         log.error("%s %s parked as failed after %d attempts", model.__name__, job.id, job.attempts)
         return None
     started = now()
@@ -111,14 +120,23 @@ def lock(session: Session, model: type[Any], job_id: int, lease: uuid.UUID) -> A
     return job
 
 
-def fail(session: Session, model: type[Any], job_id: int, lease: uuid.UUID, message: str) -> None:
+def fail(
+    session: Session,
+    model: type[Any],
+    job_id: int,
+    lease: uuid.UUID,
+    message: str,
+    on_fail: FailHook | None = None,
+) -> None:
     job = session.scalar(select(model).where(model.id == job_id).with_for_update())
     if job is not None and job.lease == lease:
-        mark_failed(job, message)
+        mark_failed(session, job, message, on_fail)
         session.flush()
 
 
-def mark_failed(job: Any, message: str) -> None:
+def mark_failed(session: Session, job: Any, message: str, on_fail: FailHook | None) -> None:
+    if on_fail is not None:
+        on_fail(session, job, message[:2000])
     job.status = _status(job, FAILED)
     job.error = message[:2000]
     job.lease = None
@@ -168,10 +186,11 @@ def guarded(
     transient: tuple[type[BaseException], ...],
     body: Callable[[], T],
     failed: T,
+    fail: Callable[[Session, int, uuid.UUID, str], None],
 ) -> T | None:
     """`body()`, the run of a claimed job, and what its end means for the job: taken over
     (None: this run stops), an outage (`transient`: the job is released and the error raised,
-    for the caller to retry), any other error (the job fails with its message: `failed`)."""
+    for the caller to retry), any other error (`fail` with its message; `failed`)."""
     what = model.__tablename__.removesuffix("s").replace("_job", "").replace("_", " ")
     try:
         return body()
@@ -190,5 +209,5 @@ def guarded(
             log.exception("%s %s failed", what, job_id)
             message = f"The {what} stopped on an unexpected error: {exc!r}"
         with db.transaction() as session:
-            fail(session, model, job_id, lease, message)
+            fail(session, job_id, lease, message)
         return failed
