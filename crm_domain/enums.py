@@ -63,7 +63,8 @@ class ImportStatus(enum.StrEnum):
 
 
 class OnDuplicate(enum.StrEnum):
-    """What a contacts import does with a row whose e-mail an existing contact has."""
+    """What an import does with a row whose e-mail an existing contact has (contacts), or
+    whose contact and title a live deal has (deals)."""
 
     SKIP = "skip"
     UPDATE = "update"

@@ -45,6 +45,7 @@ from .enums import (
     OnDuplicate,
     Role,
 )
+from .trashable import Trashable
 
 AMOUNT = Numeric(12, 2)
 
@@ -75,6 +76,18 @@ def _import_row_key(table: str) -> Index:
         "import_row",
         unique=True,
         postgresql_where=text("import_job_id IS NOT NULL"),
+    )
+
+
+def _trash_index(table: str) -> Index:
+    """The trash of an organization, newest first (GET /trash) and what beat purges.
+    Partial: live rows cost no index entry."""
+    return Index(
+        f"ix_{table}_org_trash",
+        "organization_id",
+        "deleted_at",
+        "id",
+        postgresql_where=text("deleted_at IS NOT NULL"),
     )
 
 
@@ -143,7 +156,7 @@ class AuthSession(Base):
 CONTACT_SEARCH_TEXT = "lower((name)::text) || E'\\n' || COALESCE(lower((email)::text), '')"
 
 
-class Contact(Base):
+class Contact(Trashable, Base):
     __tablename__ = "contacts"
     __table_args__ = (
         UniqueConstraint("id", "organization_id"),
@@ -152,6 +165,14 @@ class Contact(Base):
         # Imports match contacts by e-mail, case-insensitively, a batch at a time.
         Index("ix_contacts_org_lower_email", "organization_id", func.lower(text("email"))),
         _import_row_key("contacts"),
+        _trash_index("contacts"),
+        # Duplicates by phone (services.records.duplicates): the phone's digits.
+        Index(
+            "ix_contacts_org_phone_digits",
+            "organization_id",
+            func.regexp_replace(text("phone"), text("'\\D'"), text("''"), text("'g'")),
+            postgresql_where=text("phone IS NOT NULL"),
+        ),
         # The trigram index on search_text (contact search) is created by migration 0010
         # where the server has pg_trgm.
     )
@@ -170,6 +191,8 @@ class Contact(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
+    # Set with deleted_at when a merge trashed this contact (services.records.merge).
+    merged_into_id: Mapped[int | None] = mapped_column(Integer)
     # What `search` matches, kept by PostgreSQL: one LIKE per row instead of two lower()s and
     # two LIKEs (crm_domain.services.records.contacts.matching). Never loaded with the contact.
     search_text: Mapped[str | None] = mapped_column(
@@ -179,7 +202,7 @@ class Contact(Base):
     )
 
 
-class Deal(Base):
+class Deal(Trashable, Base):
     __tablename__ = "deals"
     __table_args__ = (
         UniqueConstraint("id", "organization_id"),
@@ -201,6 +224,7 @@ class Deal(Base):
         Index("ix_deals_org_owner_created_id", "organization_id", "owner_id", "created_at", "id"),
         Index("ix_deals_contact", "contact_id"),
         _import_row_key("deals"),
+        _trash_index("deals"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -228,7 +252,7 @@ class Deal(Base):
     )
 
 
-class Task(Base):
+class Task(Trashable, Base):
     __tablename__ = "tasks"
     __table_args__ = (
         ForeignKeyConstraint(
@@ -246,6 +270,7 @@ class Task(Base):
             postgresql_where=text("NOT is_done"),
         ),
         Index("ix_tasks_deal_due", "deal_id", "due_date", "id"),
+        _trash_index("tasks"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -257,6 +282,10 @@ class Task(Base):
     description: Mapped[str | None] = mapped_column(Text)
     due_date: Mapped[dt.date] = mapped_column(Date, nullable=False)
     is_done: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    # Trashed because its deal was (and restored with it), not on its own.
+    trashed_with_deal: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False

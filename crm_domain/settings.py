@@ -159,6 +159,8 @@ class Settings:
     idempotency_wait_seconds: float = 5.0
     # The audit log keeps entries this long; beat purges older ones (and the feed loses them).
     audit_retention_days: int = 365
+    # Beat purges what has been in the trash longer than this for good (services.records.trash).
+    trash_retention_days: float = 30.0
     log_format: str = "text"
     metrics_token: str = ""
     metrics_cache_seconds: float = 5.0
@@ -221,6 +223,7 @@ class Settings:
             idempotency_key_hours=env.float("IDEMPOTENCY_KEY_HOURS", 24.0),
             audit_retention_days=env.int("AUDIT_RETENTION_DAYS", 365),
             idempotency_wait_seconds=env.float("IDEMPOTENCY_WAIT_SECONDS", 5.0),
+            trash_retention_days=env.float("TRASH_RETENTION_DAYS", 30.0),
             log_format=log_format_from_env(env),
             metrics_token=env.str("METRICS_TOKEN", ""),
             metrics_cache_seconds=env.float("METRICS_CACHE_SECONDS", 5.0),

@@ -78,6 +78,7 @@ QUEUE_ROUTES = {
     "crm.reminders.*": "bulk",
     "crm.idempotency.*": "bulk",
     "crm.audit.*": "bulk",
+    "crm.trash.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
     # Webhook deliveries wait on other people's servers: a worker of their own.
     "crm.webhooks.*": "webhooks",
@@ -172,6 +173,11 @@ celery_app.conf.update(
         },
         "audit-purge": {
             "task": "crm.audit.purge_expired",
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
+        "trash-purge": {
+            "task": "crm.trash.purge_expired",
             "schedule": timedelta(hours=1),
             "options": {"expires": 3600},
         },

@@ -99,6 +99,28 @@ def test_records_changes_with_the_login_user_and_the_request(api: ApiClient) -> 
     assert _entry(api, owner, "activity.created", entity_id=r.get_json()["id"])
 
 
+def test_trash_restore_merge_and_purge_are_audited(api: ApiClient) -> None:
+    user = api.register()
+    deal = api.deal(user)
+    org = user.org_id
+    assert api.delete(f"/deals/{deal['id']}", user=user, org=org).status_code == 204
+    assert api.post(f"/trash/deal/{deal['id']}/restore", user=user, org=org).status_code == 200
+    target = api.contact(user)
+    twin = api.contact(user)
+    r = api.post(
+        f"/contacts/{target['id']}/merge", user=user, org=org, json={"merge_ids": [twin["id"]]}
+    )
+    assert r.status_code == 200, r.get_json()
+    assert api.delete(f"/trash/contact/{twin['id']}", user=user, org=org).status_code == 204
+    entries = _log(api, user, entity_type="deal", entity_id=deal["id"])
+    assert _actions(entries)[:2] == ["deal.restored", "deal.deleted"]
+    assert (
+        _entry(api, user, "contact.merged", entity_id=target["id"])["actor"]["user_id"] == user.id
+    )
+    purged = _entry(api, user, "contact.purged", entity_id=twin["id"])
+    assert purged["actor"]["user_id"] == user.id
+
+
 def test_a_deals_timeline_is_not_audited_again(api: ApiClient) -> None:
     owner = api.register()
     r = api.post(  # a subscriber makes the timeline's entries `activity.created` events too

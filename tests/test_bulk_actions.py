@@ -205,7 +205,8 @@ def test_the_owner_filter_is_refused_to_a_member_as_in_the_list(api: ApiClient, 
         ({"entity": "deal", "action": "update", "ids": [1], "changes": {"amount": "x"}}, "changes"),
         ({"entity": "deal", "action": "update", "ids": [1], "changes": {"nope": 1}}, "changes"),
         ({"entity": "task", "action": "delete", "ids": [1], "changes": {"title": "x"}}, "changes"),
-        ({"entity": "deal", "action": "restore", "ids": [1]}, "action"),  # comes with the trash
+        ({"entity": "deal", "action": "restore", "filter": {}}, "filter"),  # ids only
+        ({"entity": "deal", "action": "merge", "ids": [1]}, "action"),
         ({"entity": "user", "action": "delete", "ids": [1]}, "entity"),
         ({"entity": "deal", "action": "delete", "ids": []}, "ids"),
         ({"entity": "deal", "action": "delete", "ids": ["a"]}, "ids"),
@@ -487,3 +488,29 @@ def test_the_run_acts_in_the_name_of_its_user_and_key(
     ):
         assert entries[(action, entity_id)]["actor"] == by_key, action
     assert entries[("bulk_action.done", job_id)]["changes"]["succeeded"] == [None, 1]
+
+
+def test_trash_delete_hides_and_restore_brings_back(api: ApiClient, db: Database, team) -> None:
+    """A bulk delete puts records in the trash like a DELETE; a filter never matches the
+    trash; a bulk restore brings them back by ids (a live one fails as a single restore)."""
+    owner = team["owner"]
+    contact = api.contact(owner)["id"]
+    ids = [api.deal(owner, contact_id=contact)["id"] for _ in range(3)]
+    done = run_to_end(api, owner, {"entity": "deal", "action": "delete", "ids": ids[:2]})
+    assert (done["succeeded"], done["failed"]) == (2, 0)
+    assert [api.get(f"/deals/{i}", user=owner, org=owner.org_id).status_code for i in ids] == [
+        404,
+        404,
+        200,
+    ]
+    body = {"entity": "deal", "action": "update", "filter": {}, "changes": {"title": "Live"}}
+    assert bulk(api, owner, body, dry_run="true").get_json()["matched"] == 1
+    assert run_to_end(api, owner, body)["total"] == 1
+    restore = {"entity": "deal", "action": "restore", "ids": ids}
+    assert bulk(api, owner, restore, dry_run="true").get_json()["matched"] == 2
+    done = run_to_end(api, owner, restore)
+    assert (done["succeeded"], done["failed"]) == (2, 1)
+    single = api.post(f"/trash/deal/{ids[2]}/restore", user=owner, org=owner.org_id)
+    assert errors_of(done) == {ids[2]: error_code(single)}
+    assert {deal_of(api, owner, i)["title"] for i in ids[:2]} == {"Website redesign"}
+    assert events(db, "deal.restored", ids) == {ids[0]: 1, ids[1]: 1}

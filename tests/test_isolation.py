@@ -81,6 +81,13 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/contacts/{contact}"),
     Route("PATCH", "/contacts/{contact}", body=lambda ids: {"name": "Hacked", "phone": "666"}),
     Route("DELETE", "/contacts/{contact}"),
+    Route("GET", "/contacts/{contact}/duplicates"),
+    Route(
+        "POST",
+        "/contacts/{contact}/merge",
+        body=lambda ids: {"merge_ids": [ids["deal_contact"]]},
+        snapshot="/contacts/{contact}",
+    ),
     # deals
     Route("GET", "/deals"),
     Route("GET", "/deals/export.csv"),
@@ -112,6 +119,16 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/deals/{deal}/activities",
         body=lambda ids: {"type": "comment", "payload": {"text": "intruder"}},
+    ),
+    # trash (the ids are live records: another org's id, or a live one, is not in the trash)
+    Route("GET", "/trash", query={"entity": "deal"}),
+    *(
+        Route(method, path.format(kind=kind) + suffix, snapshot=f"/{kind}s/{{{kind}}}")
+        for kind in ("contact", "deal", "task")
+        for method, path, suffix in (
+            ("POST", "/trash/{kind}/{{{kind}}}", "/restore"),
+            ("DELETE", "/trash/{kind}/{{{kind}}}", ""),
+        )
     ),
     # analytics
     Route("GET", "/analytics/deals/summary", query={"days": 30}),

@@ -329,8 +329,11 @@ def test_a_deleted_deal_s_events_are_delivered_without_an_entry(
 ) -> None:
     user = api.register()
     doomed = api.deal(user)
-    (event_id,) = record_status_changes(quiet_db, doomed, 1)
     assert api.delete(f"/deals/{doomed['id']}", user=user, org=user.org_id).status_code == 204
+    # In the trash its timeline goes on (tests/test_trash.py); purged, it is gone.
+    r = api.delete(f"/trash/deal/{doomed['id']}", user=user, org=user.org_id)
+    assert r.status_code == 204
+    (event_id,) = record_status_changes(quiet_db, doomed, 1)
     outbox.deliver_pending(quiet_db)
     (ev,) = pending(quiet_db, [event_id])
     assert ev.delivered_at is not None and ev.last_error == "deal no longer exists"

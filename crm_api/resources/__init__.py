@@ -7,6 +7,7 @@ from . import (
     audit_log,
     auth,
     bulk_actions,
+    contact_merge,
     contacts,
     deals,
     imports,
@@ -15,6 +16,7 @@ from . import (
     organizations,
     reports,
     tasks,
+    trash,
     webhooks,
 )
 
@@ -23,9 +25,11 @@ MODULES = (
     organizations,
     invitations,
     contacts,
+    contact_merge,
     deals,
     tasks,
     activities,
+    trash,
     analytics,
     reports,
     imports,

@@ -10,7 +10,12 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from crm_domain.enums import BulkActionStatus
 from crm_domain.services.transfer import bulk_actions as service
-from crm_domain.services.transfer.bulk_registry import ENTITIES, TAKES_CHANGES, actions
+from crm_domain.services.transfer.bulk_registry import (
+    ENTITIES,
+    IDS_ONLY,
+    TAKES_CHANGES,
+    actions,
+)
 
 from ..schemas import Schema, id_field
 
@@ -46,7 +51,7 @@ class BulkActionCreateSchema(Schema):
     action = fields.String(
         required=True,
         validate=validate.OneOf(actions.names()),
-        metadata={"description": "restore comes with the trash"},
+        metadata={"description": "restore: records in the trash, by ids only"},
     )
     ids = fields.List(
         id_field(),
@@ -71,6 +76,8 @@ class BulkActionCreateSchema(Schema):
     def one_selection(self, data: dict[str, Any], **_: Any) -> None:
         if ("ids" in data) == ("filter" in data):
             raise ValidationError("Send either ids or filter", "ids")
+        if data.get("action") in IDS_ONLY and "filter" in data:
+            raise ValidationError("A restore names its records by ids (see GET /trash)", "filter")
 
     @validates_schema
     def changes_fit(self, data: dict[str, Any], **_: Any) -> None:

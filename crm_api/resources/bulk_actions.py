@@ -143,7 +143,10 @@ class BulkActions(MethodView):
         with transaction() as session:
             target = _target(actor, data)
             if args["dry_run"]:
-                matched = service.matching(session, actor, data["entity"], target)
+                request = service.Request(
+                    entity=data["entity"], action=data["action"], changes=data["changes"]
+                )
+                matched = service.matching(session, actor, request, target)
                 # A Response of its own: the 202's schema would drop `matched`.
                 return jsonify(DryRunSchema().dump({**data, "matched": matched}))
             request = service.Request(

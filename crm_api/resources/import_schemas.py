@@ -50,8 +50,9 @@ class ImportUploadSchema(Schema):
         by_value=True,
         load_default=OnDuplicate.SKIP,
         metadata={
-            "description": "contacts whose e-mail the organization already has (ignored for "
-            "deals): skip them, or update the oldest contact with that e-mail"
+            "description": "contacts whose e-mail the organization already has, deals whose "
+            "contact and title (ignoring case) a live deal has: skip them, or update the "
+            "oldest such contact or deal"
         },
     )
 

@@ -10,6 +10,7 @@ from . import (
     outbox,
     reminders,
     reports,
+    trash,
     webhooks,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "outbox",
     "reminders",
     "reports",
+    "trash",
     "webhooks",
 ]

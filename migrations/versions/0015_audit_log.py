@@ -8,7 +8,7 @@ id has ended, so a poll never skips an entry that commits late.
 A new table: no lock on existing data.
 
 Revision ID: 0015_audit_log
-Revises: 0012_api_keys
+Revises: 0014_trash_merge
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0015_audit_log"
-down_revision: str | None = "0012_api_keys"
+down_revision: str | None = "0014_trash_merge"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -17,16 +17,20 @@ from . import outbox
 
 CONTACT_CREATED = "contact.created"
 CONTACT_UPDATED = "contact.updated"
-CONTACT_DELETED = "contact.deleted"
+CONTACT_DELETED = "contact.deleted"  # also: moved to the trash
+CONTACT_RESTORED = "contact.restored"
+CONTACT_MERGED = "contact.merged"
 DEAL_CREATED = "deal.created"
 DEAL_UPDATED = "deal.updated"
 DEAL_DELETED = "deal.deleted"
+DEAL_RESTORED = "deal.restored"
 DEAL_STATUS_CHANGED = "deal.status_changed"
 DEAL_STAGE_CHANGED = "deal.stage_changed"
 TASK_CREATED = "task.created"
 TASK_UPDATED = "task.updated"
 TASK_COMPLETED = "task.completed"
 TASK_DELETED = "task.deleted"
+TASK_RESTORED = "task.restored"
 ACTIVITY_CREATED = "activity.created"
 REPORT_READY = "report.ready"
 # Not a webhook event: deals changed in bulk (an import's batch; before the deal.* events, every
@@ -48,9 +52,13 @@ EVENT_TYPES: tuple[str, ...] = (
     TASK_DELETED,
     ACTIVITY_CREATED,
     REPORT_READY,
+    CONTACT_RESTORED,
+    CONTACT_MERGED,
+    DEAL_RESTORED,
+    TASK_RESTORED,
 )
 # Every deal write records exactly one of these: the analytics refresh listens to them.
-DEAL_WRITE_TYPES: tuple[str, ...] = (DEAL_CREATED, DEAL_UPDATED, DEAL_DELETED)
+DEAL_WRITE_TYPES: tuple[str, ...] = (DEAL_CREATED, DEAL_UPDATED, DEAL_DELETED, DEAL_RESTORED)
 
 # Not audited (crm_domain.audit): the specific events repeat part of their `.updated` entry,
 # and a report being ready changes no data. Every other event is one audit entry.
@@ -90,6 +98,21 @@ def record_updated(
 def record_deleted(session: Session, kind: str, obj: Any) -> None:
     """`<kind>.deleted` with the resource as it was (call before the row goes)."""
     _record(session, obj.organization_id, f"{kind}.deleted", representation.dump(kind, obj))
+
+
+def record_restored(session: Session, kind: str, obj: Any) -> None:
+    """`<kind>.restored` with the resource back from the trash."""
+    _record(session, obj.organization_id, f"{kind}.restored", representation.dump(kind, obj))
+
+
+def record_merged(
+    session: Session, target: Any, merged_ids: list[int], deal_ids: list[int]
+) -> None:
+    """`contact.merged`: the target as it is after the merge, the contacts merged into it and
+    the deals moved to it."""
+    data = representation.dump("contact", target)
+    extra = {"merged_ids": merged_ids, "moved_deal_ids": deal_ids}
+    _record(session, target.organization_id, CONTACT_MERGED, {**data, **extra})
 
 
 def record_ready(session: Session, kind: str, obj: Any) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from ...context import Actor
 from ...enums import ActivityType
 from ...errors import ValidationFailed
-from ...models import Activity
+from ...models import Activity, Deal
 from ...pagination import Ordering, Page, PageRequest
 from ..delivery import events
 from . import deals
@@ -23,7 +23,10 @@ def list_activities(
     session: Session, actor: Actor, deal_id: int, request: PageRequest
 ) -> Page[Activity]:
     stmt = select(Activity).where(
-        Activity.deal_id == deal_id, Activity.organization_id == actor.organization_id
+        Activity.deal_id == deal_id,
+        Activity.organization_id == actor.organization_id,
+        # No page for a deal in the trash (computed once: the condition names no row).
+        select(Deal.id).where(Deal.id == deal_id, Deal.deleted_at.is_(None)).exists(),
     )
     return deals.page_of_deal(session, actor, deal_id, stmt, request, ORDERING)
 

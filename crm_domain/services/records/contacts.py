@@ -14,7 +14,7 @@ from ...models import Contact, Deal
 from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import Precondition, apply_changes, get_in_org
 from ..delivery import events
-from . import organizations
+from . import organizations, trash
 
 ORDERING = Ordering("id", Contact.id, Contact.id, descending=True)
 
@@ -119,12 +119,12 @@ def delete_contact(
     )
     if precondition:
         precondition(contact)
-    if session.scalar(select(exists().where(Deal.contact_id == contact.id))):
+    live_deal = (Deal.contact_id == contact.id) & Deal.deleted_at.is_(None)  # trashed ones stay
+    if session.scalar(select(exists().where(live_deal))):
         raise Conflict(
             "Cannot delete a contact with existing deals",
             code="CONTACT_HAS_DEALS",
             details={"contact_id": contact.id},
         )
     events.record_deleted(session, "contact", contact)
-    session.delete(contact)
-    session.flush()
+    trash.put_in_trash(session, actor, "contact", contact)

@@ -17,7 +17,7 @@ from ...pagination import Ordering, Page, PageRequest, paginate
 from ...rules import DEFAULT_AMOUNT, DEFAULT_CURRENCY
 from .._common import Precondition, apply_changes, ensure_in_org, get_in_org
 from ..delivery import events
-from . import contacts, organizations, timeline
+from . import contacts, organizations, timeline, trash
 
 # Changes that go to the timeline: {"old_<field>": ..., "new_<field>": ...}.
 TIMELINE_FIELDS = (
@@ -94,7 +94,9 @@ def create_deal(
     currency: str = DEFAULT_CURRENCY,
     owner_id: int | None = None,
 ) -> Deal:
-    contacts.get_contact(session, actor, contact_id)  # 404 for another org's contact
+    # 404 for another org's contact; locked, so a concurrent DELETE (to the trash) either
+    # waits for this deal and refuses (CONTACT_HAS_DEALS) or goes first and this is a 404.
+    contacts.get_contact(session, actor, contact_id, for_update=True)
     owner = actor.user_id if owner_id is None else owner_id
     organizations.ensure_assignable_owner(session, actor, owner)
     deal = Deal(
@@ -130,7 +132,7 @@ def update_deal(
     if new_owner is not None and new_owner != deal.owner_id:
         organizations.ensure_assignable_owner(session, actor, new_owner)
     if "contact_id" in changes and changes["contact_id"] != deal.contact_id:
-        contacts.get_contact(session, actor, changes["contact_id"])
+        contacts.get_contact(session, actor, changes["contact_id"], for_update=True)
     if "stage" in changes:
         rules.ensure_stage_transition(actor.role, deal.stage, changes["stage"])
     status = changes.get("status", deal.status)
@@ -164,5 +166,4 @@ def delete_deal(
     if precondition:
         precondition(deal)
     events.record_deleted(session, "deal", deal)
-    session.delete(deal)
-    session.flush()
+    trash.put_in_trash(session, actor, "deal", deal)

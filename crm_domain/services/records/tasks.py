@@ -15,7 +15,7 @@ from ...models import Deal, Task
 from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import Precondition, apply_changes, get_in_org
 from ..delivery import events
-from . import deals, timeline
+from . import deals, timeline, trash
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
@@ -78,7 +78,8 @@ def create_task(
     description: str | None = None,
 ) -> Task:
     """Check order: 404 (deal) -> 403 (member on another's deal) -> 400 (due date)."""
-    deal = deals.get_deal(session, actor, deal_id)
+    # Locked: a deal going to the trash meanwhile takes this task with it or this is a 404.
+    deal = deals.get_deal(session, actor, deal_id, for_update=True)
     _ensure_own_deal(session, actor, deal)
     rules.ensure_due_date(due_date)
     task = Task(
@@ -130,5 +131,4 @@ def delete_task(
     if precondition:
         precondition(task)
     events.record_deleted(session, "task", task)
-    session.delete(task)
-    session.flush()
+    trash.put_in_trash(session, actor, "task", task)

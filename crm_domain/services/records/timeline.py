@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from ... import audit, request_id
 from ...enums import ActivityType
 from ...models import Activity, Deal, OutboxEvent
+from ...trashable import INCLUDE_TRASHED
 from ..delivery import events as domain_events
 from ..delivery import outbox, webhook_fanout
 
@@ -47,9 +48,9 @@ def apply_activities(session: Session, events: Sequence[OutboxEvent]) -> None:
     existing = {
         (deal_id, org_id)
         for deal_id, org_id in session.execute(
-            select(Deal.id, Deal.organization_id).where(
-                tuple_(Deal.id, Deal.organization_id).in_(list(wanted))
-            )
+            select(Deal.id, Deal.organization_id)
+            .where(tuple_(Deal.id, Deal.organization_id).in_(list(wanted)))
+            .execution_options(**INCLUDE_TRASHED)  # a trashed deal's timeline goes on
         )
     }
     rows = []

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, literal, select
+from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ... import audit, rules
@@ -26,10 +26,11 @@ from ...enums import BulkActionStatus
 from ...errors import Conflict, ValidationFailed
 from ...models import BulkAction, BulkActionError, BulkActionItem
 from ...pagination import Ordering, Page, PageRequest, paginate
+from ...trashable import INCLUDE_TRASHED
 from .._common import get_in_org
 from ..delivery import outbox
 from . import leases
-from .bulk_registry import ENTITIES
+from .bulk_registry import ENTITIES, IDS_ONLY
 
 BULK_ACTION_TOPIC = "bulk_action.requested"  # {bulk_action_id} -> run it (the imports queue)
 MAX_IDS = 10_000  # an `ids` list may name this many records
@@ -58,18 +59,30 @@ class BatchOutcome:
 
 
 def matching(
-    session: Session, actor: Actor, entity: str, target: Select[Any] | Sequence[int]
+    session: Session, actor: Actor, request: Request, target: Select[Any] | Sequence[int]
 ) -> int:
     """How many records the selection touches: the ids of the organization's records among
-    `target` (ids), or the rows of the list's query `target` (a filter). Over the limit: 400."""
-    model = ENTITIES[entity].model
+    `target` (ids: live ones, or for a restore those in the trash), or the rows of the list's
+    query `target` (a filter). Over the limit: 400."""
     if isinstance(target, Select):
-        ids = select(target.subquery().c.id).limit(MAX_MATCHES + 1).subquery()
-        return _within_limit(session.scalar(select(func.count()).select_from(ids)) or 0)
-    stmt = select(func.count()).where(
+        return len(_filtered_ids(request.entity, target, session))
+    model = ENTITIES[request.entity].model
+    stmt = select(func.count(model.id)).where(
         model.organization_id == actor.organization_id, model.id.in_(_unique(target))
     )
+    if request.action in IDS_ONLY:  # restore: what the trash holds
+        stmt = stmt.where(model.deleted_at.is_not(None)).execution_options(**INCLUDE_TRASHED)
     return session.scalar(stmt) or 0
+
+
+def _filtered_ids(entity: str, target: Select[Any], session: Session) -> list[int]:
+    """The ids of the list query's rows, read as the list reads them (an ORM query: trashed
+    records stay hidden), in id order; over the limit: 400."""
+    model = ENTITIES[entity].model
+    stmt = target.with_only_columns(model.id, maintain_column_froms=True)
+    ids = list(session.scalars(stmt.order_by(None).order_by(model.id).limit(MAX_MATCHES + 1)))
+    _within_limit(len(ids))
+    return ids
 
 
 def _within_limit(matches: int) -> int:
@@ -98,7 +111,10 @@ def create(
     """A pending bulk action with its target ids; the outbox event asks a worker to run it.
     `target` is a list of ids (those not in the organization fail one by one, as a PATCH of
     them would) or the list endpoint's query of a filter (its rows now)."""
-    ids = None if isinstance(target, Select) else _unique(target)
+    if isinstance(target, Select):
+        ids = _filtered_ids(request.entity, target, session)
+    else:
+        ids = _unique(target)
     job = BulkAction(
         organization_id=actor.organization_id,
         created_by=actor.user_id,
@@ -112,19 +128,10 @@ def create(
     )
     session.add(job)
     session.flush()
-    if ids is None:
-        assert isinstance(target, Select)
-        found = target.subquery()
-        columns = ["bulk_action_id", "record_id"]
-        selected = select(literal(job.id), found.c.id).limit(MAX_MATCHES + 1)
-        session.execute(insert(BulkActionItem).from_select(columns, selected))
-        count = select(func.count()).where(BulkActionItem.bulk_action_id == job.id)
-        # Over the limit: the 400 rolls the job back with the request's transaction.
-        job.total = _within_limit(session.scalar(count) or 0)
-    elif ids:
+    if ids:
         rows = [{"bulk_action_id": job.id, "record_id": record_id} for record_id in ids]
         session.execute(insert(BulkActionItem), rows)
-        job.total = len(ids)
+    job.total = len(ids)
     session.flush()
     outbox.record(session, job.organization_id, BULK_ACTION_TOPIC, {"bulk_action_id": job.id})
     fields = ("entity", "action", "changes", "filter", "total", "status")

@@ -3,9 +3,8 @@
 PATCH or DELETE calls, so a record in a bulk action meets the same rules (ownership, the won
 amount, stage rollbacks...) and records the same timeline entries and domain events.
 
-Adding an action is one line per entity here, e.g. when the trash lands:
-`actions.on("restore", "deal", lambda s, actor, record_id, _: trash.restore(s, actor, ...))`;
-the API's enum of actions is read from this registry."""
+Adding an action is one line per entity here (as `restore` was, with the trash); the API's
+enum of actions is read from this registry."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 from ...context import Actor
 from ...models import Contact, Deal, Task
 from ...validation.writes import ContactUpdateSchema, DealUpdateSchema, TaskUpdateSchema
-from ..records import contacts, deals, tasks
+from ..records import contacts, deals, tasks, trash
 
 # (session, actor, record id, changes) -> anything; raises a DomainError to refuse the record.
 RecordAction = Callable[[Session, Actor, int, dict[str, Any]], object]
@@ -37,6 +36,8 @@ ENTITIES: dict[str, Entity] = {
     "task": Entity(Task, TaskUpdateSchema),
 }
 TAKES_CHANGES = frozenset({"update"})  # the other actions take none
+# Records named by id only: a list's filter shows live records, never the trash.
+IDS_ONLY = frozenset({"restore"})
 
 
 class Registry:
@@ -65,3 +66,14 @@ actions.on(
 )
 actions.on("delete", "deal", lambda s, actor, record_id, _: deals.delete_deal(s, actor, record_id))
 actions.on("delete", "task", lambda s, actor, record_id, _: tasks.delete_task(s, actor, record_id))
+actions.on(
+    "restore",
+    "contact",
+    lambda s, actor, record_id, _: trash.restore(s, actor, "contact", record_id),
+)
+actions.on(
+    "restore", "deal", lambda s, actor, record_id, _: trash.restore(s, actor, "deal", record_id)
+)
+actions.on(
+    "restore", "task", lambda s, actor, record_id, _: trash.restore(s, actor, "task", record_id)
+)

@@ -25,6 +25,7 @@ from ...models import Contact, Deal, ImportJob
 from .._common import not_found
 from ..delivery import events, outbox
 from ..records import organizations
+from . import deal_matching
 from .imports import BatchOutcome, RowProblem
 
 # (CSV row number, the row as the API's schema loaded it)
@@ -111,7 +112,7 @@ def write(
 ) -> BatchOutcome:
     if job.kind is ImportKind.CONTACTS:
         return _write_contacts(session, job, owners, header, rows)
-    return _write_deals(session, job, owners, rows)
+    return _write_deals(session, job, owners, header, rows)
 
 
 # --- contacts -------------------------------------------------------------------------------
@@ -244,44 +245,84 @@ def _resolve_contact(data: dict[str, Any], ids: set[int], by_email: dict[str, in
 
 
 def _write_deals(
-    session: Session, job: ImportJob, owners: Owners, rows: Sequence[LoadedRow]
+    session: Session,
+    job: ImportJob,
+    owners: Owners,
+    header: Sequence[str],
+    rows: Sequence[LoadedRow],
 ) -> BatchOutcome:
-    """Deals are always created (no duplicate matching), with the status and stage the row
-    gives (new / qualification by default). One analytics refresh is asked for per batch."""
+    """New deals are created with the status and stage the row gives (new / qualification by
+    default); a row matching a live deal (deal_matching: same contact and title) is skipped
+    or updates it, as the job says, under the rules of a PATCH. One analytics refresh is
+    asked for per batch."""
     outcome = BatchOutcome()
+    actor = owners.actor
     ids, by_email = _contacts_for(session, job.organization_id, rows)
-    inserts = []
+    resolved: list[tuple[int, dict[str, Any], _Checks, Any]] = []
     for row, data in rows:
         checks = _Checks(row)
         column = "contact_email" if data.get("contact_email") else "contact_id"
-        contact = checks.run(column, _resolve_contact, data, ids, by_email)
+        resolved.append(
+            (row, data, checks, checks.run(column, _resolve_contact, data, ids, by_email))
+        )
+    keys = {deal_matching.key(c, d["title"]) for _, d, _, c in resolved if c is not None}
+    existing = deal_matching.existing(session, job.organization_id, keys)
+    inserts: dict[object, dict[str, Any]] = {}  # by key
+    updates: dict[int, dict[str, Any]] = {}  # by deal id
+    for row, data, checks, contact in resolved:
+        match_key = deal_matching.key(contact, data["title"]) if contact is not None else None
+        duplicate = match_key is not None and (match_key in existing or match_key in inserts)
+        if duplicate and job.on_duplicate is OnDuplicate.SKIP:
+            outcome.skipped += 1
+            continue
         owner = checks.run("owner_email", owners.resolve, data.get("owner_email"))
+        if duplicate and not checks.problems:
+            values = deal_matching.row_values(data, header, owner)
+            if match_key in existing:
+                match = existing[match_key]
+                checks.run("title", deal_matching.check_update, actor, match, values)
+                if not checks.problems:
+                    deal_matching.apply(match, values)
+                    updates.setdefault(match.id, {}).update(values)
+                    outcome.updated += 1
+            else:
+                pending = inserts[match_key]
+                checks.run(
+                    "amount",
+                    rules.ensure_won_amount,
+                    values.get("status", pending["status"]),
+                    values.get("amount", pending["amount"]),
+                )
+                if not checks.problems:
+                    pending.update(values)
+                    outcome.updated += 1
+            outcome.problems += checks.problems
+            continue
         status = data.get("status", DealStatus.NEW)
         amount = data.get("amount") or Decimal("0")
         checks.run("amount", rules.ensure_won_amount, status, amount)
         if checks.problems:
             outcome.problems += checks.problems
             continue
-        inserts.append(
-            {
-                "organization_id": job.organization_id,
-                "contact_id": contact,
-                "owner_id": owner or owners.actor.user_id,
-                "title": data["title"],
-                "amount": amount,
-                "currency": data.get("currency") or "USD",
-                "status": status,
-                "stage": data.get("stage", DealStage.QUALIFICATION),
-                "import_job_id": job.id,
-                "import_row": row,
-            }
-        )
-    outcome.created = _insert(session, Deal, inserts)
-    if outcome.created:
+        inserts[match_key] = {
+            "organization_id": job.organization_id,
+            "contact_id": contact,
+            "owner_id": owner or actor.user_id,
+            "title": data["title"],
+            "amount": amount,
+            "currency": data.get("currency") or "USD",
+            "status": status,
+            "stage": data.get("stage", DealStage.QUALIFICATION),
+            "import_job_id": job.id,
+            "import_row": row,
+        }
+    outcome.created = _insert(session, Deal, list(inserts.values()))
+    deal_matching.write_updates(session, job.organization_id, updates)
+    if outcome.created or updates:
         outbox.record(
             session,
             job.organization_id,
             events.DEAL_CHANGED_TOPIC,
-            {"import_id": job.id, "deals": outcome.created},
+            {"import_id": job.id, "deals": outcome.created + len(updates)},
         )
     return outcome
