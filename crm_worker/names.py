@@ -11,3 +11,5 @@ SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in crm
 SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
 IMPORT_TASK = "crm.imports.run"
 IMPORT_QUEUE = "imports"
+BULK_ACTION_TASK = "crm.bulk_actions.run"  # on the imports queue (crm_worker.app)
+BULK_ACTION_STALLED_TASK = "crm.bulk_actions.requeue_stalled"

@@ -59,6 +59,13 @@ class DealExportArgs(DealListArgs, ExportArgs):
     pass
 
 
+def list_filters(args: dict[str, Any]) -> dict[str, Any]:
+    """The list's query arguments as `service.filtered`'s keywords (the list, the export and
+    the bulk actions' filter)."""
+    args["statuses"] = args.pop("status", ())
+    return args
+
+
 schema = DealSchema()
 
 
@@ -80,8 +87,8 @@ class DealsExport(MethodView):
         owner_email. Streamed: any size, little memory. Text that a spreadsheet would run as
         a formula starts with a ' (see `raw`); amounts and ids are plain numbers."""
         raw = args.pop("raw")
-        args["statuses"] = args.pop("status", ())
-        return csv_download(exports.deals_export(current_actor(), **args), "deals.csv", raw=raw)
+        export = exports.deals_export(current_actor(), **list_filters(args))
+        return csv_download(export, "deals.csv", raw=raw)
 
 
 @blp.route("")
@@ -92,9 +99,8 @@ class Deals(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """List deals with filters and sorting (newest first by default)"""
         page = PageArgs.page_request(args)
-        args["statuses"] = args.pop("status", ())
         with transaction() as session:
-            return service.list_deals(session, current_actor(), page, **args)
+            return service.list_deals(session, current_actor(), page, **list_filters(args))
 
     @blp.tenant_required
     @blp.arguments(DealCreateSchema)

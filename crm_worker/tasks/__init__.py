@@ -3,6 +3,7 @@
 from . import (
     analytics,
     audit,
+    bulk_actions,
     idempotency,
     imports,
     mail,
@@ -16,6 +17,7 @@ from . import (
 __all__ = [
     "analytics",
     "audit",
+    "bulk_actions",
     "idempotency",
     "imports",
     "mail",

@@ -10,11 +10,19 @@ from functools import partial
 from crm_domain.services.delivery import outbox
 
 from ..app import analytics_cache, celery_app, database, drain_flag, settings
-from ..consumers import AnalyticsRefresh, ImportRequests, MailWakeup, ReportBuilds, WebhookWakeups
+from ..consumers import (
+    AnalyticsRefresh,
+    BulkActionRequests,
+    ImportRequests,
+    MailWakeup,
+    ReportBuilds,
+    WebhookWakeups,
+)
 from ..dispatch import RESILIENT_TASK, Dispatcher
 from ..names import DRAIN_TASK
 from ..publishing import (
     schedule_refresh,
+    send_bulk_action,
     send_drain,
     send_import,
     send_mail_task,
@@ -36,6 +44,7 @@ dispatcher = (
     .register(partial(AnalyticsRefresh, _refresh))
     .register(partial(ReportBuilds, send_report_build))
     .register(partial(ImportRequests, send_import))
+    .register(partial(BulkActionRequests, send_bulk_action))
     .register(partial(WebhookWakeups, send_webhooks))
     .register(partial(MailWakeup, send_mail_task))
 )
