@@ -5,9 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from bench.config import API
 
@@ -109,3 +111,27 @@ def login(port: int, email: str, password: str, org_id: int | None = None) -> Cl
     body = client.call("POST", "/auth/login", body={"email": email, "password": password})
     client.token = body["access_token"]
     return client
+
+
+def fresh_tenant(base: str, password: str, org_name: str) -> tuple[Client, Callable[[], Client]]:
+    """A new user and organization registered on the server at `base`: a client working as
+    them, and a maker of more such clients (one keep-alive connection each)."""
+    url = urlsplit(base)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    owner = Client(port, host=host)
+    body = owner.call(
+        "POST",
+        "/auth/register",
+        body={
+            "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
+            "password": password,
+            "name": "Bench",
+            "organization_name": org_name,
+        },
+    )
+    owner.token, owner.org_id = body["access_token"], body["organization"]["id"]
+
+    def client() -> Client:
+        return Client(port, host=host, token=owner.token, org_id=owner.org_id, timeout=30)
+
+    return owner, client

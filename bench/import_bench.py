@@ -19,13 +19,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import Client
+from bench.client import Client, fresh_tenant
 from bench.config import PASSWORD
-from bench.report import percentile
+from bench.report import latency_line
 
 
 def generate(rows: int) -> bytes:
@@ -66,24 +65,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--readers", type=int, default=2)
     args = parser.parse_args()
-    url = urlsplit(args.base)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-
-    owner = Client(port, host=host)
-    body = owner.call(
-        "POST",
-        "/auth/register",
-        body={
-            "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
-            "password": PASSWORD,
-            "name": "Bench",
-            "organization_name": "Import bench",
-        },
-    )
-    owner.token, owner.org_id = body["access_token"], body["organization"]["id"]
-
-    def client() -> Client:
-        return Client(port, host=host, token=owner.token, org_id=owner.org_id, timeout=30)
+    owner, client = fresh_tenant(args.base, PASSWORD, "Import bench")
 
     content = generate(args.rows)
     payload, boundary = multipart({"kind": "contacts"}, content)
@@ -132,13 +114,8 @@ def main() -> None:
         f"import: {job['status']} in {elapsed:.1f} s ({args.rows / elapsed:,.0f} rows/s); "
         f"created {job['created']}, errors {job['error_rows']}"
     )
-    for label, values in (("idle", idle), (f"during import ({args.readers} readers)", ok)):
-        ordered = sorted(values)
-        print(
-            f"GET /contacts?page_size=1 {label}: n={len(values)} "
-            f"p50={percentile(ordered, 50):.1f} ms p95={percentile(ordered, 95):.1f} ms "
-            f"p99={percentile(ordered, 99):.1f} ms max={max(values, default=0):.1f} ms"
-        )
+    print(latency_line("GET /contacts?page_size=1 idle", idle))
+    print(latency_line(f"GET /contacts?page_size=1 during import ({args.readers} readers)", ok))
     print(f"failed GETs during import: {failed}")
     peak = max(loads, default=0.0)
     print(f"load average: peak 1-min {peak:.2f}; now {os.getloadavg()} ({os.cpu_count()} cores)")

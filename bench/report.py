@@ -190,3 +190,13 @@ def write_json(result: dict[str, Any], stamp: str) -> Path:
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return out
+
+
+def latency_line(what: str, values: list[float]) -> str:
+    """`what: n=… p50=… p95=… p99=… max=…` of latencies in ms (failures left out)."""
+    ordered = sorted(values)
+    return (
+        f"{what}: n={len(values)} p50={percentile(ordered, 50):.1f} ms "
+        f"p95={percentile(ordered, 95):.1f} ms p99={percentile(ordered, 99):.1f} ms "
+        f"max={max(values, default=0):.1f} ms"
+    )

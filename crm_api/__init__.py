@@ -217,10 +217,14 @@ def _install_outbox_publisher(
     or "none" (beat re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
+        from crm_worker.bulk_running import run_bulk_action
         from crm_worker.importing import run_import
 
         db.publisher = consumers.inline_publisher(
-            db, app.extensions["crm_analytics"], lambda job_id: run_import(db, job_id, settings)
+            db,
+            app.extensions["crm_analytics"],
+            lambda job_id: run_import(db, job_id, settings),
+            lambda job_id: run_bulk_action(db, job_id, settings),
         )
     elif mode == "celery":
         from crm_worker.dispatch import DrainFlag, DrainWaker

@@ -75,3 +75,13 @@ class ApiKeyScope(enum.StrEnum):
 
     READ = "read"
     WRITE = "write"
+
+
+class BulkActionStatus(enum.StrEnum):
+    """A bulk action's life: pending -> running -> done | failed | cancelled."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"

@@ -36,6 +36,7 @@ from .db import Base
 from .enums import (
     ActivityType,
     ApiKeyScope,
+    BulkActionStatus,
     DealStage,
     DealStatus,
     EmailStatus,
@@ -78,6 +79,18 @@ def _import_row_key(table: str) -> Index:
     )
 
 
+def _trash_index(table: str) -> Index:
+    """The trash of an organization, newest first (GET /trash) and what beat purges.
+    Partial: live rows cost no index entry."""
+    return Index(
+        f"ix_{table}_org_trash",
+        "organization_id",
+        "deleted_at",
+        "id",
+        postgresql_where=text("deleted_at IS NOT NULL"),
+    )
+
+
 def _custom_fields_index(table: str) -> Index:
     """Equality filters on custom fields (`custom_fields @> {...}`)."""
     return Index(
@@ -90,18 +103,6 @@ def _custom_fields_index(table: str) -> Index:
 
 def _custom_fields() -> Any:
     return mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
-
-
-def _trash_index(table: str) -> Index:
-    """The trash of an organization, newest first (GET /trash) and what beat purges.
-    Partial: live rows cost no index entry."""
-    return Index(
-        f"ix_{table}_org_trash",
-        "organization_id",
-        "deleted_at",
-        "id",
-        postgresql_where=text("deleted_at IS NOT NULL"),
-    )
 
 
 class Organization(Base):
@@ -599,7 +600,21 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class ImportJob(Base):
+class LeasedJob:
+    """The columns of a background job that one run at a time holds under a lease
+    (crm_domain.services.transfer.leases): its error, the lease, the claims, the heartbeat
+    and when it was created, started and finished."""
+
+    error: Mapped[str | None] = mapped_column(Text)
+    lease: Mapped[uuid.UUID | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = _now()
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ImportJob(LeasedJob, Base):
     """A CSV import: the upload's settings, its progress and its outcome.
 
     `last_row` is the CSV row (the header being row 1) up to which every row is written;
@@ -639,13 +654,6 @@ class ImportJob(Base):
     updated_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     skipped_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     error_rows: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    error: Mapped[str | None] = mapped_column(Text)
-    lease: Mapped[uuid.UUID | None] = mapped_column()
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[dt.datetime] = _now()
-    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ImportFile(Base):
@@ -746,18 +754,23 @@ class IdempotencyKey(Base):
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
-class CustomFieldDefinition(Base):
-    """A custom field of an organization's contacts, deals or tasks. `key` and `type` never
-    change; a deleted definition (`deleted_at`) hides its values at once and keeps its key
-    taken until the worker has purged them (then the row goes)."""
+class BulkAction(LeasedJob, Base):
+    """A bulk action (update or delete many contacts, deals or tasks): what to do, its
+    progress and its outcome (crm_domain.services.transfer.bulk_actions).
 
-    __tablename__ = "custom_field_definitions"
+    Its target ids are resolved once, when it is created, into `bulk_action_items`; a run
+    works through them in id order, and each batch commits its records' changes, their errors
+    and `last_record_id` together, so a run that stops anywhere resumes after the last
+    committed batch and touches no record twice. `lease` names the run that holds it."""
+
+    __tablename__ = "bulk_actions"
     __table_args__ = (
-        UniqueConstraint("organization_id", "entity", "key"),
+        Index("ix_bulk_actions_org_id", "organization_id", "id"),
         Index(
-            "ix_custom_field_definitions_deleted",
-            "deleted_at",
-            postgresql_where=text("deleted_at IS NOT NULL"),
+            "ix_bulk_actions_unfinished",
+            "status",
+            "heartbeat_at",
+            postgresql_where=text("status IN ('pending', 'running')"),
         ),
     )
 
@@ -765,21 +778,50 @@ class CustomFieldDefinition(Base):
     organization_id: Mapped[int] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
     )
-    entity: Mapped[str] = mapped_column(String(16), nullable=False)
-    key: Mapped[str] = mapped_column(String(40), nullable=False)
-    label: Mapped[str] = mapped_column(String(255), nullable=False)
-    type: Mapped[str] = mapped_column(String(32), nullable=False)
-    required: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
-    description: Mapped[str | None] = mapped_column(Text)
-    # Select types: [{"value", "label", "archived"}], in display order.
-    options: Mapped[list[dict[str, Any]]] = mapped_column(
-        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    api_key_id: Mapped[int | None] = mapped_column(Integer)  # the key the request came with
+    # Plain strings (no CHECK): a new action (restore) is a line in the registry, no migration.
+    entity: Mapped[str] = mapped_column(String(32), nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    changes: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)  # as sent
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # as sent (None: ids)
+    status: Mapped[BulkActionStatus] = mapped_column(
+        _str_enum(BulkActionStatus, "bulk_action_status"),
+        nullable=False,
+        server_default=BulkActionStatus.PENDING.value,
     )
-    created_at: Mapped[dt.datetime] = _now()
-    updated_at: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    total: Mapped[int] = mapped_column(Integer, nullable=False)
+    done: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    succeeded: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_record_id: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
     )
-    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BulkActionItem(Base):
+    """A record a bulk action has yet to do (dropped when it finishes)."""
+
+    __tablename__ = "bulk_action_items"
+
+    bulk_action_id: Mapped[int] = mapped_column(
+        ForeignKey("bulk_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    record_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class BulkActionError(Base):
+    """Why a bulk action left one record unchanged (the single PATCH/DELETE's error)."""
+
+    __tablename__ = "bulk_action_errors"
+
+    bulk_action_id: Mapped[int] = mapped_column(
+        ForeignKey("bulk_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    record_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 class AuditEntry(Base):
@@ -828,3 +870,39 @@ class AuditEntry(Base):
     changes: Mapped[dict[str, Any]] = mapped_column(
         JSONB, server_default=text("'{}'::jsonb"), nullable=False
     )
+
+
+class CustomFieldDefinition(Base):
+    """A custom field of an organization's contacts, deals or tasks. `key` and `type` never
+    change; a deleted definition (`deleted_at`) hides its values at once and keeps its key
+    taken until the worker has purged them (then the row goes)."""
+
+    __tablename__ = "custom_field_definitions"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "entity", "key"),
+        Index(
+            "ix_custom_field_definitions_deleted",
+            "deleted_at",
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    entity: Mapped[str] = mapped_column(String(16), nullable=False)
+    key: Mapped[str] = mapped_column(String(40), nullable=False)
+    label: Mapped[str] = mapped_column(String(255), nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    required: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    description: Mapped[str | None] = mapped_column(Text)
+    # Select types: [{"value", "label", "archived"}], in display order.
+    options: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

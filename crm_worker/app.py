@@ -22,6 +22,7 @@ from . import (
 from .broker import broker_config
 from .dispatch import DrainFlag
 from .names import (
+    BULK_ACTION_STALLED_TASK,
     IMPORT_QUEUE,
     SEND_MAIL_TASK,
     SWEEP_STALE_SECONDS,
@@ -84,6 +85,7 @@ QUEUE_ROUTES = {
     "crm.webhooks.*": "webhooks",
     # Imports run long: a worker of their own (Procfile `importer`).
     "crm.imports.*": IMPORT_QUEUE,
+    "crm.bulk_actions.*": IMPORT_QUEUE,  # bulk actions: long data transfers too
 }
 
 celery_app = Celery("crm", broker=settings.celery_broker_url, include=["crm_worker.tasks"])
@@ -164,6 +166,11 @@ celery_app.conf.update(
             "task": "crm.custom_fields.purge_pending",
             "schedule": timedelta(minutes=5),
             "options": {"expires": 300},
+        },
+        "bulk-actions-requeue-stalled": {
+            "task": BULK_ACTION_STALLED_TASK,
+            "schedule": timedelta(seconds=max(1.0, settings.import_stall_seconds / 2)),
+            "options": {"expires": max(1.0, settings.import_stall_seconds / 2)},
         },
         "idempotency-purge": {
             "task": "crm.idempotency.purge_expired",

@@ -28,7 +28,7 @@ from crm_domain.services.mailing import digests, invitations, outbound_email, re
 from crm_domain.services.records import custom_fields, timeline
 from crm_domain.services.reporting import reports
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
-from crm_domain.services.transfer import imports
+from crm_domain.services.transfer import bulk_actions, imports
 
 from .dispatch import Dispatcher, RunConsumer
 
@@ -53,6 +53,7 @@ def install() -> None:
     # Their consumers need Celery or Redis: they join each delivery run (RunConsumers below).
     registry.declare((events.DEAL_CHANGED_TOPIC, webhooks.WEBHOOK_SEND_TOPIC, imports.IMPORT_TOPIC))
     registry.declare(custom_fields.CUSTOM_FIELD_DELETED_TOPIC)
+    registry.declare((bulk_actions.BULK_ACTION_TOPIC,))
     mail = outbound_email.composers
     mail.on(invitations.EMAIL_KIND, invitations.compose_email)
     mail.on(report_emails.EMAIL_KIND, report_emails.compose_email)
@@ -100,14 +101,16 @@ class ImportRequests(RunConsumer):
     """Each requested import asks for one run (`ask(job_id)`: the "imports" queue) before the
     batch commits."""
 
+    topic, key = imports.IMPORT_TOPIC, "import_id"
+
     def __init__(self, ask: Callable[[int], object]) -> None:
         self.ask = ask
 
     def register(self, registry: outbox.Registry) -> None:
-        registry.on(imports.IMPORT_TOPIC, self.requested)
+        registry.on(self.topic, self.requested)
 
     def requested(self, _session: Session, batch: Sequence[OutboxEvent]) -> None:
-        requested = {ev.payload["import_id"]: ev.request_id for ev in batch}
+        requested = {ev.payload[self.key]: ev.request_id for ev in batch}
         for job_id in sorted(requested):
             with request_id.bound(requested[job_id]):
                 self.ask(job_id)
@@ -129,23 +132,37 @@ class CustomFieldPurges(RunConsumer):
                 self.ask(ev.payload["definition_id"])
 
 
+class BulkActionRequests(ImportRequests):
+    """Each requested bulk action asks for one run (the "imports" queue too)."""
+
+    topic, key = bulk_actions.BULK_ACTION_TOPIC, "bulk_action_id"
+
+
 class ImportRuns(RunConsumer):
     """Requested imports run in this process (`run(job_id)`) once the whole run completed."""
+
+    topic, key = imports.IMPORT_TOPIC, "import_id"
 
     def __init__(self, run: Callable[[int], object]) -> None:
         self.run = run
         self.job_ids: list[int] = []
 
     def register(self, registry: outbox.Registry) -> None:
-        registry.on(imports.IMPORT_TOPIC, self.requested)
+        registry.on(self.topic, self.requested)
 
     def requested(self, _session: Session, batch: Sequence[OutboxEvent]) -> None:
-        self.job_ids.extend(sorted({ev.payload["import_id"] for ev in batch}))
+        self.job_ids.extend(sorted({ev.payload[self.key] for ev in batch}))
 
     def finish(self, completed: bool) -> None:
         if completed:
             for job_id in self.job_ids:
                 self.run(job_id)
+
+
+class BulkActionRuns(ImportRuns):
+    """Requested bulk actions run in this process once the whole run completed."""
+
+    topic, key = bulk_actions.BULK_ACTION_TOPIC, "bulk_action_id"
 
 
 class WebhookWakeups(RunConsumer):
@@ -202,12 +219,15 @@ class MailWakeup(RunConsumer):
 
 
 def inline_publisher(
-    db: Database, cache: AnalyticsCache, run_import: Callable[[int], object] | None = None
+    db: Database,
+    cache: AnalyticsCache,
+    run_import: Callable[[int], object] | None = None,
+    run_bulk_action: Callable[[int], object] | None = None,
 ) -> Publisher:
     """Deliver right after the commit, in-process, refreshing analytics synchronously and
-    running requested imports once the delivery is over (`run_import`, else they are left
-    to beat's re-queueing). Webhook deliveries are written but not sent
-    (crm_worker.webhook_sender sends them)."""
+    running requested imports and bulk actions once the delivery is over (`run_import`,
+    `run_bulk_action`; else they are left to beat's re-queueing). Webhook deliveries are
+    written but not sent (crm_worker.webhook_sender sends them)."""
 
     def refresh_now(organization_id: int) -> None:
         try:
@@ -218,6 +238,8 @@ def inline_publisher(
     dispatcher = Dispatcher().register(lambda: AnalyticsRefresh(refresh_now))
     if run_import is not None:
         dispatcher.register(lambda: ImportRuns(run_import))
+    if run_bulk_action is not None:
+        dispatcher.register(lambda: BulkActionRuns(run_bulk_action))
 
     def publish() -> None:
         dispatcher.deliver(db)

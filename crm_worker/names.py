@@ -12,3 +12,5 @@ SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
 IMPORT_TASK = "crm.imports.run"
 IMPORT_QUEUE = "imports"
 PURGE_CUSTOM_FIELD_TASK = "crm.custom_fields.purge"  # queue "bulk"
+BULK_ACTION_TASK = "crm.bulk_actions.run"  # on the imports queue (crm_worker.app)
+BULK_ACTION_STALLED_TASK = "crm.bulk_actions.requeue_stalled"

@@ -10,9 +10,10 @@ from celery import Celery
 
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 
-from .app import celery_app
+from .app import celery_app, drain_flag
 from .broker import countdown
 from .names import (
+    BULK_ACTION_TASK,
     DRAIN_TASK,
     IMPORT_QUEUE,
     IMPORT_TASK,
@@ -47,6 +48,12 @@ def send_drain() -> None:
     publish(DRAIN_TASK)
 
 
+def announce_drain() -> None:
+    """A job's batch recorded outbox events: ask for a drain unless one is due."""
+    if drain_flag().claim():
+        send_drain()
+
+
 def send_mail_task() -> None:
     """Ask the e-mail worker (queue "email") to send what is due."""
     publish(SEND_MAIL_TASK)
@@ -66,6 +73,11 @@ def send_import(job_id: int) -> None:
 def send_custom_field_purge(definition_id: int) -> None:
     """Purge a deleted custom field's values (the bulk queue)."""
     publish(PURGE_CUSTOM_FIELD_TASK, args=[definition_id])
+
+
+def send_bulk_action(job_id: int) -> None:
+    """Ask the "imports" queue to run a bulk action (the run claims it from the database)."""
+    publish(BULK_ACTION_TASK, args=[job_id], queue=IMPORT_QUEUE)
 
 
 def send_report_build(report_id: int) -> None:

@@ -151,6 +151,22 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/imports/{import}"),
     Route("GET", "/imports/{import}/errors.csv", snapshot="/imports/{import}"),
     Route("POST", "/imports/{import}/retry", snapshot="/imports/{import}"),
+    # bulk actions (the records named in the body are the header's org's, or fail one by one)
+    Route("GET", "/bulk-actions"),
+    Route(
+        "POST",
+        "/bulk-actions",
+        body=lambda ids: {
+            "entity": "deal",
+            "action": "update",
+            "ids": [ids["deal"]],
+            "changes": {"title": "Hacked"},
+        },
+        snapshot="/deals/{deal}",
+    ),
+    Route("GET", "/bulk-actions/{bulk_action}"),
+    Route("GET", "/bulk-actions/{bulk_action}/errors"),
+    Route("POST", "/bulk-actions/{bulk_action}/cancel", snapshot="/bulk-actions/{bulk_action}"),
     # notifications (the caller's own, in the header's org)
     Route("GET", "/notifications"),
     Route("POST", "/notifications/{notification}/read", snapshot="/notifications"),
@@ -226,6 +242,7 @@ ENTITY_LOOKUP = {
     "task": "/tasks/{task}",
     "report": "/reports/{report}",
     "import": "/imports/{import}",
+    "bulk_action": "/bulk-actions/{bulk_action}",
     "notification": "/notifications",
     "webhook": "/webhooks/{webhook}",
     "webhook_delivery": "/webhooks/{webhook}/deliveries",
@@ -322,6 +339,13 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
     )
     assert r.status_code == 201, r.get_json()
     custom_field = r.get_json()["id"]
+    bulk = api.post(
+        "/bulk-actions",
+        user=owner,
+        org=owner.org_id,
+        json={"entity": "task", "action": "update", "ids": [task["id"]], "changes": {"title": "T"}},
+    )
+    assert bulk.status_code == 202, bulk.get_json()
     r = api.upload(owner, f"name,email\r\n{label} Imported,imported-{label}@example.com\r\n")
     assert r.status_code == 202, r.get_json()
     org.ids = {
@@ -335,6 +359,7 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
         "activity": activity,
         "report": report,
         "import": r.get_json()["id"],
+        "bulk_action": bulk.get_json()["id"],
         "notification": _notify(db, owner),
         "webhook": webhook,
         "webhook_delivery": webhook_delivery,
@@ -978,3 +1003,31 @@ def test_removed_member_loses_access(api: ApiClient) -> None:
     r = api.get("/deals", user=user, org=owner.org_id)
     assert r.status_code == 403
     assert error_code(r) == "NOT_ORGANIZATION_MEMBER"
+
+
+@pytest.mark.parametrize("action", ["update", "delete"])
+def test_a_bulk_action_naming_another_orgs_records_changes_none(world: World, action: str) -> None:
+    """A's owner (and the manager of both, in A) name B's deal, contacts and task in a bulk
+    action of org A: each record fails as not found, and B's records are unchanged."""
+    a, b = world.a, world.b
+    targets = {"deal": "/deals/{deal}", "contact": "/contacts/{contact}", "task": "/tasks/{task}"}
+    before = {kind: _get(world, b, path) for kind, path in targets.items()}
+    changes = {"deal": {"title": "Hacked"}, "contact": {"name": "Hacked"}, "task": {"title": "X"}}
+    for user in (a.owner, world.both):
+        for kind in targets:
+            body: dict[str, Any] = {"entity": kind, "action": action, "ids": [b.ids[kind]]}
+            if action == "update":
+                body["changes"] = changes[kind]
+            r = world.api.post("/bulk-actions", user=user, org=a.id, json=body)
+            assert r.status_code == 202, r.get_json()
+            r = world.api.get(f"/bulk-actions/{r.get_json()['id']}", user=user, org=a.id)
+            done = r.get_json()
+            assert (done["status"], done["succeeded"]) == ("done", 0), done
+            assert [e["code"] for e in done["errors"]] == [f"{kind.upper()}_NOT_FOUND"]
+    assert {kind: _get(world, b, path) for kind, path in targets.items()} == before
+
+
+def _get(world: World, org: Org, path: str) -> Any:
+    r = world.api.get(path.format(**org.ids), user=org.owner, org=org.id)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()

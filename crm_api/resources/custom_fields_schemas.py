@@ -141,7 +141,12 @@ class CustomListArgs(ma.Schema):
     )
 
     def load(self, data: Any, *, unknown: str | None = None, **kwargs: Any) -> Any:
-        # webargs excludes unknown query parameters; the cf.* ones must come through.
+        # webargs excludes unknown query parameters; the cf.* ones must come through. Loaded
+        # directly (a bulk action's filter), other unknown fields stay an error.
+        if unknown is None and isinstance(data, dict):
+            bad = [k for k in data if k not in self.load_fields and not k.startswith("cf.")]
+            if bad:
+                raise ma.ValidationError({k: ["Unknown field."] for k in bad})
         return super().load(data, unknown=ma.INCLUDE, **kwargs)
 
     @post_load

@@ -61,6 +61,13 @@ class DealExportArgs(DealListArgs, ExportArgs):
     pass
 
 
+def list_filters(args: dict[str, Any]) -> dict[str, Any]:
+    """The list's query arguments as `service.filtered`'s keywords (the list, the export and
+    the bulk actions' filter)."""
+    args["statuses"] = args.pop("status", ())
+    return args
+
+
 schema = DealSchema()
 
 
@@ -84,8 +91,7 @@ class DealsExport(MethodView):
         a formula starts with a ' (see `raw`); amounts and ids are plain numbers."""
         raw = args.pop("raw")
         custom = args.pop("custom")
-        args["statuses"] = args.pop("status", ())
-        export = exports.deals_export(current_actor(), **args)
+        export = exports.deals_export(current_actor(), **list_filters(args))
         with transaction() as session:
             export = exports.with_custom(session, current_actor(), export, custom)
         return csv_download(export, "deals.csv", raw=raw)
@@ -99,9 +105,8 @@ class Deals(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """List deals with filters and sorting (newest first by default)"""
         page = PageArgs.page_request(args)
-        args["statuses"] = args.pop("status", ())
         with transaction() as session:
-            return service.list_deals(session, current_actor(), page, **args)
+            return service.list_deals(session, current_actor(), page, **list_filters(args))
 
     @blp.tenant_required
     @blp.arguments(DealCreateSchema)

@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validates_schema
 
 from crm_domain.services.records import tasks as service
 from crm_domain.validation.custom_values import custom_fields_field
+from crm_domain.validation.writes import TaskUpdateSchema, description_field
 
 from ..by_id import ByIdDocs, register_by_id
 from ..extensions import Blueprint, current_actor, transaction
-from ..schemas import PageArgs, Schema, Trimmed, id_field, name_field, page_of, query_id_field
+from ..schemas import PageArgs, Schema, id_field, name_field, page_of, query_id_field
 from .custom_fields_schemas import CustomListArgs, custom_fields_of
 
 blp = Blueprint("tasks", __name__, url_prefix="/tasks", description="Tasks on deals")
-
-description_field = Trimmed(allow_none=True, validate=validate.Length(max=10_000))
 
 
 class TaskSchema(Schema):
@@ -38,14 +37,6 @@ class TaskCreateSchema(Schema):
     title = name_field(required=True)
     description = description_field
     due_date = fields.Date(required=True, metadata={"description": "today (UTC) or later"})
-    custom_fields = custom_fields_field()
-
-
-class TaskUpdateSchema(Schema):
-    title = name_field()
-    description = description_field
-    due_date = fields.Date(metadata={"description": "today (UTC) or later"})
-    is_done = fields.Boolean()
     custom_fields = custom_fields_field()
 
 

@@ -11,7 +11,15 @@ from marshmallow import fields, pre_load, validate
 from ..enums import DealStage, DealStatus
 from ..rules import DEFAULT_AMOUNT, DEFAULT_CURRENCY
 from .custom_values import custom_fields_field
-from .fields import Schema, amount_field, email_field, id_field, line_field, name_field
+from .fields import (
+    Schema,
+    Trimmed,
+    amount_field,
+    email_field,
+    id_field,
+    line_field,
+    name_field,
+)
 
 
 class ContactCreateSchema(Schema):
@@ -67,4 +75,15 @@ class DealUpdateSchema(_UpperCurrency):
     stage = fields.Enum(DealStage, by_value=True)
     owner_id = id_field()
     contact_id = id_field()
+    custom_fields = custom_fields_field()
+
+
+description_field = Trimmed(allow_none=True, validate=validate.Length(max=10_000))
+
+
+class TaskUpdateSchema(Schema):
+    title = name_field()
+    description = description_field
+    due_date = fields.Date(metadata={"description": "today (UTC) or later"})
+    is_done = fields.Boolean()
     custom_fields = custom_fields_field()

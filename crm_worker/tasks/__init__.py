@@ -3,6 +3,7 @@
 from . import (
     analytics,
     audit,
+    bulk_actions,
     custom_fields,
     idempotency,
     imports,
@@ -17,6 +18,7 @@ from . import (
 __all__ = [
     "analytics",
     "audit",
+    "bulk_actions",
     "custom_fields",
     "idempotency",
     "imports",

@@ -8,27 +8,20 @@ import logging
 
 from crm_domain.services.transfer import imports
 
-from ..app import celery_app, database, drain_flag, settings
+from ..app import celery_app, database, settings
 from ..dispatch import RESILIENT_TASK
 from ..importing import run_import
 from ..names import IMPORT_TASK
-from ..publishing import send_drain, send_import
+from ..publishing import announce_drain, send_import
 
 log = logging.getLogger(__name__)
 
 
-def _announce() -> None:
-    """A batch recorded outbox events (analytics): ask for a drain unless one is due."""
-    if drain_flag().claim():
-        send_drain()
-
-
-# A 20 MiB file takes a minute or two, not half an hour; beat resumes a run that dies anyway.
 @celery_app.task(name=IMPORT_TASK, soft_time_limit=1800, time_limit=1900, **RESILIENT_TASK)
 def run(job_id: int) -> str | None:
     """Claim the job (FOR UPDATE SKIP LOCKED) and import it; a duplicate message finds it
     claimed or finished and does nothing."""
-    status = run_import(database, job_id, settings, announce=_announce)
+    status = run_import(database, job_id, settings, announce=announce_drain)
     return None if status is None else status.value
 
 

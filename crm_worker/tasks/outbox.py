@@ -12,6 +12,7 @@ from crm_domain.services.delivery import outbox
 from ..app import analytics_cache, celery_app, database, drain_flag, settings
 from ..consumers import (
     AnalyticsRefresh,
+    BulkActionRequests,
     CustomFieldPurges,
     ImportRequests,
     MailWakeup,
@@ -22,6 +23,7 @@ from ..dispatch import RESILIENT_TASK, Dispatcher
 from ..names import DRAIN_TASK
 from ..publishing import (
     schedule_refresh,
+    send_bulk_action,
     send_custom_field_purge,
     send_drain,
     send_import,
@@ -45,6 +47,7 @@ dispatcher = (
     .register(partial(ReportBuilds, send_report_build))
     .register(partial(ImportRequests, send_import))
     .register(partial(CustomFieldPurges, send_custom_field_purge))
+    .register(partial(BulkActionRequests, send_bulk_action))
     .register(partial(WebhookWakeups, send_webhooks))
     .register(partial(MailWakeup, send_mail_task))
 )

@@ -8,7 +8,7 @@ contacts/deals/tasks.custom_fields: ADD COLUMN with a constant default, which Po
 serves the equality filters.
 
 Revision ID: 0013_custom_fields
-Revises: 0015_audit_log
+Revises: 0016_bulk_actions
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0013_custom_fields"
-down_revision: str | None = "0015_audit_log"
+down_revision: str | None = "0016_bulk_actions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

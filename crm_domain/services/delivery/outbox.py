@@ -113,6 +113,11 @@ def record(session: Session, organization_id: int, topic: str, payload: dict[str
     )
 
 
+def queued(session: Session) -> int:
+    """How many events the session's transaction has recorded so far (not yet inserted)."""
+    return len(session.info.get(_PENDING_KEY, ()))
+
+
 # The listeners below act on the session's own transaction, never on a SAVEPOINT: SQLAlchemy
 # fires its commit and rollback events for savepoints (begin_nested) too. Events are inserted
 # at the outermost commit only (inserting them at a savepoint's release would put events

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from ... import rules
@@ -28,11 +28,29 @@ def list_tasks(
     request: PageRequest,
     *,
     deal_id: int | None = None,
+    custom: CustomQuery | None = None,
+    **filters: Any,
+) -> Page[Task]:
+    """One page of tasks; `filters` are those of `filtered`, `custom` by custom field."""
+    stmt = filtered(actor, deal_id=deal_id, **filters)
+    stmt, ordering = narrow(session, actor, "task", Task, stmt, ORDERING, custom)
+    if deal_id is None:
+        page = paginate(session, stmt, request, ordering)
+    else:
+        page = deals.page_of_deal(session, actor, deal_id, stmt, request, ordering)
+    present(session, actor.organization_id, "task", page.items)
+    return page
+
+
+def filtered(
+    actor: Actor,
+    *,
+    deal_id: int | None = None,
     only_open: bool = False,
     due_before: dt.date | None = None,
     due_after: dt.date | None = None,
-    custom: CustomQuery | None = None,
-) -> Page[Task]:
+) -> Select[Task]:
+    """The tasks a list with these filters shows, not yet ordered."""
     stmt = select(Task).where(Task.organization_id == actor.organization_id)
     if deal_id is not None:
         stmt = stmt.where(Task.deal_id == deal_id)
@@ -42,13 +60,7 @@ def list_tasks(
         stmt = stmt.where(Task.due_date <= due_before)
     if due_after is not None:
         stmt = stmt.where(Task.due_date >= due_after)
-    stmt, ordering = narrow(session, actor, "task", Task, stmt, ORDERING, custom)
-    if deal_id is None:
-        page = paginate(session, stmt, request, ordering)
-    else:
-        page = deals.page_of_deal(session, actor, deal_id, stmt, request, ordering)
-    present(session, actor.organization_id, "task", page.items)
-    return page
+    return stmt
 
 
 def get_task(session: Session, actor: Actor, task_id: int, *, for_update: bool = False) -> Task:

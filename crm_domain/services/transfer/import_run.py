@@ -11,11 +11,10 @@ ROW_FAILED and the reason, like a row that breaks a rule."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -28,30 +27,20 @@ from ... import csvio
 from ...context import Actor
 from ...db import Database
 from ...enums import ImportKind, ImportStatus
-from ...errors import DomainError
 from ...models import ImportFile, ImportJob
 from ..records import organizations
-from . import custom_columns, import_writers, imports, rows
-from .imports import BatchOutcome, RowProblem, Superseded
+from . import custom_columns, import_writers, imports, leases, rows
+from .imports import BatchOutcome, RowProblem
 from .rows import RowInvalid, RowLoader
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 500
 FILE_CHUNK = 1024 * 1024
 ROW_FAILED = "ROW_FAILED"  # the row could not be read or written (not a rule it breaks)
 
 
-@dataclass(frozen=True)
-class Options:
-    """How a run works through a job (crm_worker.importing makes them from the settings)."""
-
-    stale_after: dt.timedelta  # a running job without a heartbeat this long is taken over
-    batch_size: int = BATCH_SIZE
-    # Outages: the job is released and the error raised, for the caller to retry.
-    transient: tuple[type[BaseException], ...] = ()
-    # Called after a batch that recorded outbox events commits (ask for a drain).
-    announce: Callable[[], None] | None = None
+# How a run works through a job (crm_worker.importing makes them from the settings).
+Options = leases.RunOptions
 
 
 @dataclass(frozen=True)
@@ -182,36 +171,18 @@ def run(db: Database, job_id: int, options: Options) -> ImportStatus | None:
         actor = _actor(session, job.organization_id, job.created_by)
         owners = import_writers.load_owners(session, actor) if actor else None
         kind, after = job.kind, job.last_row
-    try:
+
+    def body() -> ImportStatus:
         if owners is None:
-            raise _JobError("The importing user is no longer a member of the organization")
+            raise leases.JobError("The importing user is no longer a member of the organization")
         _run_batches(db, _Claimed(job_id, lease, kind, after, owners), options)
         with db.transaction() as session:
             imports.finish(session, job_id, lease)
         return ImportStatus.DONE
-    except Superseded:
-        log.warning("import %s was taken over by another run; this one stops", job_id)
-        return None
-    except options.transient:
-        with db.transaction() as session:
-            imports.release(session, job_id, lease)
-        raise
-    except Exception as exc:
-        if isinstance(exc, _JobError | DomainError):
-            message = exc.message
-            log.error("import %s failed: %s", job_id, message)
-        else:
-            log.exception("import %s failed", job_id)
-            message = f"The import stopped on an unexpected error: {exc!r}"
-        with db.transaction() as session:
-            imports.fail(session, job_id, lease, message)
-        return ImportStatus.FAILED
 
-
-class _JobError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    return leases.guarded(
+        db, ImportJob, job_id, lease, options.transient, body, ImportStatus.FAILED, imports.fail
+    )
 
 
 def _actor(session: Session, organization_id: int, user_id: int | None) -> Actor | None:

@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ... import audit, rules
@@ -26,13 +26,12 @@ from ...models import ImportFile, ImportJob, ImportRowError
 from ...pagination import Ordering, Page, PageRequest, paginate
 from .._common import get_in_org
 from ..delivery import outbox
-from . import exports
+from . import exports, leases
 
 log = logging.getLogger(__name__)
 
 IMPORT_TOPIC = "import.requested"  # {import_id} -> run the import on the "imports" queue
-# A job claimed this often without finishing (each claim after a crash or an outage) fails.
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = leases.MAX_ATTEMPTS
 ERRORS_SHOWN = 100  # errors inline in GET /imports/{id}; all of them in errors.csv
 ERROR_COLUMNS = ("row", "field", "code", "message")
 
@@ -59,12 +58,8 @@ class BatchOutcome:
         return len({p.row for p in self.problems})
 
 
-class Superseded(Exception):
-    """The job was claimed by another run (this one stalled) or is no longer running."""
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+Superseded = leases.Superseded
+_now = leases.now
 
 
 # --- the API side ---------------------------------------------------------------------------
@@ -172,50 +167,13 @@ def retry(session: Session, actor: Actor, job_id: int) -> ImportJob:
 
 
 def claim(session: Session, job_id: int, stale_after: dt.timedelta) -> ImportJob | None:
-    """Take the job for a run: pending, or running without a live run (released, or no
-    heartbeat for `stale_after`). None when another run has it or there is nothing to do.
-    A job claimed MAX_ATTEMPTS times fails instead."""
-    job = session.scalar(
-        select(ImportJob)
-        .where(
-            ImportJob.id == job_id,
-            or_(
-                ImportJob.status == ImportStatus.PENDING,
-                and_(
-                    ImportJob.status == ImportStatus.RUNNING,
-                    or_(
-                        ImportJob.lease.is_(None),
-                        ImportJob.heartbeat_at < _now() - stale_after,
-                    ),
-                ),
-            ),
-        )
-        .with_for_update(skip_locked=True)
-    )
-    if job is None:
-        return None
-    if job.attempts >= MAX_ATTEMPTS:
-        _mark_failed(
-            session, job, f"Gave up after {job.attempts} attempts; retry when the cause is fixed"
-        )
-        log.error("import %s parked as failed after %d attempts", job.id, job.attempts)
-        return None
-    now = _now()
-    job.status = ImportStatus.RUNNING
-    job.lease = uuid.uuid4()
-    job.attempts += 1
-    job.heartbeat_at = now
-    job.started_at = job.started_at or now
-    session.flush()
-    return job
+    """Take the job for a run (see leases.claim)."""
+    return leases.claim(session, ImportJob, job_id, stale_after, _audit_failed)
 
 
 def lock_for_batch(session: Session, job_id: int, lease: uuid.UUID) -> ImportJob:
     """The job row, locked for one batch's transaction, if `lease` still holds it."""
-    job = session.scalar(select(ImportJob).where(ImportJob.id == job_id).with_for_update())
-    if job is None or job.lease != lease or job.status is not ImportStatus.RUNNING:
-        raise Superseded(job_id)
-    return job
+    return leases.lock(session, ImportJob, job_id, lease)
 
 
 def record_batch(
@@ -261,53 +219,19 @@ def finish(session: Session, job_id: int, lease: uuid.UUID) -> None:
 
 
 def fail(session: Session, job_id: int, lease: uuid.UUID, message: str) -> None:
-    job = session.scalar(select(ImportJob).where(ImportJob.id == job_id).with_for_update())
-    if job is not None and job.lease == lease:
-        _mark_failed(session, job, message)
-        session.flush()
+    leases.fail(session, ImportJob, job_id, lease, message, _audit_failed)
 
 
-def _mark_failed(session: Session, job: ImportJob, message: str) -> None:
-    _audit(
-        session,
-        job,
-        "import.failed",
-        {"status": (job.status, ImportStatus.FAILED), "error": (None, message[:2000])},
-    )
-    job.status = ImportStatus.FAILED
-    job.error = message[:2000]
-    job.lease = None
-    job.finished_at = _now()
+def _audit_failed(session: Session, job: ImportJob, message: str) -> None:
+    changes = {"status": (job.status, ImportStatus.FAILED), "error": (None, message)}
+    _audit(session, job, "import.failed", changes)
 
 
 def release(session: Session, job_id: int, lease: uuid.UUID) -> None:
     """Let the next run claim the job at once (after an outage interrupted this one)."""
-    session.execute(
-        update(ImportJob).where(ImportJob.id == job_id, ImportJob.lease == lease).values(lease=None)
-    )
+    leases.release(session, ImportJob, job_id, lease)
 
 
 def stalled(session: Session, stale_after: dt.timedelta, limit: int = 100) -> list[int]:
-    """Jobs that should be running but nothing runs: running without a heartbeat for
-    `stale_after`, or pending for that long (their run request was lost)."""
-    cutoff = _now() - stale_after
-    return list(
-        session.scalars(
-            select(ImportJob.id)
-            .where(
-                or_(
-                    and_(
-                        ImportJob.status == ImportStatus.RUNNING,
-                        or_(ImportJob.heartbeat_at < cutoff, ImportJob.lease.is_(None)),
-                    ),
-                    and_(
-                        ImportJob.status == ImportStatus.PENDING,
-                        func.coalesce(ImportJob.heartbeat_at, ImportJob.created_at) < cutoff,
-                    ),
-                )
-            )
-            .order_by(ImportJob.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    )
+    """Jobs that should be running but nothing runs (see leases.stalled)."""
+    return leases.stalled(session, ImportJob, stale_after, limit)
