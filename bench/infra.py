@@ -6,7 +6,10 @@ from __future__ import annotations
 import http.client
 import re
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -105,6 +108,38 @@ def prepare_database(infra: Infra, *, drop: bool) -> None:
     ]
     if applied:
         log(f"  applied: {'; '.join(applied)}")
+
+
+@contextmanager
+def own_database(infra: Infra, name: str, **env: str) -> Iterator[str]:
+    """A migrated database of a benchmark's own (dropped after), its URL in DATABASE_URL and
+    this process's environment set for an in-process app (`env` on top)."""
+    import os
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(infra.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "-x", f"url={psycopg_url(url)}", "upgrade", "head"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        os.environ.update(
+            DATABASE_URL=url,
+            REDIS_URL=infra.redis_url,
+            SECRET_KEY=SECRET_KEY,
+            BCRYPT_ROUNDS="4",
+            **env,
+        )
+        yield url
+    finally:
+        with psycopg.connect(infra.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def clear_redis_keys(redis_url: str) -> int:

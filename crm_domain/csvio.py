@@ -71,13 +71,13 @@ class Reader:
 
     A row whose number of cells differs from the header's is given as (row, None)."""
 
-    def __init__(self, text: IO[str], kind: ImportKind) -> None:
+    def __init__(self, text: IO[str], kind: ImportKind, extra: Sequence[str] = ()) -> None:
         self._records = csv.reader(text, strict=True)
         self._row = 0
         first = self._next()
         if first is None:
             raise ValidationFailed("The file is empty", code="CSV_EMPTY")
-        self.header = _check_header(first, kind)
+        self.header = _check_header(first, kind, extra)
 
     def _next(self) -> list[str] | None:
         """The next record, or None at the end; bad bytes and bad quoting are 400s."""
@@ -111,9 +111,10 @@ class Reader:
                 yield self._row, {c: restore(v) for c, v in zip(self.header, record, strict=True)}
 
 
-def _check_header(cells: list[str], kind: ImportKind) -> tuple[str, ...]:
+def _check_header(cells: list[str], kind: ImportKind, extra: Sequence[str]) -> tuple[str, ...]:
+    """`extra`: the columns allowed besides the kind's own (its custom fields' keys)."""
     header = tuple(cell.strip().lower() for cell in cells)
-    known = COLUMNS[kind]
+    known = (*COLUMNS[kind], *extra)
     details = {"expected": list(known), "found": list(header)}
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
@@ -139,12 +140,12 @@ def _check_header(cells: list[str], kind: ImportKind) -> tuple[str, ...]:
     return header
 
 
-def inspect(binary: IO[bytes], kind: ImportKind) -> Layout:
+def inspect(binary: IO[bytes], kind: ImportKind, extra: Sequence[str] = ()) -> Layout:
     """One streaming pass over an upload: UTF-8, well-formed CSV, a valid header and at least
     one row; raises ValidationFailed (a 400) otherwise. The stream is left open."""
     text = open_text(binary)
     try:
-        reader = Reader(text, kind)
+        reader = Reader(text, kind, extra)
         rows = sum(1 for _ in reader.rows())
     except ValidationFailed as exc:
         if exc.code == "CSV_NOT_UTF8":

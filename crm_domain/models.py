@@ -91,6 +91,20 @@ def _trash_index(table: str) -> Index:
     )
 
 
+def _custom_fields_index(table: str) -> Index:
+    """Equality filters on custom fields (`custom_fields @> {...}`)."""
+    return Index(
+        f"ix_{table}_custom_fields",
+        "custom_fields",
+        postgresql_using="gin",
+        postgresql_ops={"custom_fields": "jsonb_path_ops"},
+    )
+
+
+def _custom_fields() -> Any:
+    return mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+
+
 class Organization(Base):
     __tablename__ = "organizations"
 
@@ -161,6 +175,7 @@ class Contact(Trashable, Base):
     __table_args__ = (
         UniqueConstraint("id", "organization_id"),
         Index("ix_contacts_org_id", "organization_id", "id"),
+        _custom_fields_index("contacts"),
         Index("ix_contacts_org_owner_id", "organization_id", "owner_id", "id"),
         # Imports match contacts by e-mail, case-insensitively, a batch at a time.
         Index("ix_contacts_org_lower_email", "organization_id", func.lower(text("email"))),
@@ -187,6 +202,9 @@ class Contact(Trashable, Base):
     phone: Mapped[str | None] = mapped_column(String(50))
     import_job_id: Mapped[int | None] = mapped_column(Integer)
     import_row: Mapped[int | None] = mapped_column(Integer)
+    # Custom field values {key: value}, validated against the organization's definitions
+    # (crm_domain.validation.custom_values); shown through the live ones only.
+    custom_fields: Mapped[dict[str, Any]] = _custom_fields()
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -223,6 +241,7 @@ class Deal(Trashable, Base):
         Index("ix_deals_org_stage_created_id", "organization_id", "stage", "created_at", "id"),
         Index("ix_deals_org_owner_created_id", "organization_id", "owner_id", "created_at", "id"),
         Index("ix_deals_contact", "contact_id"),
+        _custom_fields_index("deals"),
         _import_row_key("deals"),
         _trash_index("deals"),
     )
@@ -246,6 +265,9 @@ class Deal(Trashable, Base):
     )
     import_job_id: Mapped[int | None] = mapped_column(Integer)
     import_row: Mapped[int | None] = mapped_column(Integer)
+    # Custom field values {key: value}, validated against the organization's definitions
+    # (crm_domain.validation.custom_values); shown through the live ones only.
+    custom_fields: Mapped[dict[str, Any]] = _custom_fields()
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -270,6 +292,7 @@ class Task(Trashable, Base):
             postgresql_where=text("NOT is_done"),
         ),
         Index("ix_tasks_deal_due", "deal_id", "due_date", "id"),
+        _custom_fields_index("tasks"),
         _trash_index("tasks"),
     )
 
@@ -282,6 +305,9 @@ class Task(Trashable, Base):
     description: Mapped[str | None] = mapped_column(Text)
     due_date: Mapped[dt.date] = mapped_column(Date, nullable=False)
     is_done: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    # Custom field values {key: value}, validated against the organization's definitions
+    # (crm_domain.validation.custom_values); shown through the live ones only.
+    custom_fields: Mapped[dict[str, Any]] = _custom_fields()
     # Trashed because its deal was (and restored with it), not on its own.
     trashed_with_deal: Mapped[bool] = mapped_column(
         Boolean, nullable=False, server_default=text("false")
@@ -844,3 +870,39 @@ class AuditEntry(Base):
     changes: Mapped[dict[str, Any]] = mapped_column(
         JSONB, server_default=text("'{}'::jsonb"), nullable=False
     )
+
+
+class CustomFieldDefinition(Base):
+    """A custom field of an organization's contacts, deals or tasks. `key` and `type` never
+    change; a deleted definition (`deleted_at`) hides its values at once and keeps its key
+    taken until the worker has purged them (then the row goes)."""
+
+    __tablename__ = "custom_field_definitions"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "entity", "key"),
+        Index(
+            "ix_custom_field_definitions_deleted",
+            "deleted_at",
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    entity: Mapped[str] = mapped_column(String(16), nullable=False)
+    key: Mapped[str] = mapped_column(String(40), nullable=False)
+    label: Mapped[str] = mapped_column(String(255), nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    required: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    description: Mapped[str | None] = mapped_column(Text)
+    # Select types: [{"value", "label", "archived"}], in display order.
+    options: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

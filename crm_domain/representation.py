@@ -12,6 +12,8 @@ import enum
 from decimal import Decimal
 from typing import Any
 
+from .custom_definitions import shown_keys
+
 CONTACT_FIELDS = (
     "id",
     "organization_id",
@@ -80,6 +82,20 @@ def json_value(value: Any) -> Any:
     return value
 
 
+# Kinds whose JSON carries `custom_fields` ({key: value or null} over the live definitions).
+WITH_CUSTOM_FIELDS = frozenset({"contact", "deal", "task"})
+
+
+def custom_fields_of(obj: Any) -> dict[str, Any]:
+    """A contact's, deal's or task's `custom_fields`: every live key, null when unset; the
+    values of deleted definitions are hidden (crm_domain.custom_definitions)."""
+    stored = obj.custom_fields or {}
+    return {key: stored.get(key) for key in shown_keys(obj)}
+
+
 def dump(kind: str, obj: Any) -> dict[str, Any]:
     """`obj` (a model instance of `kind`) as the API's JSON object."""
-    return {name: json_value(getattr(obj, name)) for name in FIELDS_BY_KIND[kind]}
+    data = {name: json_value(getattr(obj, name)) for name in FIELDS_BY_KIND[kind]}
+    if kind in WITH_CUSTOM_FIELDS:
+        data["custom_fields"] = custom_fields_of(obj)
+    return data

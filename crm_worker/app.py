@@ -77,6 +77,7 @@ QUEUE_ROUTES = {
     "crm.reports.*": "bulk",
     "crm.reminders.*": "bulk",
     "crm.idempotency.*": "bulk",
+    "crm.custom_fields.*": "bulk",
     "crm.audit.*": "bulk",
     "crm.trash.*": "bulk",
     "crm.email.*": EMAIL_QUEUE,
@@ -160,6 +161,11 @@ celery_app.conf.update(
             "task": "crm.imports.requeue_stalled",
             "schedule": timedelta(seconds=max(1.0, settings.import_stall_seconds / 2)),
             "options": {"expires": max(1.0, settings.import_stall_seconds / 2)},
+        },
+        "custom-fields-purge-pending": {
+            "task": "crm.custom_fields.purge_pending",
+            "schedule": timedelta(minutes=5),
+            "options": {"expires": 300},
         },
         "bulk-actions-requeue-stalled": {
             "task": BULK_ACTION_STALLED_TASK,

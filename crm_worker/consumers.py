@@ -25,7 +25,7 @@ from crm_domain.db import Database, Publisher
 from crm_domain.models import OutboxEvent
 from crm_domain.services.delivery import events, outbox, webhook_fanout, webhooks
 from crm_domain.services.mailing import digests, invitations, outbound_email, report_emails
-from crm_domain.services.records import timeline
+from crm_domain.services.records import custom_fields, timeline
 from crm_domain.services.reporting import reports
 from crm_domain.services.reporting.analytics_cache import AnalyticsCache
 from crm_domain.services.transfer import bulk_actions, imports
@@ -52,6 +52,7 @@ def install() -> None:
         registry.on(topic, handler)
     # Their consumers need Celery or Redis: they join each delivery run (RunConsumers below).
     registry.declare((events.DEAL_CHANGED_TOPIC, webhooks.WEBHOOK_SEND_TOPIC, imports.IMPORT_TOPIC))
+    registry.declare(custom_fields.CUSTOM_FIELD_DELETED_TOPIC)
     registry.declare((bulk_actions.BULK_ACTION_TOPIC,))
     mail = outbound_email.composers
     mail.on(invitations.EMAIL_KIND, invitations.compose_email)
@@ -113,6 +114,22 @@ class ImportRequests(RunConsumer):
         for job_id in sorted(requested):
             with request_id.bound(requested[job_id]):
                 self.ask(job_id)
+
+
+class CustomFieldPurges(RunConsumer):
+    """A deleted custom field asks for the purge of its values (`ask(definition_id)`: the
+    bulk queue) before the batch commits."""
+
+    def __init__(self, ask: Callable[[int], object]) -> None:
+        self.ask = ask
+
+    def register(self, registry: outbox.Registry) -> None:
+        registry.on(custom_fields.CUSTOM_FIELD_DELETED_TOPIC, self.deleted)
+
+    def deleted(self, _session: Session, batch: Sequence[OutboxEvent]) -> None:
+        for ev in batch:
+            with request_id.bound(ev.request_id):
+                self.ask(ev.payload["definition_id"])
 
 
 class BulkActionRequests(ImportRequests):

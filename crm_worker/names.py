@@ -11,5 +11,6 @@ SEND_WEBHOOKS_TASK = "crm.webhooks.send"  # queue "webhooks" (task_routes in crm
 SWEEP_WEBHOOKS_TASK = "crm.webhooks.sweep"
 IMPORT_TASK = "crm.imports.run"
 IMPORT_QUEUE = "imports"
+PURGE_CUSTOM_FIELD_TASK = "crm.custom_fields.purge"  # queue "bulk"
 BULK_ACTION_TASK = "crm.bulk_actions.run"  # on the imports queue (crm_worker.app)
 BULK_ACTION_STALLED_TASK = "crm.bulk_actions.requeue_stalled"

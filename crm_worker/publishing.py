@@ -17,6 +17,7 @@ from .names import (
     DRAIN_TASK,
     IMPORT_QUEUE,
     IMPORT_TASK,
+    PURGE_CUSTOM_FIELD_TASK,
     REFRESH_TASK,
     REPORT_BUILD_TASK,
     SEND_MAIL_TASK,
@@ -67,6 +68,11 @@ def send_webhooks(endpoint_ids: Iterable[int], *, expires: float | None = None) 
 def send_import(job_id: int) -> None:
     """Ask the "imports" queue to run a job (the run claims it from the database)."""
     publish(IMPORT_TASK, args=[job_id], queue=IMPORT_QUEUE)
+
+
+def send_custom_field_purge(definition_id: int) -> None:
+    """Purge a deleted custom field's values (the bulk queue)."""
+    publish(PURGE_CUSTOM_FIELD_TASK, args=[definition_id])
 
 
 def send_bulk_action(job_id: int) -> None:

@@ -22,6 +22,7 @@ CONTACT_KEYS = {
     "phone",
     "created_at",
     "updated_at",
+    "custom_fields",
 }
 
 

@@ -22,6 +22,7 @@ DEAL_KEYS = {
     "stage",
     "created_at",
     "updated_at",
+    "custom_fields",
 }
 
 

@@ -196,6 +196,11 @@ def test_patch_without_a_json_body_is_400_on_every_patch_route(app: Flask, ctx: 
     hook = ctx.call("POST", "/webhooks", json={"url": "http://127.0.0.1:9/hook"})
     assert hook.status_code == 201, hook.get_json()
     ids["endpoint_id"] = hook.get_json()["id"]
+    field = ctx.call(
+        "POST", "/custom-fields", json={"entity": "deal", "key": "n", "label": "N", "type": "text"}
+    )
+    assert field.status_code == 201, field.get_json()
+    ids["field_id"] = field.get_json()["id"]
     rules = [r.rule for r in app.url_map.iter_rules() if "PATCH" in (r.methods or ())]
     assert len(rules) >= 4, rules
     for rule in rules:

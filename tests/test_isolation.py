@@ -40,6 +40,11 @@ def _tomorrow() -> str:
     return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
 
 
+# Path parameters that name no row of one organization (every organization has a custom
+# field "segment"): the routes are checked like those without an entity.
+NOT_ENTITIES = frozenset({"custom_field_key"})
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -52,7 +57,9 @@ class Route:
     @property
     def entity(self) -> str | None:
         """The entity kind in the path, if any (the last placeholder decides the 404 code)."""
-        names = [f for _, f, _, _ in string.Formatter().parse(self.path) if f]
+        names = [
+            f for _, f, _, _ in string.Formatter().parse(self.path) if f and f not in NOT_ENTITIES
+        ]
         return names[-1] if names else None
 
     @property
@@ -133,6 +140,7 @@ ROUTES: tuple[Route, ...] = (
     # analytics
     Route("GET", "/analytics/deals/summary", query={"days": 30}),
     Route("GET", "/analytics/deals/funnel"),
+    Route("GET", "/analytics/deals/by-field/{custom_field_key}"),
     # reports
     Route("GET", "/reports"),
     Route("POST", "/reports"),
@@ -185,6 +193,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api-keys"),
     Route("POST", "/api-keys", body=lambda ids: {"name": "Intruder", "scope": "write"}),
     Route("DELETE", "/api-keys/{api_key}", snapshot="/api-keys"),
+    # custom fields (definitions: owner/admin manage, members read; values on the records)
+    Route("GET", "/custom-fields", query={"entity": "deal"}),
+    Route(
+        "POST",
+        "/custom-fields",
+        body=lambda ids: {"entity": "deal", "key": "intruder", "label": "X", "type": "text"},
+        snapshot="/custom-fields",
+    ),
+    Route("GET", "/custom-fields/{custom_field}"),
+    Route("PATCH", "/custom-fields/{custom_field}", body=lambda ids: {"label": "Hacked"}),
+    Route("DELETE", "/custom-fields/{custom_field}"),
     # the audit log and the change feed (owner/admin)
     Route("GET", "/audit-log", query={"entity_type": "contact"}),
     Route("GET", "/audit-log/export.csv"),
@@ -228,6 +247,7 @@ ENTITY_LOOKUP = {
     "webhook": "/webhooks/{webhook}",
     "webhook_delivery": "/webhooks/{webhook}/deliveries",
     "api_key": "/api-keys",
+    "custom_field": "/custom-fields/{custom_field}",
 }
 
 ENTITY_ROUTES = tuple(r for r in ROUTES if r.entity is not None)
@@ -305,6 +325,20 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
     )
     assert made.status_code == 201, made.get_json()
     org.key = made.get_json()["key"]
+    r = api.post(
+        "/custom-fields",
+        user=owner,
+        org=owner.org_id,
+        json={
+            "entity": "deal",
+            "key": "segment",
+            "label": f"{label} segment",
+            "type": "single_select",
+            "options": [{"value": "smb", "label": "SMB"}],
+        },
+    )
+    assert r.status_code == 201, r.get_json()
+    custom_field = r.get_json()["id"]
     bulk = api.post(
         "/bulk-actions",
         user=owner,
@@ -330,6 +364,8 @@ def _populate(api: ApiClient, db: Database, owner: User, label: str) -> Org:
         "webhook": webhook,
         "webhook_delivery": webhook_delivery,
         "api_key": made.get_json()["id"],
+        "custom_field": custom_field,
+        "custom_field_key": "segment",
     }
     return org
 

@@ -40,6 +40,7 @@ UNIQUE_WITHOUT_ORGANIZATION = {
             "api_keys",
             "audit_entries",
             "contacts",
+            "custom_field_definitions",
             "deals",
             "idempotency_keys",
             "import_jobs",

@@ -19,6 +19,7 @@ TASK_KEYS = {
     "is_done",
     "created_at",
     "updated_at",
+    "custom_fields",
 }
 
 

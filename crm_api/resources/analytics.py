@@ -9,9 +9,11 @@ from flask import Response, current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from crm_domain.services.reporting import analytics_cache
+from crm_domain.services._common import not_found
+from crm_domain.services.records import custom_fields
+from crm_domain.services.reporting import analytics_by_field, analytics_cache
 
-from ..extensions import Blueprint, current_actor
+from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import total_field
 
 blp = Blueprint("analytics", __name__, url_prefix="/analytics", description="Deal analytics")
@@ -89,6 +91,45 @@ class Funnel(MethodView):
     def get(self) -> Any:
         """Deals per stage (by status), deals that reached each stage, stage conversion"""
         return _cached(analytics_cache.FUNNEL_FIELD)
+
+
+class ValueFigures(ma.Schema):
+    count = fields.Integer(metadata={"description": "deals with this option"})
+    by_status = _by_status()
+    by_currency = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.Nested(StatusTotals)),
+    )
+
+
+class OptionFigures(ValueFigures):
+    value = fields.String(metadata={"description": "the option's value"})
+
+
+class ByFieldSchema(ma.Schema):
+    as_of = fields.String(metadata={"description": "when these figures were computed (UTC)"})
+    key = fields.String()
+    type = fields.String(metadata={"example": "single_select"})
+    options = fields.List(fields.Nested(OptionFigures))
+    none = fields.Nested(ValueFigures, metadata={"description": "deals without a value"})
+
+
+@blp.route("/deals/by-field/<string:key>")
+class ByField(MethodView):
+    @blp.tenant_required
+    @blp.response(200, ByFieldSchema)
+    @blp.alt_response(404, description="No select custom field of deals with this key")
+    def get(self, key: str) -> Any:
+        """Deal counts and amounts per option of a select custom field, by status and currency
+
+        Precomputed with the summary (refreshed by workers after deal changes; `as_of` tells
+        when). A deal with several options of a multi_select counts under each."""
+        with transaction() as session:
+            custom_fields.ensure_select_field(session, current_actor(), "deal", key)
+        try:
+            return _cached(analytics_by_field.field_name(key))
+        except KeyError:  # deleted or changed since the check above
+            raise not_found("custom_field") from None
 
 
 def _cached(field: str) -> Response:

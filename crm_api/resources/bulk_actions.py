@@ -78,6 +78,13 @@ def _target(actor: Actor, data: dict[str, Any]) -> Select[Any] | list[int]:
             "The filter is not one the list accepts",
             details={"errors": {"filter": exc.messages}},
         ) from exc
+    if args.pop("custom", None) is not None:
+        raise ValidationFailed(
+            "The filter is not one the list accepts",
+            details={
+                "errors": {"filter": {"cf": ["Custom field filters and sort: not here yet."]}}
+            },
+        )
     return selection.query(actor, args)
 
 

@@ -15,6 +15,7 @@ from ..by_id import ByIdDocs, register_by_id
 from ..exports import ExportArgs, csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, Trimmed, page_of, query_id_field
+from .custom_fields_schemas import CustomListArgs, custom_fields_of
 
 blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="Contacts")
 
@@ -28,9 +29,10 @@ class ContactSchema(Schema):
     phone = fields.String(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
+    custom_fields = custom_fields_of()
 
 
-class ContactListArgs(PageArgs):
+class ContactListArgs(PageArgs, CustomListArgs):
     search = Trimmed(
         validate=validate.Length(max=255), metadata={"description": "in name or email"}
     )
@@ -57,10 +59,14 @@ class ContactsExport(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """Export contacts as CSV (the list's filters and order; the import's columns)
 
-        Columns: name, email, phone, owner_email. Streamed: any size, little memory. Text
+        Columns: name, email, phone, owner_email, then one per custom field (header = its
+        key; the list's `cf.` filters and `sort` apply). Streamed: any size, little memory. Text
         that a spreadsheet would run as a formula starts with a ' (see `raw`)."""
         raw = args.pop("raw")
+        custom = args.pop("custom")
         export = exports.contacts_export(current_actor(), **args)
+        with transaction() as session:
+            export = exports.with_custom(session, current_actor(), export, custom)
         return csv_download(export, "contacts.csv", raw=raw)
 
 

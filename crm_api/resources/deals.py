@@ -16,6 +16,7 @@ from ..by_id import ByIdDocs, register_by_id
 from ..exports import ExportArgs, csv_download, csv_response_doc
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, amount_field, page_of, query_id_field
+from .custom_fields_schemas import CustomListArgs, custom_fields_of
 
 blp = Blueprint("deals", __name__, url_prefix="/deals", description="Deals")
 
@@ -32,9 +33,10 @@ class DealSchema(Schema):
     stage = fields.Enum(DealStage, by_value=True, dump_only=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
+    custom_fields = custom_fields_of()
 
 
-class DealListArgs(PageArgs):
+class DealListArgs(PageArgs, CustomListArgs):
     status = fields.List(
         fields.Enum(DealStatus, by_value=True),
         metadata={"description": "repeatable: status=new&status=in_progress"},
@@ -84,10 +86,14 @@ class DealsExport(MethodView):
         """Export deals as CSV (the list's filters and order; the import's columns)
 
         Columns: title, amount, currency, status, stage, contact_id, contact_email,
-        owner_email. Streamed: any size, little memory. Text that a spreadsheet would run as
+        owner_email, then one per custom field (header = its key; the list's `cf.` filters
+        and `sort` apply). Streamed: any size, little memory. Text that a spreadsheet would run as
         a formula starts with a ' (see `raw`); amounts and ids are plain numbers."""
         raw = args.pop("raw")
+        custom = args.pop("custom")
         export = exports.deals_export(current_actor(), **list_filters(args))
+        with transaction() as session:
+            export = exports.with_custom(session, current_actor(), export, custom)
         return csv_download(export, "deals.csv", raw=raw)
 
 

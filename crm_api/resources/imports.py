@@ -8,6 +8,7 @@ from flask import current_app, url_for
 from flask.views import MethodView
 
 from crm_domain import csvio
+from crm_domain.services.transfer import custom_columns
 from crm_domain.services.transfer import imports as service
 from crm_domain.settings import Settings
 
@@ -88,14 +89,18 @@ class Imports(MethodView):
 
         The file is checked now: UTF-8 (a BOM is fine), well-formed CSV, the kind's header
         (contacts: name, email, phone, owner_email; deals: title, amount, currency, status,
-        stage, contact_id, contact_email, owner_email), at least one row; each of these is a
+        stage, contact_id, contact_email, owner_email; plus a column per custom field, its
+        header the key), at least one row; each of these is a
         400 (CSV_EMPTY, CSV_NOT_UTF8, CSV_MALFORMED, CSV_MISSING_COLUMNS,
         CSV_UNKNOWN_COLUMNS, CSV_DUPLICATE_COLUMNS, CSV_NO_ROWS). Rows are validated by the
         worker like POST /contacts and /deals; rows that fail are reported with their row
         number and skipped. Members import rows owned by themselves (owner_email may name
         only them); manager and above may name any member."""
         upload = data["file"]
-        layout = csvio.inspect(upload.stream, data["kind"])
+        with transaction() as session:  # a column per custom field too (header = key)
+            org = current_actor().organization_id
+            custom = custom_columns.import_definitions(session, org, data["kind"])
+        layout = csvio.inspect(upload.stream, data["kind"], tuple(custom))
         upload.stream.seek(0)
         content = upload.stream.read()
         with transaction() as session:

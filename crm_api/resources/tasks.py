@@ -8,11 +8,13 @@ from flask.views import MethodView
 from marshmallow import ValidationError, fields, validates_schema
 
 from crm_domain.services.records import tasks as service
+from crm_domain.validation.custom_values import custom_fields_field
 from crm_domain.validation.writes import TaskUpdateSchema, description_field
 
 from ..by_id import ByIdDocs, register_by_id
 from ..extensions import Blueprint, current_actor, transaction
 from ..schemas import PageArgs, Schema, id_field, name_field, page_of, query_id_field
+from .custom_fields_schemas import CustomListArgs, custom_fields_of
 
 blp = Blueprint("tasks", __name__, url_prefix="/tasks", description="Tasks on deals")
 
@@ -27,6 +29,7 @@ class TaskSchema(Schema):
     is_done = fields.Boolean(dump_only=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
+    custom_fields = custom_fields_of()
 
 
 class TaskCreateSchema(Schema):
@@ -34,9 +37,10 @@ class TaskCreateSchema(Schema):
     title = name_field(required=True)
     description = description_field
     due_date = fields.Date(required=True, metadata={"description": "today (UTC) or later"})
+    custom_fields = custom_fields_field()
 
 
-class TaskListArgs(PageArgs):
+class TaskListArgs(PageArgs, CustomListArgs):
     deal_id = query_id_field()
     only_open = fields.Boolean(load_default=False)
     due_before = fields.Date(metadata={"description": "inclusive"})

@@ -10,6 +10,7 @@ from marshmallow import fields, pre_load, validate
 
 from ..enums import DealStage, DealStatus
 from ..rules import DEFAULT_AMOUNT, DEFAULT_CURRENCY
+from .custom_values import custom_fields_field
 from .fields import (
     Schema,
     Trimmed,
@@ -26,6 +27,7 @@ class ContactCreateSchema(Schema):
     email = email_field(allow_none=True)
     phone = line_field(50, allow_none=True)
     owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
+    custom_fields = custom_fields_field()
 
 
 class ContactUpdateSchema(Schema):
@@ -33,6 +35,7 @@ class ContactUpdateSchema(Schema):
     email = email_field(allow_none=True)
     phone = line_field(50, allow_none=True)
     owner_id = id_field()
+    custom_fields = custom_fields_field()
 
 
 def currency_field(**kwargs: Any) -> fields.String:
@@ -61,6 +64,7 @@ class DealCreateSchema(_UpperCurrency):
     )
     currency = currency_field(load_default=DEFAULT_CURRENCY)
     owner_id = id_field(metadata={"description": "manager and above only; defaults to the caller"})
+    custom_fields = custom_fields_field()
 
 
 class DealUpdateSchema(_UpperCurrency):
@@ -71,6 +75,7 @@ class DealUpdateSchema(_UpperCurrency):
     stage = fields.Enum(DealStage, by_value=True)
     owner_id = id_field()
     contact_id = id_field()
+    custom_fields = custom_fields_field()
 
 
 description_field = Trimmed(allow_none=True, validate=validate.Length(max=10_000))
@@ -81,3 +86,4 @@ class TaskUpdateSchema(Schema):
     description = description_field
     due_date = fields.Date(metadata={"description": "today (UTC) or later"})
     is_done = fields.Boolean()
+    custom_fields = custom_fields_field()

@@ -13,6 +13,7 @@ from ..app import analytics_cache, celery_app, database, drain_flag, settings
 from ..consumers import (
     AnalyticsRefresh,
     BulkActionRequests,
+    CustomFieldPurges,
     ImportRequests,
     MailWakeup,
     ReportBuilds,
@@ -23,6 +24,7 @@ from ..names import DRAIN_TASK
 from ..publishing import (
     schedule_refresh,
     send_bulk_action,
+    send_custom_field_purge,
     send_drain,
     send_import,
     send_mail_task,
@@ -44,6 +46,7 @@ dispatcher = (
     .register(partial(AnalyticsRefresh, _refresh))
     .register(partial(ReportBuilds, send_report_build))
     .register(partial(ImportRequests, send_import))
+    .register(partial(CustomFieldPurges, send_custom_field_purge))
     .register(partial(BulkActionRequests, send_bulk_action))
     .register(partial(WebhookWakeups, send_webhooks))
     .register(partial(MailWakeup, send_mail_task))

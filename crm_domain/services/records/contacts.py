@@ -12,9 +12,11 @@ from ...context import Actor
 from ...errors import Conflict
 from ...models import Contact, Deal
 from ...pagination import Ordering, Page, PageRequest, paginate
-from .._common import Precondition, apply_changes, get_in_org
+from .._common import Precondition, get_in_org
 from ..delivery import events
 from . import organizations, trash
+from .custom_fields import apply_custom_fields, present, update_with_custom_fields
+from .custom_queries import CustomQuery, narrow
 
 ORDERING = Ordering("id", Contact.id, Contact.id, descending=True)
 
@@ -26,8 +28,13 @@ def list_contacts(
     *,
     search: str | None = None,
     owner_id: int | None = None,
+    custom: CustomQuery | None = None,
 ) -> Page[Contact]:
-    return paginate(session, filtered(actor, search=search, owner_id=owner_id), request, ORDERING)
+    stmt = filtered(actor, search=search, owner_id=owner_id)
+    stmt, ordering = narrow(session, actor, "contact", Contact, stmt, ORDERING, custom)
+    page = paginate(session, stmt, request, ordering)
+    present(session, actor.organization_id, "contact", page.items)
+    return page
 
 
 def filtered(
@@ -75,12 +82,14 @@ def create_contact(
     email: str | None = None,
     phone: str | None = None,
     owner_id: int | None = None,
+    custom_fields: dict[str, Any] | None = None,
 ) -> Contact:
     owner = actor.user_id if owner_id is None else owner_id
     organizations.ensure_assignable_owner(session, actor, owner)
     contact = Contact(
         organization_id=actor.organization_id, owner_id=owner, name=name, email=email, phone=phone
     )
+    apply_custom_fields(session, actor, "contact", contact, custom_fields, creating=True)
     session.add(contact)
     session.flush()
     events.record_created(session, "contact", contact)
@@ -103,7 +112,7 @@ def update_contact(
     new_owner = changes.get("owner_id")
     if new_owner is not None and new_owner != contact.owner_id:
         organizations.ensure_assignable_owner(session, actor, new_owner)
-    changed = apply_changes(contact, changes)
+    changed = update_with_custom_fields(session, actor, "contact", contact, changes)
     if changed:
         session.flush()
         events.record_updated(session, "contact", contact, changed)

@@ -15,9 +15,11 @@ from ...enums import ActivityType, DealStage, DealStatus
 from ...models import Deal
 from ...pagination import Ordering, Page, PageRequest, paginate
 from ...rules import DEFAULT_AMOUNT, DEFAULT_CURRENCY
-from .._common import Precondition, apply_changes, ensure_in_org, get_in_org
+from .._common import Precondition, ensure_in_org, get_in_org
 from ..delivery import events
 from . import contacts, organizations, timeline, trash
+from .custom_fields import apply_custom_fields, present, update_with_custom_fields
+from .custom_queries import CustomQuery, narrow
 
 # Changes that go to the timeline: {"old_<field>": ..., "new_<field>": ...}.
 TIMELINE_FIELDS = (
@@ -27,10 +29,19 @@ TIMELINE_FIELDS = (
 ORDERABLE = {"created_at": Deal.created_at, "amount": Deal.amount, "updated_at": Deal.updated_at}
 
 
-def list_deals(session: Session, actor: Actor, request: PageRequest, **filters: Any) -> Page[Deal]:
-    """One page of deals; `filters` are those of `filtered`."""
+def list_deals(
+    session: Session,
+    actor: Actor,
+    request: PageRequest,
+    custom: CustomQuery | None = None,
+    **filters: Any,
+) -> Page[Deal]:
+    """One page of deals; `filters` are those of `filtered`, `custom` by custom field."""
     stmt, ordering = filtered(actor, **filters)
-    return paginate(session, stmt, request, ordering)
+    stmt, ordering = narrow(session, actor, "deal", Deal, stmt, ordering, custom)
+    page = paginate(session, stmt, request, ordering)
+    present(session, actor.organization_id, "deal", page.items)
+    return page
 
 
 def filtered(
@@ -93,6 +104,7 @@ def create_deal(
     amount: Decimal = DEFAULT_AMOUNT,
     currency: str = DEFAULT_CURRENCY,
     owner_id: int | None = None,
+    custom_fields: dict[str, Any] | None = None,
 ) -> Deal:
     # 404 for another org's contact; locked, so a concurrent DELETE (to the trash) either
     # waits for this deal and refuses (CONTACT_HAS_DEALS) or goes first and this is a 404.
@@ -109,6 +121,7 @@ def create_deal(
         status=DealStatus.NEW,
         stage=DealStage.QUALIFICATION,
     )
+    apply_custom_fields(session, actor, "deal", deal, custom_fields, creating=True)
     session.add(deal)
     session.flush()
     events.record_created(session, "deal", deal)
@@ -139,7 +152,7 @@ def update_deal(
     amount = changes.get("amount", deal.amount)
     rules.ensure_won_amount(status, amount)
 
-    changed = apply_changes(deal, changes)
+    changed = update_with_custom_fields(session, actor, "deal", deal, changes)
     if not changed:
         return deal
     for field, activity_type in TIMELINE_FIELDS:

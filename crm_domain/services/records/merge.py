@@ -27,6 +27,7 @@ from ...trashable import INCLUDE_TRASHED
 from .._common import apply_changes
 from ..delivery import events
 from . import trash
+from .custom_fields import apply_custom_fields, definitions_of
 
 MERGEABLE_FIELDS = ("name", "email", "phone")
 CUSTOM_PREFIX = "cf."  # prefer {"cf.<key>": id}: a custom field's value
@@ -57,7 +58,17 @@ def merge_contacts(
     for source in sources:
         events.record_deleted(session, "contact", source)
         trash.put_in_trash(session, actor, "contact", source, merged_into_id=target.id)
+    # Custom fields: the live definitions' values, checked like any write (values copied from
+    # another contact may be archived options).
+    custom = {
+        key: value
+        for key, value in changes.pop("custom_fields", {}).items()
+        if key in definitions_of(session, actor.organization_id, "contact")
+    }
     changed = apply_changes(target, changes)
+    changed.update(
+        apply_custom_fields(session, actor, "contact", target, custom, keep_archived=True)
+    )
     session.flush()
     events.record_updated(session, "contact", target, changed)
     events.record_merged(session, target, merge_ids, deal_ids)

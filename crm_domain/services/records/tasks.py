@@ -13,9 +13,11 @@ from ...context import Actor
 from ...enums import ActivityType
 from ...models import Deal, Task
 from ...pagination import Ordering, Page, PageRequest, paginate
-from .._common import Precondition, apply_changes, get_in_org
+from .._common import Precondition, get_in_org
 from ..delivery import events
 from . import deals, timeline, trash
+from .custom_fields import apply_custom_fields, present, update_with_custom_fields
+from .custom_queries import CustomQuery, narrow
 
 ORDERING = Ordering("due_date", Task.due_date, Task.id, descending=False)
 
@@ -26,13 +28,18 @@ def list_tasks(
     request: PageRequest,
     *,
     deal_id: int | None = None,
+    custom: CustomQuery | None = None,
     **filters: Any,
 ) -> Page[Task]:
-    """One page of tasks; `filters` are those of `filtered`."""
+    """One page of tasks; `filters` are those of `filtered`, `custom` by custom field."""
     stmt = filtered(actor, deal_id=deal_id, **filters)
+    stmt, ordering = narrow(session, actor, "task", Task, stmt, ORDERING, custom)
     if deal_id is None:
-        return paginate(session, stmt, request, ORDERING)
-    return deals.page_of_deal(session, actor, deal_id, stmt, request, ORDERING)
+        page = paginate(session, stmt, request, ordering)
+    else:
+        page = deals.page_of_deal(session, actor, deal_id, stmt, request, ordering)
+    present(session, actor.organization_id, "task", page.items)
+    return page
 
 
 def filtered(
@@ -76,6 +83,7 @@ def create_task(
     title: str,
     due_date: dt.date,
     description: str | None = None,
+    custom_fields: dict[str, Any] | None = None,
 ) -> Task:
     """Check order: 404 (deal) -> 403 (member on another's deal) -> 400 (due date)."""
     # Locked: a deal going to the trash meanwhile takes this task with it or this is a 404.
@@ -89,6 +97,7 @@ def create_task(
         description=description,
         due_date=due_date,
     )
+    apply_custom_fields(session, actor, "task", task, custom_fields, creating=True)
     session.add(task)
     session.flush()
     events.record_created(session, "task", task)
@@ -116,7 +125,7 @@ def update_task(
         precondition(task)
     if "due_date" in changes and changes["due_date"] != task.due_date:
         rules.ensure_due_date(changes["due_date"])
-    changed = apply_changes(task, changes)
+    changed = update_with_custom_fields(session, actor, "task", task, changes)
     if changed:
         session.flush()
         events.record_updated(session, "task", task, changed)

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, cast
 import redis
 
 from ...db import Database
-from . import analytics
+from . import analytics, analytics_by_field
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,20 @@ class AnalyticsCache:
         return self.compute_many(organization_id, [field], identify=False).results[field]
 
     def compute_many(
-        self, organization_id: int, fields: list[str], *, identify: bool = True
+        self,
+        organization_id: int,
+        fields: list[str],
+        *,
+        identify: bool = True,
+        select_fields: bool = False,
     ) -> Computed:
-        """Results from the database, all from one scan of the organization's deals, with
-        the database identity read in the same snapshot (`identify`)."""
+        """Results from the database, all from one scan of the organization's deals (the
+        `by_field:<key>` ones one more each; with `select_fields`, every select custom
+        field's; a field that is no select field any more is left out), with the database
+        identity read in the same snapshot (`identify`)."""
         as_of = dt.datetime.now(dt.UTC)
+        custom = [f for f in fields if f.startswith(analytics_by_field.FIELD_PREFIX)]
+        fields = [f for f in fields if f not in custom]
         windows = [int(f.split(":", 1)[1]) for f in fields if f != FUNNEL_FIELD]
         with self.db.transaction() as session:
             epoch = None
@@ -155,8 +164,18 @@ class AnalyticsCache:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                 epoch = self.db.identity.read(session)
             snap = analytics.snapshot(session, organization_id, as_of=as_of, windows=windows)
+            if select_fields:
+                custom += analytics_by_field.select_fields(session, organization_id)
+            by_field = {
+                f: analytics_by_field.by_field(
+                    session, organization_id, f.removeprefix(analytics_by_field.FIELD_PREFIX)
+                )
+                for f in dict.fromkeys(custom)
+            }
         stamp = as_of.isoformat()
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, dict[str, Any]] = {
+            f: {**figures, "as_of": stamp} for f, figures in by_field.items() if figures is not None
+        }
         for field in fields:
             if field == FUNNEL_FIELD:
                 results[field] = {**snap.funnel(), "as_of": stamp}
@@ -201,7 +220,7 @@ class AnalyticsCache:
         for _attempt in range(2):
             epoch = self.epoch()
             gen, mark = self._start(organization_id, epoch)
-            computed = self.compute_many(organization_id, list(DEFAULT_FIELDS))
+            computed = self.compute_many(organization_id, list(DEFAULT_FIELDS), select_fields=True)
             if computed.epoch == epoch:
                 stored = self._store(
                     organization_id, gen, computed.results, replace=True, epoch=epoch

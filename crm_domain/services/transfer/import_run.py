@@ -29,7 +29,7 @@ from ...db import Database
 from ...enums import ImportKind, ImportStatus
 from ...models import ImportFile, ImportJob
 from ..records import organizations
-from . import import_writers, imports, leases, rows
+from . import custom_columns, import_writers, imports, leases, rows
 from .imports import BatchOutcome, RowProblem
 from .rows import RowInvalid, RowLoader
 
@@ -192,10 +192,14 @@ def _actor(session: Session, organization_id: int, user_id: int | None) -> Actor
 
 
 def _run_batches(db: Database, job: _Claimed, options: Options) -> None:
-    loader = rows.LOADERS[job.kind]
+    with db.transaction() as session:
+        org = job.owners.actor.organization_id
+        custom = custom_columns.import_definitions(session, org, job.kind)
+        members = custom_columns.members(session, org) if custom else frozenset()
+    loader = custom_columns.with_custom_fields(rows.LOADERS[job.kind], custom, members)
     buffered = io.BufferedReader(StoredFile(db, job.job_id), FILE_CHUNK)
     with csvio.open_text(buffered) as text:
-        reader = csvio.Reader(text, job.kind)
+        reader = csvio.Reader(text, job.kind, tuple(custom))
         for batch in _batches(reader.rows(after=job.after), options.batch_size):
             loaded, problems = _load(batch, len(reader.header), loader)
             with db.transaction() as session:

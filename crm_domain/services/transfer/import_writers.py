@@ -7,13 +7,14 @@ written again inserts nothing twice. Rows that fail a check become RowProblems i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam, cast, func, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
+from sqlalchemy import String, Text, any_, bindparam, cast, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -78,6 +79,9 @@ def _array(values: Sequence[Any], column: Any) -> Any:
     size, instead of one placeholder per value. Text goes as varchar without a length: a
     cast to the column's varchar(n) would cut a longer value to n characters without a
     word, where the INSERT into the column refuses it (the row becomes a row error)."""
+    if isinstance(column.type, JSONB):  # JSON text each, cast by PostgreSQL (custom_fields)
+        texts = [json.dumps(v) for v in values]
+        return cast(bindparam(None, texts, type_=ARRAY(Text())), ARRAY(JSONB))
     element = String() if isinstance(column.type, String) else column.type  # Enum is a String
     return cast(bindparam(None, list(values)), ARRAY(element))
 
@@ -163,7 +167,11 @@ def _write_contacts(
             continue
         checks = _Checks(row)
         owner = checks.run("owner_email", owners.resolve, data.get("owner_email"))
-        values = {"name": data["name"], "email": email}
+        values = {
+            "name": data["name"],
+            "email": email,
+            "custom_fields": data.get("custom_fields", {}),
+        }
         if update_phone:
             values["phone"] = data.get("phone")
         if key in existing:
@@ -196,7 +204,16 @@ def _write_contacts(
         session.connection().execute(
             update(table)  # type: ignore[arg-type]
             .where(table.c.id == bindparam("b_id"), table.c.organization_id == job.organization_id)
-            .values({**{c: bindparam(f"b_{c}") for c in columns}, "updated_at": func.now()}),
+            .values(
+                {
+                    **{c: bindparam(f"b_{c}") for c in columns},
+                    "updated_at": func.now(),
+                    # a row's custom fields merge into the contact's, key by key
+                    "custom_fields": table.c.custom_fields.op("||")(
+                        bindparam("b_custom_fields", type_=JSONB)
+                    ),
+                }
+            ),
             [{f"b_{k}": v for k, v in values.items()} for values in updates.values()],
         )
     return outcome
@@ -313,6 +330,7 @@ def _write_deals(
             "currency": data.get("currency") or "USD",
             "status": status,
             "stage": data.get("stage", DealStage.QUALIFICATION),
+            "custom_fields": data.get("custom_fields", {}),
             "import_job_id": job.id,
             "import_row": row,
         }
