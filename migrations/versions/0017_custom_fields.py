@@ -7,7 +7,7 @@ contacts/deals/tasks.custom_fields: ADD COLUMN with a constant default, which Po
 (11+) records in the catalogue without rewriting the table; a GIN index (jsonb_path_ops)
 serves the equality filters.
 
-Revision ID: 0013_custom_fields
+Revision ID: 0017_custom_fields
 Revises: 0016_bulk_actions
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0013_custom_fields"
+revision: str = "0017_custom_fields"
 down_revision: str | None = "0016_bulk_actions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
