@@ -25,6 +25,8 @@ GLOBAL_TABLES = {
 TO_KEY_BY_ORGANIZATION = {
     "import_files": "add organization_id; FK (job_id, organization_id) -> import_jobs",
     "import_row_errors": "add organization_id; FK (job_id, organization_id) -> import_jobs",
+    "bulk_action_items": "add organization_id; FK (job_id, organization_id) -> bulk_actions",
+    "bulk_action_errors": "add organization_id; FK (job_id, organization_id) -> bulk_actions",
 }
 # Tenant tables whose organization_id may be NULL.
 NULLABLE_ORGANIZATION = {
@@ -39,6 +41,7 @@ UNIQUE_WITHOUT_ORGANIZATION = {
             "activities",
             "api_keys",
             "audit_entries",
+            "bulk_actions",
             "contacts",
             "custom_field_definitions",
             "deals",
