@@ -804,8 +804,8 @@ def test_merge_fills_and_prefers_custom_fields(api: ApiClient) -> None:
 
 
 def test_bulk_update_writes_custom_fields_with_the_same_checks(api: ApiClient) -> None:
-    """A bulk action's `changes` carry custom fields through the single PATCH's service; a
-    `cf.` filter is not available there (400), no 500."""
+    """A bulk action's `changes` carry custom fields through the single PATCH's service; its
+    `filter` takes the list's `cf.` filters (and refuses what the list refuses)."""
     owner = api.register()
     define(api, owner, key="segment", type="single_select", options=SEGMENT_OPTIONS)
     define(api, owner, key="note", type="text")
@@ -832,6 +832,20 @@ def test_bulk_update_writes_custom_fields_with_the_same_checks(api: ApiClient) -
         assert done.get_json()["failed"] == 3, done.get_json()
     else:
         assert r.status_code == 400, r.get_json()
+    smb = api.deal(owner, custom_fields={"segment": "smb"})["id"]
     by_filter = {"entity": "deal", "action": "delete", "filter": {"cf.segment": "smb"}}
+    r = api.post("/bulk-actions?dry_run=true", user=owner, org=owner.org_id, json=by_filter)
+    assert (r.status_code, r.get_json()["matched"]) == (200, 1), r.get_json()
     r = api.post("/bulk-actions", user=owner, org=owner.org_id, json=by_filter)
-    assert r.status_code == 400 and "filter" in r.get_json()["error"]["details"]["errors"]
+    assert r.status_code == 202, r.get_json()
+    done = api.get(f"/bulk-actions/{r.get_json()['id']}", user=owner, org=owner.org_id).get_json()
+    assert (done["status"], done["succeeded"]) == ("done", 1), done
+    assert api.get(f"/deals/{smb}", user=owner, org=owner.org_id).status_code == 404
+    assert all(
+        api.get(f"/deals/{d}", user=owner, org=owner.org_id).status_code == 200 for d in deals
+    )
+    for refused in ({"cf.nope": "x"}, {"cf.note.gte": "a"}):
+        bad_filter = dict(by_filter, filter=refused)
+        r = api.post("/bulk-actions", user=owner, org=owner.org_id, json=bad_filter)
+        assert r.status_code == 400, r.get_json()
+        assert "filter" in r.get_json()["error"]["details"]["errors"], r.get_json()

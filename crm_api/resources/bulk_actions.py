@@ -12,12 +12,16 @@ from flask.views import MethodView
 from marshmallow import Schema as BaseSchema
 from marshmallow import ValidationError
 from sqlalchemy import Select
+from sqlalchemy.orm import Session
 
 from crm_domain.context import Actor
 from crm_domain.errors import ValidationFailed
+from crm_domain.models import Contact, Deal, Task
+from crm_domain.pagination import Ordering
 from crm_domain.services.records import contacts as contacts_service
 from crm_domain.services.records import deals as deals_service
 from crm_domain.services.records import tasks as tasks_service
+from crm_domain.services.records.custom_queries import narrow
 from crm_domain.services.transfer import bulk_actions as service
 
 from ..extensions import Blueprint, current_actor, transaction
@@ -46,46 +50,59 @@ blp = Blueprint(
 @dataclass(frozen=True)
 class Selection:
     """How the list endpoint of an entity reads its filters (its query schema) and finds its
-    records (its service's query): a bulk action's `filter` goes through both, so a filter
-    the list gains works here too, and one the list refuses is refused here."""
+    records (its service's query, narrowed by the `cf.` filters): a bulk action's `filter`
+    goes through both, so a filter the list gains works here too, and one the list refuses
+    is refused here."""
 
     args: type[BaseSchema]
-    query: Callable[[Actor, dict[str, Any]], Select[Any]]
+    entity: str
+    model: Any
+    query: Callable[[Actor, dict[str, Any]], tuple[Select[Any], Ordering]]
 
 
 SELECTIONS = {
     "contact": Selection(
-        contacts.ContactListArgs, lambda actor, args: contacts_service.filtered(actor, **args)
+        contacts.ContactListArgs,
+        "contact",
+        Contact,
+        lambda actor, args: (contacts_service.filtered(actor, **args), contacts_service.ORDERING),
     ),
     "deal": Selection(
         deals.DealListArgs,
-        lambda actor, args: deals_service.filtered(actor, **deals.list_filters(args))[0],
+        "deal",
+        Deal,
+        lambda actor, args: deals_service.filtered(actor, **deals.list_filters(args)),
     ),
     "task": Selection(
-        tasks.TaskListArgs, lambda actor, args: tasks_service.filtered(actor, **args)
+        tasks.TaskListArgs,
+        "task",
+        Task,
+        lambda actor, args: (tasks_service.filtered(actor, **args), tasks_service.ORDERING),
     ),
 }
 
 
-def _target(actor: Actor, data: dict[str, Any]) -> Select[Any] | list[int]:
+def _refused(errors: Any) -> ValidationFailed:
+    return ValidationFailed(
+        "The filter is not one the list accepts", details={"errors": {"filter": errors}}
+    )
+
+
+def _target(session: Session, actor: Actor, data: dict[str, Any]) -> Select[Any] | list[int]:
     if "ids" in data:
         return list(data["ids"])
     selection = SELECTIONS[data["entity"]]
     try:
         args = selection.args(exclude=PageArgs.PAGE_FIELDS).load(data["filter"])
     except ValidationError as exc:
-        raise ValidationFailed(
-            "The filter is not one the list accepts",
-            details={"errors": {"filter": exc.messages}},
-        ) from exc
-    if args.pop("custom", None) is not None:
-        raise ValidationFailed(
-            "The filter is not one the list accepts",
-            details={
-                "errors": {"filter": {"cf": ["Custom field filters and sort: not here yet."]}}
-            },
-        )
-    return selection.query(actor, args)
+        raise _refused(exc.messages) from exc
+    custom = args.pop("custom", None)
+    stmt, ordering = selection.query(actor, args)
+    try:
+        stmt, _ = narrow(session, actor, selection.entity, selection.model, stmt, ordering, custom)
+    except ValidationFailed as exc:
+        raise _refused(exc.details.get("errors", {})) from exc
+    return stmt
 
 
 class _Detail:
@@ -136,7 +153,7 @@ class BulkActions(MethodView):
         by one with their 404 code) or by `filter`, the list endpoint's own query arguments
         as JSON (`GET /deals`: status, stage, min_amount, max_amount, owner_id; `GET
         /contacts`: search, owner_id; `GET /tasks`: deal_id, only_open, due_before,
-        due_after), matched now, at most 10,000 (400 BULK_ACTION_TOO_MANY above: narrow it).
+        due_after; on each the custom fields' `cf.<key>` filters), matched now, at most 10,000 (400 BULK_ACTION_TOO_MANY above: narrow it).
         A filter the list refuses is refused here (400; owner_id for a member: 403).
         `changes` (update only) are checked like the single PATCH's body (400).
 
@@ -148,7 +165,7 @@ class BulkActions(MethodView):
         before the next batch, and a worker that dies resumes after the last one."""
         actor = current_actor()
         with transaction() as session:
-            target = _target(actor, data)
+            target = _target(session, actor, data)
             if args["dry_run"]:
                 request = service.Request(
                     entity=data["entity"], action=data["action"], changes=data["changes"]
