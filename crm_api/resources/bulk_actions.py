@@ -153,7 +153,8 @@ class BulkActions(MethodView):
         by one with their 404 code) or by `filter`, the list endpoint's own query arguments
         as JSON (`GET /deals`: status, stage, min_amount, max_amount, owner_id; `GET
         /contacts`: search, owner_id; `GET /tasks`: deal_id, only_open, due_before,
-        due_after; on each the custom fields' `cf.<key>` filters), matched now, at most 10,000 (400 BULK_ACTION_TOO_MANY above: narrow it).
+        due_after; on each the custom fields' `cf.<key>` filters), matched now, at most
+        10,000 (400 BULK_ACTION_TOO_MANY above: narrow it).
         A filter the list refuses is refused here (400; owner_id for a member: 403).
         `changes` (update only) are checked like the single PATCH's body (400).
 
