@@ -121,6 +121,31 @@ def test_trash_restore_merge_and_purge_are_audited(api: ApiClient) -> None:
     assert purged["actor"]["user_id"] == user.id
 
 
+def test_custom_field_definitions_and_bulk_actions_are_audited(api: ApiClient) -> None:
+    user = api.register()
+    org = user.org_id
+    body = {"entity": "deal", "key": "segment", "label": "Segment", "type": "text"}
+    made = api.post("/custom-fields", user=user, org=org, json=body).get_json()
+    r = api.patch(f"/custom-fields/{made['id']}", user=user, org=org, json={"label": "Market"})
+    assert r.status_code == 200, r.get_json()
+    assert api.delete(f"/custom-fields/{made['id']}", user=user, org=org).status_code == 204
+    entries = _log(api, user, entity_type="custom_field", entity_id=made["id"])
+    assert _actions(entries) == [
+        "custom_field.deleted",
+        "custom_field.updated",
+        "custom_field.created",
+    ]
+    assert entries[1]["changes"] == {"label": ["Segment", "Market"]}
+    deal = api.deal(user)
+    job = {"entity": "deal", "action": "update", "ids": [deal["id"]], "changes": {"title": "B"}}
+    r = api.post("/bulk-actions", user=user, org=org, json=job)
+    assert r.status_code == 202, r.get_json()
+    assert _entry(api, user, "bulk_action.started", entity_id=r.get_json()["id"])
+    updated = _entry(api, user, "deal.updated", entity_id=deal["id"])
+    assert updated["changes"]["title"][1] == "B"
+    assert updated["actor"]["user_id"] == user.id
+
+
 def test_a_deals_timeline_is_not_audited_again(api: ApiClient) -> None:
     owner = api.register()
     r = api.post(  # a subscriber makes the timeline's entries `activity.created` events too

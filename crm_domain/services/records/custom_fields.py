@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from ... import rules
+from ... import audit, rules
 from ...context import Actor
 from ...custom_definitions import (
     ENTITIES,
@@ -151,6 +151,8 @@ def create_definition(
     session.flush()
     forget(session, org)
     _figures_changed(session, definition)
+    created = {"entity": entity, "key": key, "label": label, "type": type, "required": required}
+    _audit(session, definition, "created", {k: (None, v) for k, v in created.items()})
     return definition
 
 
@@ -168,10 +170,12 @@ def update_definition(
                 {"options": ["Only single_select and multi_select fields have options."]}
             )
         changes["options"] = _checked_options(definition.options, changes["options"])
-    if apply_changes(definition, changes):
+    changed = apply_changes(definition, changes)
+    if changed:
         session.flush()
         forget(session, definition.organization_id)
         _figures_changed(session, definition)
+        _audit(session, definition, "updated", changed)
     return definition
 
 
@@ -189,6 +193,23 @@ def delete_definition(session: Session, actor: Actor, definition_id: int) -> Non
         {"definition_id": definition.id},
     )
     _figures_changed(session, definition)
+    _audit(session, definition, "deleted", {"key": (definition.key, None)})
+
+
+def _audit(
+    session: Session,
+    definition: CustomFieldDefinition,
+    what: str,
+    changes: Mapping[str, tuple[Any, Any]],
+) -> None:
+    audit.record(
+        session,
+        definition.organization_id,
+        f"custom_field.{what}",
+        "custom_field",
+        definition.id,
+        changes,
+    )
 
 
 def _figures_changed(session: Session, definition: CustomFieldDefinition) -> None:
