@@ -105,6 +105,31 @@ class ClientDeadlines:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """How much one web worker takes on (crm_api.web_worker): it runs at most `max_running`
+    complete requests at once and keeps at most `max_queued` more waiting for a turn; past
+    that, a request gets 503 with Retry-After before the application sees it. /health and
+    /ready are never turned away."""
+
+    max_running: int = 0  # 0: the worker's threads less one (a thread stays free for probes)
+    max_queued: int = 4
+
+    @classmethod
+    def from_env(cls, env: Env) -> Admission:
+        admission = cls(
+            max_running=env.int("WEB_MAX_RUNNING", cls.max_running),
+            max_queued=env.int("WEB_MAX_QUEUED", cls.max_queued),
+        )
+        if admission.max_running < 0 or admission.max_queued < 0:
+            raise ValueError("WEB_MAX_RUNNING and WEB_MAX_QUEUED must not be negative")
+        return admission
+
+    def running_for(self, threads: int) -> int:
+        """The number of requests a worker of `threads` threads runs at once."""
+        return self.max_running or max(1, threads - 1)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
@@ -131,6 +156,7 @@ class Settings:
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
     client_deadlines: ClientDeadlines = field(default_factory=ClientDeadlines)
+    admission: Admission = field(default_factory=Admission)
     password_hash_concurrency: int = 1
     refresh_reuse_grace_seconds: float = 10.0
     ratelimit_enabled: bool = True
@@ -190,6 +216,7 @@ class Settings:
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
             client_deadlines=ClientDeadlines.from_env(env),
+            admission=Admission.from_env(env),
             password_hash_concurrency=env.int("PASSWORD_HASH_CONCURRENCY", 1),
             refresh_reuse_grace_seconds=env.float("REFRESH_REUSE_GRACE_SECONDS", 10.0),
             ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
@@ -245,3 +272,10 @@ def client_deadlines_from_env() -> ClientDeadlines:
     env = Env()
     env.read_env(override=False)
     return ClientDeadlines.from_env(env)
+
+
+def admission_from_env() -> Admission:
+    """WEB_MAX_RUNNING, WEB_MAX_QUEUED (read by the web worker)."""
+    env = Env()
+    env.read_env(override=False)
+    return Admission.from_env(env)
