@@ -42,6 +42,7 @@ def read_env() -> Env:
 
 SMTP_TLS_MODES = ("starttls", "ssl", "none")
 DB_POOLS = ("queue", "null")
+OUTBOX_WAKES = ("notify", "publish")
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,10 @@ class Settings:
     environment: str = "development"
     redis_key_prefix: str = "crm"
     outbox_redispatch_seconds: float = 15.0
+    # How the drain hears of new outbox events: "notify" (beat LISTENs for the NOTIFY that a
+    # trigger sends at commit: the API publishes nothing) or "publish" (the API asks itself).
+    outbox_wake: str = "notify"
+    outbox_listen_url: str = ""  # the listener's own connection (LISTEN needs a direct one)
     analytics_refresh_seconds: float = 300.0
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
@@ -195,6 +200,11 @@ class Settings:
         db_pool = env.str("DB_POOL", "queue").lower()
         if db_pool not in DB_POOLS:
             raise ValueError(f"DB_POOL must be one of {', '.join(DB_POOLS)}, not {db_pool!r}")
+        outbox_wake = env.str("OUTBOX_WAKE", "notify").lower()
+        if outbox_wake not in OUTBOX_WAKES:
+            raise ValueError(
+                f"OUTBOX_WAKE must be one of {', '.join(OUTBOX_WAKES)}, not {outbox_wake!r}"
+            )
         settings = cls(
             database_url=normalize_db_url(env.str("DATABASE_URL", DEFAULT_DATABASE_URL)),
             redis_url=redis_url,
@@ -212,6 +222,8 @@ class Settings:
             environment=env.str("CRM_ENV", "development"),
             redis_key_prefix=env.str("REDIS_KEY_PREFIX", "crm"),
             outbox_redispatch_seconds=env.float("OUTBOX_REDISPATCH_SECONDS", 15.0),
+            outbox_wake=outbox_wake,
+            outbox_listen_url=env.str("OUTBOX_LISTEN_URL", ""),
             analytics_refresh_seconds=env.float("ANALYTICS_REFRESH_SECONDS", 300.0),
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
