@@ -20,19 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from crm_domain.db import Database
 from crm_domain.embedded import free_port
-from scripts.procfile import Process, process_env
+from scripts.procfile import process_env
 
 from .stack import wait_until
 from .test_idempotency_server import (
     Server,
     Tenant,
-    _up,
     contact_locked,
     deals,
+    serving,
     tenant,  # noqa: F401 (a fixture, on this module's server)
     waiting,
 )
@@ -64,15 +63,8 @@ def server(app, test_services, tmp_path_factory) -> Iterator[Server]:
     for knob in ("WEB_WORKER_CLASS", "WEB_MAX_RUNNING"):
         env.pop(knob, None)  # the defaults are what is under test
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    web = Process("web", env, log_path=workdir / "web.log")
-    web.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _up(base), 30, 0.2)
-        url = make_url(test_services.database_url).set(drivername="postgresql")
-        yield Server(base, url.render_as_string(hide_password=False))
-    finally:
-        web.stop()
+    with serving(test_services, env, port, workdir) as server:
+        yield server
 
 
 def _health_seconds(base: str) -> float:
