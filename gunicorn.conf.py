@@ -11,6 +11,10 @@ them), so slow clients hold sockets, never threads. In front of the internet put
 proxy anyway (docker-compose.yml has nginx). WEB_WORKER_CLASS=gthread gives gunicorn's own
 worker.
 
+Overload: each worker runs at most WEB_MAX_RUNNING requests (default: threads - 1) and parks
+WEB_MAX_QUEUED (4) more; past that, 503 with Retry-After before the app runs (probes exempt;
+crm_api.web_worker, docs/PERFORMANCE.md "Overload").
+
 Logs: text, or JSON with LOG_FORMAT=json, for gunicorn and the application alike; the access
 line carries the route template, user, organization and request id (crm_api.access_log).
 Metrics: each worker writes to PROMETHEUS_MULTIPROC_DIR (scripts/with-metrics-dir sets and

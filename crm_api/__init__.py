@@ -212,9 +212,10 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
 def _install_outbox_publisher(
     app: Flask, db: Database, client: redis.Redis, settings: Settings
 ) -> None:
-    """How committed outbox events reach delivery: "celery" (wake a worker's drain task, the
-    default), "inline" (delivered in-process right after the commit; imports run there too)
-    or "none" (beat re-dispatch only)."""
+    """How committed outbox events reach delivery: "celery" (a worker's drain task, the
+    default: beat asks for it when PostgreSQL notifies the commit, or with OUTBOX_WAKE=publish
+    this process does), "inline" (delivered in-process right after the commit; imports run
+    there too) or "none" (beat re-dispatch only)."""
     mode = app.config["OUTBOX_DISPATCH"]
     if mode == "inline":
         from crm_worker.bulk_running import run_bulk_action
@@ -226,11 +227,11 @@ def _install_outbox_publisher(
             lambda job_id: run_import(db, job_id, settings),
             lambda job_id: run_bulk_action(db, job_id, settings),
         )
-    elif mode == "celery":
+    elif mode == "celery" and settings.outbox_wake == "publish":
         from crm_worker.dispatch import DrainFlag, DrainWaker
 
         db.publisher = DrainWaker(DrainFlag(client, settings.redis_key_prefix), _send_drain)
-    else:
+    else:  # "none", or OUTBOX_WAKE=notify: beat hears of the commit (crm_worker.outbox_listener)
         db.publisher = None
 
 

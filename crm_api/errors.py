@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from crm_domain.errors import DomainError
@@ -108,6 +109,13 @@ def register_error_handlers(app: Flask) -> None:
     def _db_unavailable(error: OperationalError) -> Response:
         log.error("database error: %s", error.orig)
         return error_response(503, "SERVICE_UNAVAILABLE", "The database is unavailable")
+
+    @app.errorhandler(PoolTimeout)
+    def _pool_exhausted(error: PoolTimeout) -> Response:
+        # Every pooled connection stayed busy for the whole pool timeout: the process is
+        # overloaded (or its queries hang); the client may come back, as for a 503 above.
+        log.error("database pool checkout timed out: %s", error)
+        return error_response(503, "SERVICE_UNAVAILABLE", "The server is at capacity")
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

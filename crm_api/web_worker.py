@@ -28,6 +28,16 @@ connection instead of draining what the application left unread. Connections are
 the poller without blocking it (gunicorn's graceful close waits up to 2 s for the client's
 FIN on the main thread, so clients that never close stalled the poller).
 
+Overload: a worker runs at most WEB_MAX_RUNNING complete requests at once (by default its
+threads less one, so that a thread is always free to read requests, answer the probes and turn
+requests away) and parks at most WEB_MAX_QUEUED more, complete, in a FIFO queue of its own;
+a request finding both full gets 503 with Retry-After (the API's JSON error) at once, before
+the application sees it, and the connection is closed. A slot that frees goes to the oldest
+parked request. GET /health and /ready are never counted nor turned away. This bounds what
+waits in a worker (the thread pool's own queue is unbounded), so that at several times the
+saturating concurrency the requests served keep their latency and the excess is told to come
+back, instead of every request waiting longer (docs/PERFORMANCE.md, "Overload").
+
 gunicorn's parser still parses and checks each request; the worker only finds where it ends
 (crm_api.request_framing), and sends `100 Continue` itself when a body is expected. Plain
 HTTP/1.x only: TLS, HTTP/2 and the PROXY protocol are refused at start (they belong to the
@@ -40,7 +50,9 @@ import json
 import math
 import selectors
 import socket
+import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -49,7 +61,7 @@ from gunicorn import http
 from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE
 from gunicorn.workers.gthread import ThreadWorker
 
-from crm_domain.settings import ClientDeadlines, client_deadlines_from_env
+from crm_domain.settings import ClientDeadlines, admission_from_env, client_deadlines_from_env
 
 from .request_framing import RequestFrame
 from .slow_clients import MAX_CONTENT_LENGTH
@@ -71,8 +83,26 @@ TIMEOUT_RESPONSE = (
     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
 
+RETRY_AFTER_OVERLOADED = 1  # seconds
+_OVERLOADED_BODY = json.dumps(
+    {
+        "error": {
+            "code": "SERVICE_UNAVAILABLE",
+            "message": "The server is at capacity; try again after Retry-After seconds",
+            "details": {"reason": "overloaded"},
+        }
+    }
+).encode()
+OVERLOADED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (RETRY_AFTER_OVERLOADED, len(_OVERLOADED_BODY), _OVERLOADED_BODY)
+)
+PROBES = (b"GET /health ", b"GET /health?", b"GET /ready ", b"GET /ready?")
+
 _MORE, _READY, _GONE = "more", "ready", "gone"
 _WAIT = object()  # handle(): the request is not all there; the poller waits for more
+_PARKED = object()  # handle(): the request waits in the worker's queue for a turn
 
 
 class Incoming:
@@ -129,6 +159,12 @@ class BufferingThreadWorker(ThreadWorker):
         self.incoming: dict[Any, Incoming] = {}  # connection -> request being received
         self.lingering: dict[Any, float] = {}  # closing connection -> when to stop waiting
         self.next_expiry = math.inf  # no deadline in either dict is earlier
+        admission = admission_from_env()
+        self.max_running = admission.running_for(self.cfg.threads)
+        self.max_queued = admission.max_queued
+        self.admission_lock = threading.Lock()
+        self.running = 0  # requests in the application (probes not counted)
+        self.parked: deque[Any] = deque()  # complete requests waiting for a turn
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -143,6 +179,8 @@ class BufferingThreadWorker(ThreadWorker):
 
     def finish_request(self, conn: Any, fs: Future[Any]) -> None:
         result = None if fs.cancelled() or fs.exception() is not None else fs.result()
+        if result is _PARKED:
+            return  # the connection is in self.parked; _release hands it to a thread
         if result is _WAIT:
             self._wait(conn)
         elif result is False:
@@ -239,6 +277,19 @@ class BufferingThreadWorker(ThreadWorker):
                     conn.incoming = None
                     return False
                 return _WAIT
+        counted = not incoming.frame.data.startswith(PROBES)
+        if counted and not getattr(conn, "admitted", False):
+            with self.admission_lock:
+                if self.running < self.max_running:
+                    self.running += 1
+                elif len(self.parked) < self.max_queued:
+                    self.parked.append(conn)
+                    return _PARKED
+                else:
+                    counted = False
+            if not counted:
+                return self._turn_away(conn)
+        conn.admitted = False
         if conn.parser is None:  # else gthread makes it in TConn.init
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(bytes(incoming.frame.data))
@@ -247,6 +298,30 @@ class BufferingThreadWorker(ThreadWorker):
             return super().handle(conn)
         finally:
             conn.incoming = None
+            if counted:
+                self._release()
+
+    def _turn_away(self, conn: Any) -> bool:
+        """503 with Retry-After, without running the application; the connection closes."""
+        conn.incoming = None
+        self.log.debug("503 for %s: the worker is at capacity", conn.client)
+        _send(conn.sock, OVERLOADED_RESPONSE)
+        return False
+
+    def _release(self) -> None:
+        """A request left the application: its turn goes to the oldest parked one."""
+        with self.admission_lock:
+            if not self.parked:
+                self.running -= 1
+                return
+            conn = self.parked.popleft()
+        conn.admitted = True  # its turn was taken for it (self.running is unchanged)
+        try:
+            self.enqueue_req(conn)
+        except RuntimeError:  # the worker is stopping: its thread pool takes no more
+            with self.admission_lock:
+                self.running -= 1
+            self._close(conn)
 
     def _receive(self, conn: Any, incoming: Incoming) -> str:
         """Read until the request is all there or nothing more has come."""

@@ -42,6 +42,7 @@ def read_env() -> Env:
 
 SMTP_TLS_MODES = ("starttls", "ssl", "none")
 DB_POOLS = ("queue", "null")
+OUTBOX_WAKES = ("notify", "publish")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,31 @@ class ClientDeadlines:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """How much one web worker takes on (crm_api.web_worker): it runs at most `max_running`
+    complete requests at once and keeps at most `max_queued` more waiting for a turn; past
+    that, a request gets 503 with Retry-After before the application sees it. /health and
+    /ready are never turned away."""
+
+    max_running: int = 0  # 0: the worker's threads less one (a thread stays free for probes)
+    max_queued: int = 4
+
+    @classmethod
+    def from_env(cls, env: Env) -> Admission:
+        admission = cls(
+            max_running=env.int("WEB_MAX_RUNNING", cls.max_running),
+            max_queued=env.int("WEB_MAX_QUEUED", cls.max_queued),
+        )
+        if admission.max_running < 0 or admission.max_queued < 0:
+            raise ValueError("WEB_MAX_RUNNING and WEB_MAX_QUEUED must not be negative")
+        return admission
+
+    def running_for(self, threads: int) -> int:
+        """The number of requests a worker of `threads` threads runs at once."""
+        return self.max_running or max(1, threads - 1)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
@@ -127,10 +153,15 @@ class Settings:
     environment: str = "development"
     redis_key_prefix: str = "crm"
     outbox_redispatch_seconds: float = 15.0
+    # How the drain hears of new outbox events: "notify" (beat LISTENs for the NOTIFY that a
+    # trigger sends at commit: the API publishes nothing) or "publish" (the API asks itself).
+    outbox_wake: str = "notify"
+    outbox_listen_url: str = ""  # the listener's own connection (LISTEN needs a direct one)
     analytics_refresh_seconds: float = 300.0
     reminder_interval_seconds: float = 3600.0
     access_check_cache_seconds: float = 1.0
     client_deadlines: ClientDeadlines = field(default_factory=ClientDeadlines)
+    admission: Admission = field(default_factory=Admission)
     password_hash_concurrency: int = 1
     refresh_reuse_grace_seconds: float = 10.0
     ratelimit_enabled: bool = True
@@ -173,6 +204,11 @@ class Settings:
         db_pool = env.str("DB_POOL", "queue").lower()
         if db_pool not in DB_POOLS:
             raise ValueError(f"DB_POOL must be one of {', '.join(DB_POOLS)}, not {db_pool!r}")
+        outbox_wake = env.str("OUTBOX_WAKE", "notify").lower()
+        if outbox_wake not in OUTBOX_WAKES:
+            raise ValueError(
+                f"OUTBOX_WAKE must be one of {', '.join(OUTBOX_WAKES)}, not {outbox_wake!r}"
+            )
         settings = cls(
             database_url=normalize_db_url(env.str("DATABASE_URL", DEFAULT_DATABASE_URL)),
             redis_url=redis_url,
@@ -190,10 +226,13 @@ class Settings:
             environment=env.str("CRM_ENV", "development"),
             redis_key_prefix=env.str("REDIS_KEY_PREFIX", "crm"),
             outbox_redispatch_seconds=env.float("OUTBOX_REDISPATCH_SECONDS", 15.0),
+            outbox_wake=outbox_wake,
+            outbox_listen_url=env.str("OUTBOX_LISTEN_URL", ""),
             analytics_refresh_seconds=env.float("ANALYTICS_REFRESH_SECONDS", 300.0),
             reminder_interval_seconds=env.float("REMINDER_INTERVAL_SECONDS", 3600.0),
             access_check_cache_seconds=env.float("ACCESS_CHECK_CACHE_SECONDS", 1.0),
             client_deadlines=ClientDeadlines.from_env(env),
+            admission=Admission.from_env(env),
             password_hash_concurrency=env.int("PASSWORD_HASH_CONCURRENCY", 1),
             refresh_reuse_grace_seconds=env.float("REFRESH_REUSE_GRACE_SECONDS", 10.0),
             ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
@@ -251,3 +290,10 @@ def client_deadlines_from_env() -> ClientDeadlines:
     env = Env()
     env.read_env(override=False)
     return ClientDeadlines.from_env(env)
+
+
+def admission_from_env() -> Admission:
+    """WEB_MAX_RUNNING, WEB_MAX_QUEUED (read by the web worker)."""
+    env = Env()
+    env.read_env(override=False)
+    return Admission.from_env(env)

@@ -21,6 +21,8 @@ os.environ["REDIS_URL"] = _services.redis_url
 os.environ["CELERY_BROKER_URL"] = _services.broker_url
 if _services.pgbouncer is not None:  # transaction pooling: no server-side prepared statements
     os.environ["DB_PREPARED_STATEMENTS"] = "false"
+    # LISTEN needs a session of its own: beat's outbox listener connects past PgBouncer.
+    os.environ["OUTBOX_LISTEN_URL"] = _services.direct_url
 # Test runs share Redis but each has its own database (ids restart at 1): namespace the keys.
 os.environ["REDIS_KEY_PREFIX"] = _services.database_name
 os.environ.setdefault("BCRYPT_ROUNDS", "4")

@@ -37,6 +37,15 @@ class TestServices:
     pgbouncer: Any = None  # tests.pgbouncer.PgBouncer when TEST_PGBOUNCER=1
     _embedded: list[Any] = field(default_factory=list)
 
+    @property
+    def direct_url(self) -> str:
+        """The test database on the server itself (past PgBouncer, when there is one)."""
+        return (
+            make_url(self.admin_url)
+            .set(database=self.database_name)
+            .render_as_string(hide_password=False)
+        )
+
     def drop_database(self) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')

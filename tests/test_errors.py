@@ -19,6 +19,7 @@ from flask import Flask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.test import TestResponse
 
 from .api import PASSWORD, PREFIX, ApiClient, User, error_code
@@ -637,10 +638,16 @@ def test_concurrent_member_adds_give_one_201_and_409s(app: Flask, api: ApiClient
 
 def test_integrity_and_database_errors_map_to_unified_bodies(app: Flask) -> None:
     """The last-resort handlers: an IntegrityError that slipped past the service checks is a
-    409, a lost database connection a 503; neither leaks SQL in the body."""
+    409, a lost database connection and a pool that stayed exhausted for its whole timeout
+    503s with Retry-After; none leaks SQL in the body."""
     cases = [
         (IntegrityError("INSERT INTO secret", {}, Exception("dup key")), 409, "CONFLICT"),
         (OperationalError("SELECT secret", {}, Exception("gone")), 503, "SERVICE_UNAVAILABLE"),
+        (
+            PoolTimeout("QueuePool limit of size 5 overflow 5 reached, secret"),
+            503,
+            "SERVICE_UNAVAILABLE",
+        ),
         (RuntimeError("boom secret"), 500, "INTERNAL_ERROR"),
     ]
     for exc, status, code in cases:
@@ -651,6 +658,7 @@ def test_integrity_and_database_errors_map_to_unified_bodies(app: Flask) -> None
             assert body["error"]["code"] == code
             assert set(body["error"]) == {"code", "message", "details"}
             assert "secret" not in response.get_data(as_text=True)
+            assert ("Retry-After" in response.headers) == (status == 503)
 
 
 # --- no input gives a 500 --------------------------------------------------------------------

@@ -75,6 +75,22 @@ def nginx_in_front(
     )
     env.pop("METRICS_TOKEN", None)
     web = Process("web", env, log_path=workdir / "web.log").start()
+    nginx = _start_nginx(workdir, app_port, proxy_port)
+    deployment = Deployment(
+        f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{app_port}", workdir
+    )
+    try:
+        wait_until(lambda: _get(deployment.direct + "/health")[0] == 200, 30, 0.2)
+        yield deployment
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        web.stop()
+
+
+def _start_nginx(workdir: Path, app_port: int, proxy_port: int) -> subprocess.Popen[bytes]:
+    """deploy/nginx.conf in front of 127.0.0.1:app_port, listening (no request through it
+    yet: that would be a proxied one)."""
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
     conf = conf.replace("server web:8000;", f"server 127.0.0.1:{app_port};")
     conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{proxy_port};")
@@ -93,18 +109,8 @@ def nginx_in_front(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    deployment = Deployment(
-        f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{app_port}", workdir
-    )
-    try:
-        wait_until(lambda: _get(deployment.direct + "/health")[0] == 200, 30, 0.2)
-        # nginx listening, without a request through it yet (that would be a proxied one)
-        wait_until(lambda: _accepts(("127.0.0.1", proxy_port)), 30, 0.2)
-        yield deployment
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        web.stop()
+    wait_until(lambda: _accepts(("127.0.0.1", proxy_port)), 30, 0.2)
+    return nginx
 
 
 def _accepts(address: tuple[str, int]) -> bool:
@@ -189,6 +195,19 @@ def test_a_too_large_body_is_a_json_413(proxy: str) -> None:
             raw += chunk
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413") and _error_code(body) == "PAYLOAD_TOO_LARGE"
+
+
+def test_an_api_that_is_down_is_a_json_502_with_retry_after(tmp_path: Path) -> None:
+    proxy_port = free_port()
+    nginx = _start_nginx(tmp_path, free_port(), proxy_port)  # nothing listens on the API's
+    try:
+        status, body, headers = _request(f"http://127.0.0.1:{proxy_port}/api/v1/contacts")
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+    assert status == 502 and headers.get("Content-Type", "").startswith("application/json")
+    assert _error_code(body) == "SERVICE_UNAVAILABLE"
+    assert headers.get("Retry-After") == "5"
 
 
 def _unanswered(sock: socket.socket) -> bool:

@@ -6,6 +6,7 @@ Redis goes away during writes; the API keeps accepting writes while Redis is dow
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import itertools
 import urllib.error
@@ -17,13 +18,14 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from crm_api import create_app
 from crm_domain.db import Database
 from crm_domain.embedded import free_port
 from crm_domain.models import Activity, OutboxEvent
 from crm_domain.services.delivery import events, outbox
+from crm_domain.settings import Settings
 from scripts.procfile import Process
 
 from .stack import Stack, running_stack, wait_until
@@ -274,14 +276,16 @@ def test_flower_requires_basic_auth(stack: Stack) -> None:
 
 def test_in_process_worker_delivers_and_reminds(app, db: Database) -> None:
     """celery.contrib.testing's worker (in a thread) on the test Redis, fed by an API that
-    publishes through Celery instead of delivering inline."""
+    publishes through Celery (OUTBOX_WAKE=publish) instead of delivering inline."""
     from celery.contrib.testing.worker import start_worker
 
     from crm_worker.app import celery_app
 
     from .api import ApiClient
 
-    celery_api = create_app(OUTBOX_DISPATCH="celery", TESTING=True)
+    # OUTBOX_WAKE=publish: this process asks for the drain (beat's listener is not running)
+    settings = dataclasses.replace(Settings.from_env(), outbox_wake="publish")
+    celery_api = create_app(settings, OUTBOX_DISPATCH="celery", TESTING=True)
     api = ApiClient(celery_api.test_client())
     owner = api.register()
     deal = api.deal(owner)
@@ -372,6 +376,8 @@ def test_idle_housekeeping_leaves_the_worker_log_quiet(
 
     wait_until(lambda: idle_runs_sent() >= 3, 30)
     with quiet_db.transaction() as s:  # committed without a wake-up...
+        # (no publisher, and no NOTIFY either: triggers are off in this transaction)
+        s.execute(text("SET LOCAL session_replication_role = replica"))
         outbox.record(s, tenant["org"], events.DEAL_CHANGED_TOPIC, {})
     with quiet_db.transaction() as s:  # ...and pending for a minute already
         s.execute(

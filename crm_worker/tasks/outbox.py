@@ -6,6 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from functools import partial
+from typing import Any
+
+from celery.signals import beat_init
 
 from crm_domain.services.delivery import outbox
 
@@ -21,6 +24,7 @@ from ..consumers import (
 )
 from ..dispatch import RESILIENT_TASK, Dispatcher
 from ..names import DRAIN_TASK
+from ..outbox_listener import start_listener
 from ..publishing import (
     schedule_refresh,
     send_bulk_action,
@@ -75,3 +79,10 @@ def redispatch() -> bool:
     log.info("outbox events pending for %.0f s; asking for a drain", age.total_seconds())
     send_drain()
     return True
+
+
+@beat_init.connect
+def _listen_for_outbox_events(**_: Any) -> None:
+    """Beat hears of committed outbox events and asks for drains (OUTBOX_WAKE=notify)."""
+    if settings.outbox_wake == "notify":
+        start_listener(settings, drain_flag(), send_drain)
