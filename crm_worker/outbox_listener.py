@@ -2,7 +2,7 @@
 connection of its own and, on each notification, asks for a drain through a DrainWaker (the
 debounced flag and drain task of crm_worker.dispatch, that the API used to send itself).
 
-The notification comes from a trigger on outbox_events (migration 0017_perf) when the
+The notification comes from a trigger on outbox_events (migration 0018_outbox_notify) when the
 transaction that inserted events commits, once per transaction, at no cost to the API: no
 round trip, no broker publish in the web process. LISTEN needs a session of its own, so behind
 PgBouncer in transaction mode OUTBOX_LISTEN_URL names a direct connection (NOTIFY itself goes

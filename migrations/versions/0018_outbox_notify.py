@@ -8,16 +8,16 @@ round trip for the application. The beat process LISTENs on the channel
 
 A new function and trigger: no lock beyond a brief one on outbox_events.
 
-Revision ID: 0017_perf
-Revises: 0012_api_keys
+Revision ID: 0018_outbox_notify
+Revises: 0017_custom_fields
 """
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0017_perf"
-down_revision: str | None = "0012_api_keys"
+revision: str = "0018_outbox_notify"
+down_revision: str | None = "0017_custom_fields"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
