@@ -142,9 +142,14 @@ def tenant(server: Server) -> Tenant:
     return Tenant(headers, body["organization"]["id"], json.loads(raw)["id"])
 
 
+# A new deal locks its contact first (crm_domain.services.records.deals.create_deal): where a
+# create waits while `contact_locked` holds the row.
+DEAL_CREATE = "SELECT contacts.%FOR UPDATE"
+
+
 @contextmanager
 def contact_locked(server: Server, contact_id: int) -> Iterator[None]:
-    """Hold the contact's row lock: a new deal for it waits at its foreign key check."""
+    """Hold the contact's row lock: a new deal for it waits at its lock of the contact."""
     with psycopg.connect(server.database_url) as conn:
         conn.execute("SELECT 1 FROM contacts WHERE id = %s FOR UPDATE", (contact_id,))
         yield
@@ -152,7 +157,8 @@ def contact_locked(server: Server, contact_id: int) -> Iterator[None]:
 
 
 def waiting(server: Server, statement: str) -> int:
-    """How many server connections wait on a lock in a statement starting with this."""
+    """How many server connections wait on a lock in a statement starting with this (a LIKE
+    pattern)."""
     with psycopg.connect(server.database_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
@@ -208,7 +214,7 @@ def test_twenty_parallel_posts_with_one_key_make_one_deal(
         threads = [threading.Thread(target=call) for _ in range(20)]
         for thread in threads:
             thread.start()
-        wait_until(lambda: waiting(server, "INSERT INTO deals") == 1, 20, 0.05)
+        wait_until(lambda: waiting(server, DEAL_CREATE) == 1, 20, 0.05)
         # the others queue behind the first one's key (as many as the server's threads allow)
         wait_until(lambda: waiting(server, "INSERT INTO idempotency_keys") >= 8, 20, 0.05)
     for thread in threads:
@@ -228,7 +234,7 @@ def test_a_client_that_timed_out_and_retries_gets_the_original_answer(
     with contact_locked(server, tenant.contact):
         with pytest.raises((TimeoutError, urllib.error.URLError)):
             _post_deal(server, tenant, key, title, timeout=0.5)  # the client gives up
-        assert waiting(server, "INSERT INTO deals") == 1  # the server goes on
+        assert waiting(server, DEAL_CREATE) == 1  # the server goes on
         retry, retried = in_background(lambda: _post_deal(server, tenant, key, title))
         wait_until(lambda: waiting(server, "INSERT INTO idempotency_keys") == 1, 10, 0.02)
     retry.join(30)
@@ -244,7 +250,7 @@ def test_a_retry_that_waits_too_long_gets_409_then_the_replay(
     key, title = str(uuid.uuid4()), f"Slow {uuid.uuid4().hex[:6]}"
     with contact_locked(server, tenant.contact):
         runner, first = in_background(lambda: _post_deal(server, tenant, key, title))
-        wait_until(lambda: waiting(server, "INSERT INTO deals") == 1, 10, 0.02)
+        wait_until(lambda: waiting(server, DEAL_CREATE) == 1, 10, 0.02)
         began = time.monotonic()
         status, headers, raw = _post_deal(server, tenant, key, title)
         waited = time.monotonic() - began

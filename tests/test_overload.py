@@ -27,6 +27,7 @@ from scripts.procfile import process_env
 
 from .stack import wait_until
 from .test_idempotency_server import (
+    DEAL_CREATE,
     Server,
     Tenant,
     contact_locked,
@@ -100,7 +101,7 @@ def test_past_its_queue_a_worker_answers_503_at_once_and_commits_every_201(
             thread.start()
         # the excess is turned away while every admitted write is still held up
         wait_until(lambda: len(answered(503)) == FLOOD - RUNNING - QUEUED, 30, 0.05)
-        assert waiting(server, "INSERT INTO deals") == RUNNING  # the parked ones wait
+        assert waiting(server, DEAL_CREATE) == RUNNING  # the parked ones wait
         assert len(answers) == FLOOD - RUNNING - QUEUED
         assert _health_seconds(server.base) < 5  # a probe is never queued behind the flood
         for _, headers, raw, seconds in answered(503):
