@@ -398,6 +398,10 @@ def test_deleting_a_definition_hides_values_then_purge_frees_the_key(
         stored = s.scalars(select(Deal.custom_fields).where(Deal.organization_id == owner.org_id))
         assert all("budget" in v for v in stored)
 
+    # Out of time before its first batch: nothing is dropped yet, another run finishes it.
+    assert run_purge(db, made["id"], batch=2, budget=-1.0) is False
+    with db.transaction() as s:
+        assert s.get(CustomFieldDefinition, made["id"]) is not None
     assert run_purge(db, made["id"], batch=2) is True
     with db.transaction() as s:
         stored = list(

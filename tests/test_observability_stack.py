@@ -105,11 +105,23 @@ def test_one_patch_followed_from_its_header_to_the_worker_line(
     if fmt(stack) != "json":
         pytest.skip("followed through the JSON logs")
     t = tenant(stack, secrets)
-    # Let the refresh the deal's creation scheduled start, so this PATCH schedules its own.
+    # Let the refresh the deal's creation asked for run, so this PATCH schedules its own (the
+    # drain that asks for it may come after the creation's answer: wait for the refresh's
+    # own line, not only for no refresh being scheduled).
     import redis
 
     client = redis.Redis.from_url(stack.redis.url)
     scheduled = f"{stack.env['REDIS_KEY_PREFIX']}:analytics:org:{t['org']}:scheduled"
+
+    def creation_refreshed() -> bool:
+        return any(
+            "crm.analytics.refresh[" in line.get("message", "")
+            and "succeeded" in line["message"]
+            and line.get("data", {}).get("args") == f"[{t['org']}]"
+            for line in json_lines(stack, "worker")
+        )
+
+    wait_until(creation_refreshed, 30)
     wait_until(lambda: not client.exists(scheduled), 30)
 
     rid = patch(stack, t, {"status": "in_progress"})

@@ -325,6 +325,8 @@ def test_import_rows_meet_the_same_rule(api: ApiClient) -> None:
 FREE_TEXT = {
     ("TaskCreateSchema", "description"): "multi-line text",
     ("TaskUpdateSchema", "description"): "multi-line text",
+    ("CustomFieldCreateSchema", "description"): "multi-line help text of a custom field",
+    ("CustomFieldUpdateSchema", "description"): "multi-line help text of a custom field",
     ("ActivityCreateSchema", "type"): 'only "comment" is accepted (the service checks it)',
     ("LoginSchema", "email"): "a lookup: an account stored before the rule must still log in",
     ("ContactListArgs", "search"): "a lookup, never stored",
