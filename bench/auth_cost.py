@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import subprocess
 import sys
 import time
 import timeit
@@ -31,8 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.config import KEY_PREFIX, ROOT, SECRET_KEY, log
-from bench.infra import psycopg_url, start_infra
+from bench.config import KEY_PREFIX, log
+from bench.infra import own_database, start_infra
 
 API = "/api/v1"
 
@@ -62,100 +61,85 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    import psycopg
-    from sqlalchemy.engine import make_url
-
     infra = start_infra(os.environ.get("BENCH_DATABASE_URL"), os.environ.get("BENCH_REDIS_URL"))
     name = f"crm_auth_bench_{os.getpid()}"  # a database of its own, dropped at the end
-    database_url = make_url(infra.database_url).set(database=name)
-    with psycopg.connect(infra.admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        url = database_url.render_as_string(hide_password=False)
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "-x", f"url={psycopg_url(url)}", "upgrade", "head"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        os.environ.update(
-            DATABASE_URL=url,
-            REDIS_URL=infra.redis_url,
+        with own_database(
+            infra,
+            name,
             REDIS_KEY_PREFIX=f"{KEY_PREFIX}-auth",
-            SECRET_KEY=SECRET_KEY,
-            BCRYPT_ROUNDS="4",
             ACCESS_CHECK_CACHE_SECONDS=args.memo_seconds,
-        )
-        from flask_jwt_extended import decode_token
+        ):
+            from flask_jwt_extended import decode_token
 
-        from crm_api import create_app
-        from crm_domain.services.records import api_keys
+            from crm_api import create_app
+            from crm_domain.services.records import api_keys
 
-        app = create_app(OUTBOX_DISPATCH="none", RATELIMIT_ENABLED=False)
-        client = app.test_client()
-        r = client.post(
-            f"{API}/auth/register",
-            json={
-                "email": f"auth-{uuid.uuid4().hex[:10]}@bench.example.com",
-                "password": "BenchPassword123",
-                "name": "Auth Bench",
-                "organization_name": "Auth Bench",
-            },
-        )
-        token, org = r.get_json()["access_token"], r.get_json()["organization"]["id"]
-        by_token = {"Authorization": f"Bearer {token}", "X-Organization-Id": str(org)}
-        contact = client.post(f"{API}/contacts", json={"name": "C"}, headers=by_token).get_json()
-        deal = client.post(
-            f"{API}/deals", json={"contact_id": contact["id"], "title": "D"}, headers=by_token
-        ).get_json()
-        made = client.post(
-            f"{API}/api-keys", json={"name": "bench", "scope": "read"}, headers=by_token
-        ).get_json()
-        key = made["key"]
-        by_key = {"Authorization": f"Bearer {key}"}
-        path = f"{API}/deals/{deal['id']}"
+            app = create_app(OUTBOX_DISPATCH="none", RATELIMIT_ENABLED=False)
+            client = app.test_client()
+            r = client.post(
+                f"{API}/auth/register",
+                json={
+                    "email": f"auth-{uuid.uuid4().hex[:10]}@bench.example.com",
+                    "password": "BenchPassword123",
+                    "name": "Auth Bench",
+                    "organization_name": "Auth Bench",
+                },
+            )
+            token, org = r.get_json()["access_token"], r.get_json()["organization"]["id"]
+            by_token = {"Authorization": f"Bearer {token}", "X-Organization-Id": str(org)}
+            contact = client.post(
+                f"{API}/contacts", json={"name": "C"}, headers=by_token
+            ).get_json()
+            deal = client.post(
+                f"{API}/deals", json={"contact_id": contact["id"], "title": "D"}, headers=by_token
+            ).get_json()
+            made = client.post(
+                f"{API}/api-keys", json={"name": "bench", "scope": "read"}, headers=by_token
+            ).get_json()
+            key = made["key"]
+            by_key = {"Authorization": f"Bearer {key}"}
+            path = f"{API}/deals/{deal['id']}"
 
-        load_before = os.getloadavg()
-        _cpu_per_request(client, path, by_token, 200)  # warm up both paths
-        _cpu_per_request(client, path, by_key, 200)
-        rounds: dict[str, list[float]] = {"token": [], "key": []}
-        for _ in range(args.rounds):
-            rounds["token"].append(_cpu_per_request(client, path, by_token, args.requests))
-            rounds["key"].append(_cpu_per_request(client, path, by_key, args.requests))
+            load_before = os.getloadavg()
+            _cpu_per_request(client, path, by_token, 200)  # warm up both paths
+            _cpu_per_request(client, path, by_key, 200)
+            rounds: dict[str, list[float]] = {"token": [], "key": []}
+            for _ in range(args.rounds):
+                rounds["token"].append(_cpu_per_request(client, path, by_token, args.requests))
+                rounds["key"].append(_cpu_per_request(client, path, by_key, args.requests))
 
-        with app.app_context():
-            jwt_s = _cpu_seconds(lambda: decode_token(token))
-        with app.extensions["crm_db"].autocommit() as conn:
-            facts = api_keys.facts(conn, made["prefix"].removeprefix(api_keys.PREFIX))
-        assert facts is not None
-        now = dt.datetime.now(dt.UTC)
+            with app.app_context():
+                jwt_s = _cpu_seconds(lambda: decode_token(token))
+            with app.extensions["crm_db"].autocommit() as conn:
+                facts = api_keys.facts(conn, made["prefix"].removeprefix(api_keys.PREFIX))
+            assert facts is not None
+            now = dt.datetime.now(dt.UTC)
 
-        def check_key() -> None:
-            assert api_keys.lookup_of(key) is not None
-            api_keys.verify(facts, key, now)
+            def check_key() -> None:
+                assert api_keys.lookup_of(key) is not None
+                api_keys.verify(facts, key, now)
 
-        key_s = _cpu_seconds(check_key)
-        load_after = os.getloadavg()
+            key_s = _cpu_seconds(check_key)
+            load_after = os.getloadavg()
 
-        token_ms = statistics.median(rounds["token"]) * 1000
-        key_ms = statistics.median(rounds["key"]) * 1000
-        per_round = {k: [round(x * 1000, 3) for x in v] for k, v in rounds.items()}
-        print(
-            f"GET /deals/{{id}}, CPU ms per request ({args.rounds} rounds of {args.requests},"
-            f" ACCESS_CHECK_CACHE_SECONDS={args.memo_seconds}):"
-        )
-        print(f"  access token  median {token_ms:.3f}  rounds {per_round['token']}")
-        print(f"  API key       median {key_ms:.3f}  rounds {per_round['key']}")
-        print(f"  key / token   {key_ms / token_ms:.2f}")
-        print("verification alone, a credential not seen before (us):")
-        print(f"  JWT (HS256 + claims)                     {jwt_s * 1e6:.1f}")
-        print(f"  API key (shape + SHA-256 + compare)      {key_s * 1e6:.1f}")
-        print(f"load average before {load_before}, after {load_after}")
-        app.extensions["crm_db"].dispose()
-        return 0
+            token_ms = statistics.median(rounds["token"]) * 1000
+            key_ms = statistics.median(rounds["key"]) * 1000
+            per_round = {k: [round(x * 1000, 3) for x in v] for k, v in rounds.items()}
+            print(
+                f"GET /deals/{{id}}, CPU ms per request ({args.rounds} rounds of {args.requests},"
+                f" ACCESS_CHECK_CACHE_SECONDS={args.memo_seconds}):"
+            )
+            print(f"  access token  median {token_ms:.3f}  rounds {per_round['token']}")
+            print(f"  API key       median {key_ms:.3f}  rounds {per_round['key']}")
+            print(f"  key / token   {key_ms / token_ms:.2f}")
+            print("verification alone, a credential not seen before (us):")
+            print(f"  JWT (HS256 + claims)                     {jwt_s * 1e6:.1f}")
+            print(f"  API key (shape + SHA-256 + compare)      {key_s * 1e6:.1f}")
+            print(f"load average before {load_before}, after {load_after}")
+            app.extensions["crm_db"].dispose()
+            return 0
     finally:
-        with psycopg.connect(infra.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         infra.stop()
 
 
