@@ -10,8 +10,9 @@ Two ways in:
 The actor is read from `context.origin()`: the request's user (with the API key they sent)
 or the system (workers, beat, tools), with the request id. `changes` is {field: [old, new]};
 a field that names a password, secret, token or key hash is never written, whatever the
-caller passes. One INSERT per call (`record_many`: one for many entries); the database fills
-in `occurred_at` and `xid` (the transaction's id, which orders the change feed)."""
+caller passes. Entries are queued on the session and inserted as the transaction commits, in
+one statement with its outbox events (crm_domain.commit_inserts); the database fills in
+`occurred_at` and `xid` (the transaction's id, which orders the change feed)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from . import commit_inserts
 from .context import origin
 from .models import AuditEntry
 from .representation import json_value
@@ -32,6 +33,8 @@ from .representation import json_value
 _SECRET = re.compile(r"password|secret|token|(^|_)key$|_hash$|digest", re.IGNORECASE)
 
 Changes = Mapping[str, Sequence[Any]]
+
+_TABLE = AuditEntry.__table__
 
 # Inside `derived()`: the events recorded are consequences of a change audited already.
 _derived: ContextVar[bool] = ContextVar("crm_audit_derived", default=False)
@@ -79,11 +82,9 @@ def entry(
 
 
 def record_many(session: Session, entries: Iterable[dict[str, Any]]) -> None:
-    """Insert entries made by `entry` (one statement) in the session's transaction."""
-    rows = list(entries)
-    if rows:
-        # The session's connection, not session.execute: no autoflush, nothing else moves.
-        session.connection().execute(insert(AuditEntry), rows)
+    """Insert entries made by `entry` when the session's transaction commits."""
+    for row in entries:
+        commit_inserts.add(session, _TABLE, row)
 
 
 def record(

@@ -1,9 +1,10 @@
 """Transactional outbox: events written with the change, delivered by workers in batches.
 
 `record()` queues an event on the caller's session; right before that transaction commits,
-every queued event is inserted in one statement, so the events exist exactly when the change
-does. A savepoint (`begin_nested`) that is rolled back takes the events queued inside it
-with it, and only those. After the commit the session's publisher (see `Database.publisher`)
+every queued event is inserted in one statement with the transaction's audit entries
+(crm_domain.commit_inserts), so the events exist exactly when the change does. A savepoint
+(`begin_nested`) that is rolled back takes the events queued inside it with it, and only
+those. After the commit the session's publisher (see `Database.publisher`)
 is told that there is something to deliver: a wake-up, not a message per event.
 
 Delivery claims pending events in batches (`FOR UPDATE SKIP LOCKED`, so concurrent
@@ -28,14 +29,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, func, insert, select, update
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import Session
 
-from ... import request_id
+from ... import commit_inserts, request_id
 from ...models import OutboxEvent
 
 if TYPE_CHECKING:
@@ -43,9 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PENDING_KEY = "crm_outbox_new"
-_COMMITTED_KEY = "crm_outbox_committed"
-_SAVEPOINTS_KEY = "crm_outbox_savepoints"  # {open savepoint: events queued before it}
+_TABLE = OutboxEvent.__table__
 
 BATCH_SIZE = 200
 # An event whose delivery failed this often is left for an operator (see `stuck_count`)
@@ -103,51 +103,24 @@ registry = Registry()
 
 def record(session: Session, organization_id: int, topic: str, payload: dict[str, Any]) -> None:
     """Queue an event; it is inserted with the transaction's other changes at commit."""
-    session.info.setdefault(_PENDING_KEY, []).append(
-        {
-            "organization_id": organization_id,
-            "topic": topic,
-            "payload": payload,
-            "request_id": request_id.current(),
-        }
-    )
+    row = {
+        "event_key": uuid.uuid4(),  # here: a multi-row VALUES does not run column defaults
+        "organization_id": organization_id,
+        "topic": topic,
+        "payload": payload,
+        "request_id": request_id.current(),
+    }
+    commit_inserts.add(session, _TABLE, row)
 
 
 def queued(session: Session) -> int:
     """How many events the session's transaction has recorded so far (not yet inserted)."""
-    return len(session.info.get(_PENDING_KEY, ()))
-
-
-# The listeners below act on the session's own transaction, never on a SAVEPOINT: SQLAlchemy
-# fires its commit and rollback events for savepoints (begin_nested) too. Events are inserted
-# at the outermost commit only (inserting them at a savepoint's release would put events
-# queued before an enclosing savepoint inside it, to be rolled back with it), and a rolled
-# back savepoint drops exactly the events queued since it began: those of the change it
-# undoes. Savepoints nest, and events are queued in order, so each savepoint only needs the
-# number of events queued before it. (Session.commit() releases open savepoints before the
-# outermost commit; close them first when committing a SessionTransaction directly.)
-
-
-@event.listens_for(Session, "after_transaction_create")
-def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.nested:
-        queued = len(session.info.get(_PENDING_KEY, ()))
-        session.info.setdefault(_SAVEPOINTS_KEY, {})[transaction] = queued
-
-
-@event.listens_for(Session, "before_commit")
-def _insert_before_commit(session: Session) -> None:
-    if session.in_nested_transaction():
-        return  # a savepoint's release: its events now belong to the enclosing transaction
-    rows: list[dict[str, Any]] = session.info.pop(_PENDING_KEY, [])
-    if rows:
-        session.connection().execute(insert(OutboxEvent), rows)
-        session.info[_COMMITTED_KEY] = len(rows)
+    return commit_inserts.queued(session, _TABLE)
 
 
 @event.listens_for(Session, "after_commit")
 def _publish_after_commit(session: Session) -> None:
-    count = session.info.pop(_COMMITTED_KEY, 0)
+    count = commit_inserts.committed(session).get(OutboxEvent.__tablename__, 0)
     publisher = session.info.get("outbox_publisher")
     if not count or publisher is None:
         return
@@ -155,26 +128,6 @@ def _publish_after_commit(session: Session) -> None:
         publisher()
     except Exception:  # the broker may be down: the periodic re-dispatch delivers later
         log.warning("could not announce %d outbox events; left for re-dispatch", count)
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    if previous_transaction.nested:
-        queued_before = session.info.get(_SAVEPOINTS_KEY, {}).pop(previous_transaction, None)
-        pending = session.info.get(_PENDING_KEY)
-        if queued_before is not None and pending:
-            del pending[queued_before:]
-    elif previous_transaction.parent is None:
-        session.info.pop(_PENDING_KEY, None)
-        session.info.pop(_COMMITTED_KEY, None)
-    # else: a flush's subtransaction; the savepoint or transaction around it is rolled back
-    # next, and that rollback says what goes
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_savepoints(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:  # the transaction is over: so are its savepoints
-        session.info.pop(_SAVEPOINTS_KEY, None)
 
 
 # --- delivery -----------------------------------------------------------------------------
@@ -291,7 +244,7 @@ def deliver_pending(
             with db.transaction() as session:
                 batch = claim(session, batch_size, skip=failed)
                 apply(session, batch, handlers)
-                more = len(batch) == batch_size or bool(session.info.get(_PENDING_KEY))
+                more = len(batch) == batch_size or bool(queued(session))
             delivered += len(batch)
             observer.delivered(batch)  # after the commit: only what really was delivered
         except transient:

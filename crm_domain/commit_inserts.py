@@ -1,0 +1,97 @@
+"""Rows a transaction writes as it commits: queued on the session while the change runs, and
+inserted right before the outermost COMMIT, every table's rows in one statement (the first
+table's INSERT, the others' as data-modifying CTEs of it: one round trip however many events
+and audit entries a change made).
+
+The outbox's events and the audit log's entries are written this way: rows that nothing
+reads inside the transaction that writes them. A rolled-back transaction takes its queue
+with it; a rolled-back savepoint (`begin_nested`) takes exactly the rows queued since it
+began (savepoints nest and rows are queued in order, so each savepoint only remembers how
+many rows were queued before it). `committed(session)` tells, after the commit, how many
+rows of each table it wrote (the outbox announces its events from it).
+
+The listeners act on the session's own transaction, never on a SAVEPOINT: SQLAlchemy fires
+its commit and rollback events for savepoints too. Rows are inserted at the outermost commit
+only (inserting them at a savepoint's release would put rows queued before an enclosing
+savepoint inside it, to be rolled back with it). Session.commit() releases open savepoints
+before the outermost commit; close them first when committing a SessionTransaction directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table, event, insert
+from sqlalchemy.orm import Session, SessionTransaction
+
+_QUEUE = "crm_commit_rows"  # [(table, row), ...] in the order they were queued
+_SAVEPOINTS = "crm_commit_rows_savepoints"  # {open savepoint: rows queued before it}
+_COMMITTED = "crm_commit_rows_committed"  # {table name: rows the last commit inserted}
+
+
+def add(session: Session, table: Table, row: dict[str, Any]) -> None:
+    """Insert `row` into `table` when the session's transaction commits."""
+    session.info.setdefault(_QUEUE, []).append((table, row))
+
+
+def queued(session: Session, table: Table) -> int:
+    """How many rows of `table` the session's transaction has queued so far."""
+    return sum(1 for queued_table, _ in session.info.get(_QUEUE, ()) if queued_table is table)
+
+
+def committed(session: Session) -> dict[str, int]:
+    """{table name: rows} inserted by the commit that just happened (for after_commit)."""
+    found: dict[str, int] = session.info.get(_COMMITTED, {})
+    return found
+
+
+def statement(rows: list[tuple[Table, dict[str, Any]]]) -> Any:
+    """One INSERT for every queued row: per table a multi-row VALUES, in the order the
+    tables were first queued (all rows of one table have the same keys)."""
+    by_table: dict[Table, list[dict[str, Any]]] = {}
+    for table, row in rows:
+        by_table.setdefault(table, []).append(row)
+    (first, first_rows), *others = by_table.items()
+    stmt = insert(first).values(first_rows)
+    for n, (table, table_rows) in enumerate(others):
+        stmt = stmt.add_cte(insert(table).values(table_rows).cte(f"commit_rows_{n}"))
+    return stmt
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        session.info.setdefault(_SAVEPOINTS, {})[transaction] = len(session.info.get(_QUEUE, ()))
+
+
+@event.listens_for(Session, "before_commit")
+def _insert_before_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint's release: its rows now belong to the enclosing transaction
+    rows: list[tuple[Table, dict[str, Any]]] = session.info.pop(_QUEUE, [])
+    counts: dict[str, int] = {}
+    for table, _ in rows:
+        counts[table.name] = counts.get(table.name, 0) + 1
+    session.info[_COMMITTED] = counts
+    if rows:
+        # The session's connection, not session.execute: no autoflush, nothing else moves.
+        session.connection().execute(statement(rows))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.nested:
+        queued_before = session.info.get(_SAVEPOINTS, {}).pop(previous_transaction, None)
+        pending = session.info.get(_QUEUE)
+        if queued_before is not None and pending:
+            del pending[queued_before:]
+    elif previous_transaction.parent is None:
+        session.info.pop(_QUEUE, None)
+        session.info.pop(_COMMITTED, None)
+    # else: a flush's subtransaction; the savepoint or transaction around it is rolled back
+    # next, and that rollback says what goes
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_savepoints(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the transaction is over: so are its savepoints
+        session.info.pop(_SAVEPOINTS, None)
