@@ -34,7 +34,6 @@ _SECRET = re.compile(r"password|secret|token|(^|_)key$|_hash$|digest", re.IGNORE
 
 Changes = Mapping[str, Sequence[Any]]
 
-_TABLE = AuditEntry.__table__
 
 # Inside `derived()`: the events recorded are consequences of a change audited already.
 _derived: ContextVar[bool] = ContextVar("crm_audit_derived", default=False)
@@ -84,7 +83,7 @@ def entry(
 def record_many(session: Session, entries: Iterable[dict[str, Any]]) -> None:
     """Insert entries made by `entry` when the session's transaction commits."""
     for row in entries:
-        commit_inserts.add(session, _TABLE, row)
+        commit_inserts.add(session, AuditEntry, row)
 
 
 def record(

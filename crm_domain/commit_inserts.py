@@ -20,22 +20,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, event, insert
+from sqlalchemy import event, insert
 from sqlalchemy.orm import Session, SessionTransaction
 
-_QUEUE = "crm_commit_rows"  # [(table, row), ...] in the order they were queued
+_QUEUE = "crm_commit_rows"  # [(model, row), ...] in the order they were queued
 _SAVEPOINTS = "crm_commit_rows_savepoints"  # {open savepoint: rows queued before it}
 _COMMITTED = "crm_commit_rows_committed"  # {table name: rows the last commit inserted}
 
 
-def add(session: Session, table: Table, row: dict[str, Any]) -> None:
-    """Insert `row` into `table` when the session's transaction commits."""
-    session.info.setdefault(_QUEUE, []).append((table, row))
+def add(session: Session, model: type[Any], row: dict[str, Any]) -> None:
+    """Insert `row` into `model`'s table when the session's transaction commits."""
+    session.info.setdefault(_QUEUE, []).append((model, row))
 
 
-def queued(session: Session, table: Table) -> int:
-    """How many rows of `table` the session's transaction has queued so far."""
-    return sum(1 for queued_table, _ in session.info.get(_QUEUE, ()) if queued_table is table)
+def queued(session: Session, model: type[Any]) -> int:
+    """How many rows of `model` the session's transaction has queued so far."""
+    return sum(1 for queued_model, _ in session.info.get(_QUEUE, ()) if queued_model is model)
 
 
 def committed(session: Session) -> dict[str, int]:
@@ -44,16 +44,16 @@ def committed(session: Session) -> dict[str, int]:
     return found
 
 
-def statement(rows: list[tuple[Table, dict[str, Any]]]) -> Any:
+def statement(rows: list[tuple[type[Any], dict[str, Any]]]) -> Any:
     """One INSERT for every queued row: per table a multi-row VALUES, in the order the
     tables were first queued (all rows of one table have the same keys)."""
-    by_table: dict[Table, list[dict[str, Any]]] = {}
-    for table, row in rows:
-        by_table.setdefault(table, []).append(row)
-    (first, first_rows), *others = by_table.items()
+    by_model: dict[type[Any], list[dict[str, Any]]] = {}
+    for model, row in rows:
+        by_model.setdefault(model, []).append(row)
+    (first, first_rows), *others = by_model.items()
     stmt = insert(first).values(first_rows)
-    for n, (table, table_rows) in enumerate(others):
-        stmt = stmt.add_cte(insert(table).values(table_rows).cte(f"commit_rows_{n}"))
+    for n, (model, model_rows) in enumerate(others):
+        stmt = stmt.add_cte(insert(model).values(model_rows).cte(f"commit_rows_{n}"))
     return stmt
 
 
@@ -67,10 +67,10 @@ def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
 def _insert_before_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint's release: its rows now belong to the enclosing transaction
-    rows: list[tuple[Table, dict[str, Any]]] = session.info.pop(_QUEUE, [])
+    rows: list[tuple[type[Any], dict[str, Any]]] = session.info.pop(_QUEUE, [])
     counts: dict[str, int] = {}
-    for table, _ in rows:
-        counts[table.name] = counts.get(table.name, 0) + 1
+    for model, _ in rows:
+        counts[model.__tablename__] = counts.get(model.__tablename__, 0) + 1
     session.info[_COMMITTED] = counts
     if rows:
         # The session's connection, not session.execute: no autoflush, nothing else moves.

@@ -2,10 +2,12 @@
 writes, lists and representations of those records read them.
 
 Read once per session and entity (`live`: one indexed query, kept in `session.info`; the
-definitions service forgets them when it changes one). A record read for an answer carries
-the keys of the live definitions it was read with (`attach`), so its JSON can show every
-live key (null when absent) and hide the values of deleted definitions after the session
-has closed (crm_domain.representation.custom_fields_of)."""
+definitions service forgets them when it changes one). A record loaded by id reads them in
+its own statement instead (`along`, `remember`: every entity's definitions as one JSON
+column beside the row), so a single record's read or write costs no query for them. A record
+read for an answer carries the keys of the live definitions it was read with (`attach`), so
+its JSON can show every live key (null when absent) and hide the values of deleted
+definitions after the session has closed (crm_domain.representation.custom_fields_of)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, object_session
 
 from .models import CustomFieldDefinition
@@ -76,17 +79,42 @@ def live(session: Session, organization_id: int, entity: str) -> Definitions:
             .order_by(CustomFieldDefinition.id)
         ).all()
         found = {
-            row.key: Definition(
-                id=row.id,
-                key=row.key,
-                type=row.type,
-                required=row.required,
-                options={o["value"]: bool(o.get("archived")) for o in row.options or ()},
-            )
+            row.key: _definition(row.id, row.key, row.type, row.required, row.options)
             for row in rows
         }
         cache[(organization_id, entity)] = found
     return found
+
+
+def along(session: Session, organization_id: int) -> Any:
+    """A column for a statement that loads a record: the organization's live definitions of
+    every entity as JSON (null when it has none), for `remember`; None when the session read
+    them already."""
+    cache: dict[tuple[int, str], Definitions] = session.info.get(_CACHE, {})
+    if all((organization_id, entity) in cache for entity in ENTITIES):
+        return None
+    d = CustomFieldDefinition
+    element = func.json_build_array(d.entity, d.id, d.key, d.type, d.required, d.options)
+    return (
+        select(func.json_agg(aggregate_order_by(element, d.id)))
+        .where(d.organization_id == organization_id, d.deleted_at.is_(None))
+        .scalar_subquery()
+    )
+
+
+def remember(session: Session, organization_id: int, found: list[list[Any]] | None) -> None:
+    """Keep what an `along` column read, as `live` would have read it, entity by entity."""
+    by_entity: dict[str, Definitions] = {entity: {} for entity in ENTITIES}
+    for entity, id_, key, type_, required, options in found or ():
+        by_entity[entity][key] = _definition(id_, key, type_, required, options)
+    cache: dict[tuple[int, str], Definitions] = session.info.setdefault(_CACHE, {})
+    for entity, definitions in by_entity.items():
+        cache.setdefault((organization_id, entity), definitions)
+
+
+def _definition(id_: int, key: str, type_: str, required: bool, options: Any) -> Definition:
+    archived = {o["value"]: bool(o.get("archived")) for o in options or ()}
+    return Definition(id=id_, key=key, type=type_, required=required, options=archived)
 
 
 def forget(session: Session, organization_id: int) -> None:

@@ -46,3 +46,32 @@ def test_get_requests_read_in_autocommit_and_writes_in_a_transaction(
         listed = api.get("/contacts", user=user, org=user.org_id).get_json()
     assert [c["name"] for c in listed["items"]] == ["Read me"]
     assert reading and all(e.autocommit for e in reading), reading
+
+
+def test_a_record_brings_its_custom_field_definitions_along(db: Database, api: ApiClient) -> None:
+    """One record read by id costs one statement, its organization's definitions included;
+    a write's audit entry and events are one INSERT, at its commit."""
+    user = api.register()
+    made = api.post(
+        "/custom-fields",
+        user=user,
+        org=user.org_id,
+        json={"entity": "deal", "key": "tier", "label": "Tier", "type": "text"},
+    )
+    assert made.status_code == 201, made.get_json()
+    deal = api.deal(user, custom_fields={"tier": "gold"})
+
+    with executed(db.engine) as reading:
+        got = api.get(f"/deals/{deal['id']}", user=user, org=user.org_id)
+    assert got.status_code == 200 and got.get_json()["custom_fields"] == {"tier": "gold"}
+    touching = [e.sql for e in reading if "custom_field_definitions" in e.sql or "deals" in e.sql]
+    assert len(touching) == 1 and "FROM deals" in touching[0], touching
+
+    with executed(db.engine) as writing:
+        r = api.patch(
+            f"/deals/{deal['id']}", user=user, org=user.org_id, json={"custom_fields": {"tier": ""}}
+        )
+    assert r.status_code == 200, r.get_json()
+    inserts = [e.sql for e in writing if "INSERT INTO audit_entries" in e.sql]
+    assert len(inserts) == 1 and "INSERT INTO outbox_events" in inserts[0], inserts
+    assert not [e for e in writing if e.sql.startswith("INSERT INTO outbox_events")]

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .. import custom_definitions
+from ..custom_definitions import ENTITY_BY_TABLE
 from ..errors import NotFound
 
 M = TypeVar("M")
@@ -25,16 +27,25 @@ def get_in_org(
     name: str,
     for_update: bool = False,
 ) -> M:
-    """Load a tenant-owned row by id; another organization's id is simply not found."""
+    """Load a tenant-owned row by id; another organization's id is simply not found. A record
+    with custom fields brings the organization's definitions along in the same statement."""
     stmt = select(model).where(
         model.id == entity_id,  # type: ignore[attr-defined]
         model.organization_id == organization_id,  # type: ignore[attr-defined]
     )
+    definitions = None
+    if model.__tablename__ in ENTITY_BY_TABLE:  # type: ignore[attr-defined]
+        definitions = custom_definitions.along(session, organization_id)
+        if definitions is not None:
+            stmt = stmt.add_columns(definitions)
     if for_update:
-        stmt = stmt.with_for_update()
-    obj = session.scalar(stmt)
-    if obj is None:
+        stmt = stmt.with_for_update(of=model)
+    row: Any = session.execute(stmt).first()
+    if row is None:
         raise not_found(name)
+    if definitions is not None:
+        custom_definitions.remember(session, organization_id, row[1])
+    obj: M = row[0]
     return obj
 
 

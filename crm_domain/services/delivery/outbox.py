@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_TABLE = OutboxEvent.__table__
 
 BATCH_SIZE = 200
 # An event whose delivery failed this often is left for an operator (see `stuck_count`)
@@ -110,12 +109,12 @@ def record(session: Session, organization_id: int, topic: str, payload: dict[str
         "payload": payload,
         "request_id": request_id.current(),
     }
-    commit_inserts.add(session, _TABLE, row)
+    commit_inserts.add(session, OutboxEvent, row)
 
 
 def queued(session: Session) -> int:
     """How many events the session's transaction has recorded so far (not yet inserted)."""
-    return commit_inserts.queued(session, _TABLE)
+    return commit_inserts.queued(session, OutboxEvent)
 
 
 @event.listens_for(Session, "after_commit")
