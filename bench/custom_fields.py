@@ -21,13 +21,13 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.config import KEY_PREFIX, log
+from bench.in_process import p50_ms, register, wall
 from bench.infra import own_database, psycopg_url, start_infra
 
 API = "/api/v1"
@@ -97,17 +97,6 @@ def _seed(url: str, org: int, owner: int, records: int) -> None:
         conn.execute("ANALYZE deals")
 
 
-def _wall(client: Any, method: str, path: str, headers: dict[str, str], **kw: Any) -> float:
-    started = time.perf_counter()
-    response = client.open(path, method=method, headers=headers, **kw)
-    assert response.status_code < 300, response.get_json()
-    return time.perf_counter() - started
-
-
-def _p50_ms(client: Any, path: str, headers: dict[str, str], n: int) -> float:
-    return statistics.median(_wall(client, "GET", path, headers) for _ in range(n)) * 1000
-
-
 def _cpu_ms(client: Any, path: str, headers: dict[str, str], n: int) -> float:
     started = time.process_time()
     for _ in range(n):
@@ -129,21 +118,7 @@ def main() -> int:
 
             app = create_app(OUTBOX_DISPATCH="none", RATELIMIT_ENABLED=False)
             client = app.test_client()
-            r = client.post(
-                f"{API}/auth/register",
-                json={
-                    "email": f"cf-{uuid.uuid4().hex[:10]}@bench.example.com",
-                    "password": "BenchPassword123",
-                    "name": "Custom Fields Bench",
-                    "organization_name": "Custom Fields Bench",
-                },
-            )
-            body = r.get_json()
-            org, owner = body["organization"]["id"], body["user"]["id"]
-            headers = {
-                "Authorization": f"Bearer {body['access_token']}",
-                "X-Organization-Id": str(org),
-            }
+            org, owner, headers = register(client, "Custom Fields Bench")
             started = time.perf_counter()
             _seed(url, org, owner, args.records)
             log(
@@ -161,7 +136,7 @@ def main() -> int:
                 body: dict[str, Any] = {"entity": entity, "key": key, "label": key, "type": kind}
                 if kind.endswith("select"):
                     body["options"] = OPTIONS
-                return _wall(client, "POST", f"{API}/custom-fields", headers, json=body)
+                return wall(client, "POST", f"{API}/custom-fields", headers, json=body)
 
             for entity in ("contact", "deal"):
                 for key, kind in FIELDS:
@@ -173,13 +148,13 @@ def main() -> int:
                 "built-in column (status=won), page 1 with total": "status=won",
             }
             p50 = {
-                label: _p50_ms(client, f"{API}/deals?{q}", headers, args.requests // 4)
+                label: p50_ms(client, f"{API}/deals?{q}", headers, args.requests // 4)
                 for label, q in filters.items()
             }
             for label, q in filters.items():
                 cursor = client.get(f"{API}/deals?{q}&page_size=20", headers=headers).get_json()
                 path = f"{API}/deals?{q}&page_size=20&cursor={cursor['next_cursor']}"
-                p50[label.replace("page 1 with total", "cursor page")] = _p50_ms(
+                p50[label.replace("page 1 with total", "cursor page")] = p50_ms(
                     client, path, headers, args.requests // 4
                 )
 
@@ -191,7 +166,7 @@ def main() -> int:
                 )
                 made = next(d for d in listed.get_json()["items"] if d["key"] == f"extra_{i}")
                 deletes.append(
-                    _wall(client, "DELETE", f"{API}/custom-fields/{made['id']}", headers)
+                    wall(client, "DELETE", f"{API}/custom-fields/{made['id']}", headers)
                 )
             load_after = os.getloadavg()
 

@@ -542,7 +542,7 @@ def test_contact_search_is_served_by_the_trigram_index(db: Database) -> None:
         stmt = select(Contact.id).where(contacts_service.matching("Alpha_%"))
         sql = stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
         plan = "\n".join(s.scalars(text(f"EXPLAIN {sql}")))
-    assert "ix_contacts_search_trgm" in plan, plan
+    assert "_search_trgm" in plan, plan  # 0019 makes it ix_contacts_org_search_trgm
 
 
 NAMES = ["Ana Ölund", "BOB_smith", "100% Real", "a/b\\c", "İstanbul Ltd", "line\nbreak", "ß Straße"]

@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
+from sqlalchemy import func, insert, select, text
+
 from crm_domain.db import Database
-from crm_domain.services.records import merge
+from crm_domain.models import Contact
+from crm_domain.services.records import duplicates, merge
 
 from .api import ApiClient, User, error_code
 from .test_trash import webhook_endpoint, webhooks_sent
@@ -67,6 +70,79 @@ def test_duplicates_of_another_orgs_or_a_trashed_contact_are_404(api: ApiClient)
     assert api.delete(f"/contacts/{mine['id']}", user=user, org=user.org_id).status_code == 204
     r = api.get(f"/contacts/{mine['id']}/duplicates", user=user, org=user.org_id)
     assert r.status_code == 404
+
+
+def _has_similarity(db: Database) -> bool:
+    with db.reads() as s:
+        return s.scalar(text("SELECT to_regprocedure('contact_name_similar(text, text)')"))
+
+
+def test_similar_names_are_word_similarity_at_the_threshold_best_then_newest_first(
+    api: ApiClient, db: Database
+) -> None:
+    """Every name at pg_trgm's word similarity threshold or above and none below; the score
+    is that similarity; best first, the newest first among equals; at most 20."""
+    if not _has_similarity(db):
+        pytest.skip("this PostgreSQL has no pg_trgm (the embedded build)")
+    user = api.register()
+    me = api.contact(user, name="Katherine Johnson", email=None, phone=None)
+    names = ["Katherine Jonson", "Katherin Johnsen", "Kate Johnson", "Catherine Johnston"]
+    names += ["K. Johnson", "Katherine", "Johnson", "Grace Hopper"]
+    made = {api.contact(user, name=n, email=None, phone=None)["id"]: n for n in names}
+    same = [api.contact(user, name="Katherine Johnson", email=None, phone=None)["id"]]
+    same += [
+        api.contact(user, name="katherine johnson", email=None, phone=None)["id"] for _ in range(20)
+    ]
+
+    with db.reads() as s:
+        threshold = float(s.scalar(text("SHOW pg_trgm.word_similarity_threshold")))
+        similarity = {
+            i: s.scalar(
+                select(func.word_similarity("katherine johnson", Contact.search_text)).where(
+                    Contact.id == i
+                )
+            )
+            for i in made
+        }
+    expected = {i: round(v, 3) for i, v in similarity.items() if v >= threshold}
+    assert 0 < len(expected) < len(made)  # some in, some out: the threshold is tested
+
+    found = _duplicates(api, user, me["id"])
+    by_id = {d["contact"]["id"]: d for d in found}
+    # 20 with the same name (score 1) fill the name reason: the newest 20; none of the rest.
+    assert [d["contact"]["id"] for d in found] == sorted(same, reverse=True)[:20]
+    assert all(d["score"] == 1.0 and d["reasons"] == ["name"] for d in found)
+    assert same[0] not in by_id
+
+    for i in same[:-1]:  # the same name is gone, the similar ones remain
+        assert api.delete(f"/contacts/{i}", user=user, org=user.org_id).status_code == 204
+    found = _duplicates(api, user, me["id"])
+    assert [d["contact"]["id"] for d in found] == [same[-1]] + sorted(
+        expected, key=lambda i: (-expected[i], -i)
+    )
+    assert {d["contact"]["id"]: d["score"] for d in found[1:]} == expected
+
+
+def test_similar_names_are_read_from_the_trigram_index(api: ApiClient, db: Database) -> None:
+    """Even where PostgreSQL's statistics say many contacts share the name (2,000 of 10,000):
+    without `contact_name_similar`'s cost, it weighs a sequential scan cheaper."""
+    if not _has_similarity(db):
+        pytest.skip("this PostgreSQL has no pg_trgm (the embedded build)")
+    user = api.register()
+    contact = {"organization_id": user.org_id, "owner_id": user.id}
+    rows = [{**contact, "name": "Common Name"}] * 2000
+    rows += [{**contact, "name": f"Person {i}"} for i in range(8000)]
+    with db.transaction() as s:
+        s.execute(insert(Contact), rows)
+    with db.transaction() as s:
+        s.execute(text("ANALYZE contacts"))
+    others = select(Contact).where(Contact.organization_id == user.org_id, Contact.id != 0)
+    stmt = duplicates.similar_names_query(others, "common name")
+    with db.reads() as s:
+        sql = stmt.compile(dialect=s.get_bind().dialect)
+        explained = s.connection().exec_driver_sql(f"EXPLAIN {sql}", sql.params)
+        plan = "\n".join(explained.scalars())
+    assert "Seq Scan" not in plan and "_search_trgm" in plan, plan
 
 
 # --- merge --------------------------------------------------------------------------------------
