@@ -684,6 +684,44 @@ def test_import_of_deals_carries_custom_fields(api: ApiClient) -> None:
     assert [(d["title"], d["custom_fields"]) for d in deals] == [("A", {"budget": "12.5"})]
 
 
+def test_import_update_of_a_matched_deal_carries_custom_fields(api: ApiClient) -> None:
+    """on_duplicate=update: the row's custom field cells merge into the matched deal's, key
+    by key (an empty cell keeps the value), as a created deal takes them; two rows of one
+    file matching the same deal merge in file order."""
+    owner = api.register()
+    define(api, owner, key="budget", type="number")
+    define(api, owner, key="segment", type="single_select", options=SEGMENT_OPTIONS)
+    define(api, owner, key="note", type="text")
+    contact = api.contact(owner)["id"]
+    kept = api.deal(
+        owner,
+        contact_id=contact,
+        title="Renewal",
+        custom_fields={"budget": "10", "segment": "smb", "note": "as it was"},
+    )
+    content = (
+        "title,contact_id,budget,segment,note\r\n"
+        f"renewal,{contact},99.5,,\r\n"
+        f"RENEWAL,{contact},,enterprise,\r\n"
+        f"Fresh,{contact},1,public,new one\r\n"
+    )
+    r = api.upload(owner, content, kind="deals", on_duplicate="update")
+    assert r.status_code == 202, r.get_json()
+    job = api.get(f"/imports/{r.get_json()['id']}", user=owner, org=owner.org_id).get_json()
+    assert (job["status"], job["created"], job["updated"], job["errors"]) == ("done", 1, 2, [])
+    deals = {
+        d["id"]: d for d in api.get("/deals", user=owner, org=owner.org_id).get_json()["items"]
+    }
+    assert deals.pop(kept["id"])["custom_fields"] == {
+        "budget": "99.5",
+        "segment": "enterprise",
+        "note": "as it was",
+    }
+    assert [d["custom_fields"] for d in deals.values()] == [
+        {"budget": "1", "segment": "public", "note": "new one"}
+    ]
+
+
 # --- analytics by select field -----------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, String, any_, bindparam, cast, func, select, update
-from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
 from sqlalchemy.orm import Session
 
 from ... import rules
@@ -70,6 +70,15 @@ def check_update(actor: Actor, match: Match, values: dict[str, Any]) -> None:
     rules.ensure_won_amount(values.get("status", match.status), values.get("amount", match.amount))
 
 
+def combine(into: dict[str, Any], values: dict[str, Any]) -> None:
+    """A later row's values over an earlier one's (to write, or a pending insert): custom
+    fields key by key, like the UPDATE merges them into the deal's."""
+    custom = {**into.get("custom_fields", {}), **values.get("custom_fields", {})}
+    into.update(values)
+    if custom:
+        into["custom_fields"] = custom
+
+
 def apply(match: Match, values: dict[str, Any]) -> None:
     """The batch's view of the deal after this row (a later row is checked against it)."""
     for name in ("owner_id", "status", "stage", "amount"):
@@ -80,7 +89,8 @@ def apply(match: Match, values: dict[str, Any]) -> None:
 def write_updates(
     session: Session, organization_id: int, updates: dict[int, dict[str, Any]]
 ) -> None:
-    """One UPDATE per column set (executemany): each deal gets its row's values."""
+    """One UPDATE per column set (executemany): each deal gets its row's values; custom
+    fields merge into the deal's key by key."""
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for deal_id, values in updates.items():
         columns = tuple(sorted(values))
@@ -88,18 +98,32 @@ def write_updates(
             {"b_id": deal_id, **{f"b_{c}": v for c, v in values.items()}}
         )
     table = Deal.__table__
+    custom = bindparam("b_custom_fields", type_=JSONB)
     for columns, params in by_columns.items():
         session.connection().execute(
             update(table)  # type: ignore[arg-type]
             .where(table.c.id == bindparam("b_id"), table.c.organization_id == organization_id)
-            .values({**{c: bindparam(f"b_{c}") for c in columns}, "updated_at": func.now()}),
+            .values(
+                {
+                    **{c: bindparam(f"b_{c}") for c in columns},
+                    **(
+                        {"custom_fields": table.c.custom_fields.op("||")(custom)}
+                        if "custom_fields" in columns
+                        else {}
+                    ),
+                    "updated_at": func.now(),
+                }
+            ),
             params,
         )
 
 
 def row_values(data: dict[str, Any], header: Sequence[str], owner: int | None) -> dict[str, Any]:
-    """What an update sets from one row: the title, the file's columns, the owner if named."""
+    """What an update sets from one row: the title, the file's columns, the owner if named,
+    the custom fields of its non-empty custom field cells."""
     values: dict[str, Any] = {"title": data["title"]}
+    if data.get("custom_fields"):
+        values["custom_fields"] = data["custom_fields"]
     for name in UPDATABLE:
         if name in header:
             values[name] = data.get(name)

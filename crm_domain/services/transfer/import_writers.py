@@ -300,7 +300,7 @@ def _write_deals(
                 checks.run("title", deal_matching.check_update, actor, match, values)
                 if not checks.problems:
                     deal_matching.apply(match, values)
-                    updates.setdefault(match.id, {}).update(values)
+                    deal_matching.combine(updates.setdefault(match.id, {}), values)
                     outcome.updated += 1
             else:
                 pending = inserts[match_key]
@@ -311,7 +311,7 @@ def _write_deals(
                     values.get("amount", pending["amount"]),
                 )
                 if not checks.problems:
-                    pending.update(values)
+                    deal_matching.combine(pending, values)
                     outcome.updated += 1
             outcome.problems += checks.problems
             continue
