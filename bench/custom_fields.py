@@ -165,9 +165,7 @@ def main() -> int:
                     f"{API}/custom-fields?entity=deal&page_size=100", headers=headers
                 )
                 made = next(d for d in listed.get_json()["items"] if d["key"] == f"extra_{i}")
-                deletes.append(
-                    wall(client, "DELETE", f"{API}/custom-fields/{made['id']}", headers)
-                )
+                deletes.append(wall(client, "DELETE", f"{API}/custom-fields/{made['id']}", headers))
             load_after = os.getloadavg()
 
             print(f"{args.records} contacts and deals, 20 custom fields each (one organization)")

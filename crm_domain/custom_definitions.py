@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -53,6 +53,7 @@ class Definition:
     type: str
     required: bool
     options: dict[str, bool]  # select types: value -> archived
+    labels: dict[str, str] = field(default_factory=dict)  # select types: value -> label
 
 
 Definitions = dict[str, Definition]  # live definitions by key, in creation order
@@ -114,7 +115,10 @@ def remember(session: Session, organization_id: int, found: list[list[Any]] | No
 
 def _definition(id_: int, key: str, type_: str, required: bool, options: Any) -> Definition:
     archived = {o["value"]: bool(o.get("archived")) for o in options or ()}
-    return Definition(id=id_, key=key, type=type_, required=required, options=archived)
+    labels = {o["value"]: o.get("label", o["value"]) for o in options or ()}
+    return Definition(
+        id=id_, key=key, type=type_, required=required, options=archived, labels=labels
+    )
 
 
 def forget(session: Session, organization_id: int) -> None:

@@ -789,6 +789,29 @@ def test_analytics_by_select_field_precomputed_and_refreshed(
         assert r.status_code == 404 and error_code(r) == "CUSTOM_FIELD_NOT_FOUND"
 
 
+def test_analytics_by_select_field_give_each_options_label_as_defined_now(
+    api: ApiClient,
+) -> None:
+    owner = api.register()
+    made = define(api, owner, key="segment", type="single_select", options=SEGMENT_OPTIONS)
+    api.deal(owner, contact_id=api.contact(owner)["id"], custom_fields={"segment": "smb"})
+    body = _by_field(api, owner, "segment")
+    assert [(o["value"], o["label"]) for o in body["options"]] == [
+        ("smb", "Small business"),
+        ("enterprise", "Enterprise"),
+        ("public", "Public sector"),
+    ]
+    assert body["options"][0]["count"] == 1 and "label" not in body["none"]
+    # A renamed option shows its new label at once (no refresh: the figures are by value).
+    renamed = [{**o, "label": "SMB"} if o["value"] == "smb" else o for o in SEGMENT_OPTIONS]
+    r = api.patch(
+        f"/custom-fields/{made['id']}", user=owner, org=owner.org_id, json={"options": renamed}
+    )
+    assert r.status_code == 200, r.get_json()
+    body = _by_field(api, owner, "segment")
+    assert (body["options"][0]["label"], body["options"][0]["count"]) == ("SMB", 1)
+
+
 def test_apply_custom_fields_for_other_features(api: ApiClient, db: Database) -> None:
     """The function a merge or a bulk update calls: the same checks and key-by-key merge as a
     PATCH, changes for the events, and `keep_archived` for values copied between records."""

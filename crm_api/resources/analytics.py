@@ -104,6 +104,10 @@ class ValueFigures(ma.Schema):
 
 class OptionFigures(ValueFigures):
     value = fields.String(metadata={"description": "the option's value"})
+    label = fields.String(
+        allow_none=True,
+        metadata={"description": "the option's label, as the field's definition has it now"},
+    )
 
 
 class ByFieldSchema(ma.Schema):
@@ -125,15 +129,23 @@ class ByField(MethodView):
         Precomputed with the summary (refreshed by workers after deal changes; `as_of` tells
         when). A deal with several options of a multi_select counts under each."""
         with transaction() as session:
-            custom_fields.ensure_select_field(session, current_actor(), "deal", key)
+            definition = custom_fields.ensure_select_field(session, current_actor(), "deal", key)
         try:
-            return _cached(analytics_by_field.field_name(key))
+            body = _stored(analytics_by_field.field_name(key))
         except KeyError:  # deleted or changed since the check above
             raise not_found("custom_field") from None
+        return _json(analytics_by_field.with_labels(body, definition))
 
 
 def _cached(field: str) -> Response:
     """The precomputed JSON document, sent as stored (the schemas above document it)."""
+    return _json(_stored(field))
+
+
+def _stored(field: str) -> bytes:
     cache = current_app.extensions["crm_analytics"]
-    body = cache.get_json(current_actor().organization_id, field)
+    return bytes(cache.get_json(current_actor().organization_id, field))
+
+
+def _json(body: bytes) -> Response:
     return Response(body, status=200, mimetype="application/json")

@@ -5,6 +5,7 @@ without a value. Computed beside the summary (crm_domain.services.reporting.anal
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -51,6 +52,15 @@ def by_field(session: Session, organization_id: int, key: str) -> dict[str, Any]
         "options": [{"value": v, **_formatted(b)} for v, b in blocks.items() if v != NONE],
         "none": _formatted(blocks[NONE]),
     }
+
+
+def with_labels(document: bytes, definition: Definition) -> bytes:
+    """The stored figures with each option's label as the definition has it now (a renamed
+    option shows its new label at once; the figures are by value)."""
+    figures = json.loads(document)
+    for option in figures.get("options", ()):
+        option["label"] = definition.labels.get(option["value"])
+    return json.dumps(figures, separators=(",", ":")).encode()
 
 
 def _statement(definition: Definition, organization_id: int) -> Any:
