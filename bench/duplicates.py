@@ -34,7 +34,7 @@ from bench.config import API, KEY_PREFIX, log
 from bench.in_process import register, wall
 from bench.infra import own_database, psycopg_url, start_infra
 
-FIRST = (
+_FIRST_NAMES = (
     "james mary robert patricia john jennifer michael linda david elizabeth william barbara "
     "richard susan joseph jessica thomas sarah charles karen christopher lisa daniel nancy "
     "matthew betty anthony margaret mark sandra donald ashley steven kimberly paul emily andrew "
@@ -45,8 +45,8 @@ FIRST = (
     "christine alexander debra frank rachel patrick carolyn raymond janet jack catherine dennis "
     "maria jerry heather tyler diane aaron ruth jose julie adam olivia nathan joyce henry "
     "virginia douglas victoria zachary kelly peter lauren"
-).split()
-LAST = (
+)
+_LAST_NAMES = (
     "smith johnson williams brown jones garcia miller davis rodriguez martinez hernandez lopez "
     "gonzalez wilson anderson thomas taylor moore jackson martin lee perez thompson white "
     "harris sanchez clark ramirez lewis robinson walker young allen king wright scott torres "
@@ -64,7 +64,8 @@ LAST = (
     "fox warren mills meyer rice schmidt garza daniels ferguson nichols stephens soto weaver "
     "ryan gardner payne grant dunn kelley spencer hawkins arnold pierce vazquez hansen peters "
     "santos hart bradley knight elliott cunningham duncan armstrong hudson carroll lane riley"
-).split()
+)
+FIRST, LAST = _FIRST_NAMES.split(), _LAST_NAMES.split()
 SAME_NAME, SAME_NAME_COUNT, SAME_PHONE = "Margaret Hamilton", 1000, "+44 20 7946 0321"
 
 
@@ -147,11 +148,14 @@ def main() -> int:
             with psycopg.connect(psycopg_url(url)) as conn:
                 live = "organization_id = %s AND deleted_at IS NULL"
                 ids = [r[0] for r in conn.execute(f"SELECT id FROM contacts WHERE {live}", (org,))]
-                same = conn.execute(
-                    f"SELECT id FROM contacts WHERE {live} AND name = %s AND phone IS NOT NULL "
-                    "ORDER BY id LIMIT 1",
-                    (org, SAME_NAME),
-                ).fetchone()[0]
+                same = next(
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM contacts WHERE {live} AND name = %s "
+                        "AND phone IS NOT NULL ORDER BY id LIMIT 1",
+                        (org, SAME_NAME),
+                    )
+                )
             rng = random.Random(3)
             _timings(client, headers, rng.sample(ids, 20))  # warm up
             load_before = os.getloadavg()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from sqlalchemy import func, insert, select, text
 
 from crm_domain.db import Database
@@ -117,9 +116,8 @@ def test_similar_names_are_word_similarity_at_the_threshold_best_then_newest_fir
     for i in same[:-1]:  # the same name is gone, the similar ones remain
         assert api.delete(f"/contacts/{i}", user=user, org=user.org_id).status_code == 204
     found = _duplicates(api, user, me["id"])
-    assert [d["contact"]["id"] for d in found] == [same[-1]] + sorted(
-        expected, key=lambda i: (-expected[i], -i)
-    )
+    best_first = sorted(expected, key=lambda i: (-expected[i], -i))
+    assert [d["contact"]["id"] for d in found] == [same[-1], *best_first]
     assert {d["contact"]["id"]: d["score"] for d in found[1:]} == expected
 
 
