@@ -8,7 +8,8 @@ trashed; and the worst case for the similar-name lookup: 1,000 contacts of the o
 
 In-process (Flask's test client, the real PostgreSQL and Redis; no HTTP server):
 1. wall-clock p50 and p95 of the duplicates of contacts drawn at random from the organization;
-2. the same for one of the 1,000 "Margaret Hamilton"s;
+2. the same for one of the 1,000 "Margaret Hamilton"s; and, for the fixed cost of a request,
+   GET /contacts/{id} of the contacts of 1;
 3. the plan of each lookup of that request (EXPLAIN ANALYZE of the statements it ran): which
    index serves the e-mail, the phone and the similar-name lookups.
 
@@ -93,9 +94,10 @@ def _seed(url: str, orgs: list[tuple[int, int, int]]) -> None:
         conn.execute("VACUUM (ANALYZE) contacts")
 
 
-def _timings(client: Any, headers: dict[str, str], ids: list[int]) -> list[float]:
-    path = f"{API}/contacts/{{}}/duplicates"
-    return [wall(client, "GET", path.format(i), headers) * 1000 for i in ids]
+def _timings(
+    client: Any, headers: dict[str, str], ids: list[int], path: str = "/duplicates"
+) -> list[float]:
+    return [wall(client, "GET", f"{API}/contacts/{i}{path}", headers) * 1000 for i in ids]
 
 
 def _plans(app: Any, client: Any, headers: dict[str, str], contact_id: int) -> list[str]:
@@ -159,8 +161,10 @@ def main() -> int:
             rng = random.Random(3)
             _timings(client, headers, rng.sample(ids, 20))  # warm up
             load_before = os.getloadavg()
-            drawn = sorted(_timings(client, headers, rng.sample(ids, args.requests)))
+            sample = rng.sample(ids, args.requests)
+            drawn = sorted(_timings(client, headers, sample))
             worst = sorted(_timings(client, headers, [same] * args.requests))
+            alone = sorted(_timings(client, headers, sample, path=""))
             load_after = os.getloadavg()
             plans = _plans(app, client, headers, same)
 
@@ -171,6 +175,7 @@ def main() -> int:
             print(f"GET /contacts/{{id}}/duplicates, {args.contacts} contacts in the organization")
             print(f"  a contact drawn at random ({args.requests}):   {figures(drawn)}")
             print(f"  one of {SAME_NAME_COUNT} '{SAME_NAME}' ({args.requests}): {figures(worst)}")
+            print(f"  (GET /contacts/{{id}} of the drawn ones:  {figures(alone)})")
             print(f"load average before {load_before}, after {load_after}")
             for plan in plans:
                 print("\n" + plan)

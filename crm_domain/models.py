@@ -188,8 +188,9 @@ class Contact(Trashable, Base):
             func.regexp_replace(text("phone"), text("'\\D'"), text("''"), text("'g'")),
             postgresql_where=text("phone IS NOT NULL"),
         ),
-        # The trigram index on search_text (contact search) is created by migration 0010
-        # where the server has pg_trgm.
+        # The trigram index on search_text (contact search, similar-name duplicates) is
+        # created by migration 0010 where the server has pg_trgm, on (organization_id,
+        # search_text) by 0019 where it also has btree_gin.
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
