@@ -1,8 +1,8 @@
 """GET /contacts/{id}/duplicates on one organization with N contacts (default 100,000), in a
 table shared with two other organizations (N / 2 contacts each).
 
-Names are realistic: first and last names drawn from 120 x 240 common ones (some 30,000
-distinct names, a few contacts each), 4 in 5 with an e-mail, 2 in 3 with a phone, 1 in 40
+Names are realistic: first and last names drawn from 118 x 216 common ones (some 25,000
+distinct names, 4 contacts each on average), 4 in 5 with an e-mail, 2 in 3 with a phone, 1 in 40
 trashed; and the worst case for the similar-name lookup: 1,000 contacts of the organization
 (and 500 of another) named "Margaret Hamilton", 200 of them with the same phone.
 
