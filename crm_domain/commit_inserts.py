@@ -33,6 +33,11 @@ def add(session: Session, model: type[Any], row: dict[str, Any]) -> None:
     session.info.setdefault(_QUEUE, []).append((model, row))
 
 
+def pending(session: Session) -> int:
+    """How many rows (of every table) the session's transaction has queued so far."""
+    return len(session.info.get(_QUEUE, ()))
+
+
 def queued(session: Session, model: type[Any]) -> int:
     """How many rows of `model` the session's transaction has queued so far."""
     return sum(1 for queued_model, _ in session.info.get(_QUEUE, ()) if queued_model is model)
