@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from crm_api import create_app
-from crm_domain import context
+from crm_domain import audit, context
 from crm_domain.db import Database
 from crm_domain.enums import BulkActionStatus
 from crm_domain.errors import Forbidden
-from crm_domain.models import OutboxEvent
+from crm_domain.models import AuditEntry, Deal, OutboxEvent
 from crm_domain.services.records import deals
 from crm_domain.services.transfer import bulk_actions
 from crm_domain.services.transfer.bulk_registry import actions
@@ -75,18 +75,21 @@ def test_each_record_meets_the_single_patch_rules(api: ApiClient, db: Database, 
     others = api.deal(owner)  # not the member's
     mine = api.deal(member, org=owner.org_id)
     no_amount = api.deal(member, org=owner.org_id, amount="0.00")
+    stranger = api.register()
+    foreign = api.deal(stranger)  # another organization's: not found, as by a PATCH
     body = {
         "entity": "deal",
         "action": "update",
-        "ids": [others["id"], mine["id"], no_amount["id"], 987654],
+        "ids": [others["id"], mine["id"], no_amount["id"], foreign["id"], 987654],
         "changes": {"status": "won", "title": "Closed"},
     }
     done = run_to_end(api, member, body)
-    assert (done["status"], done["total"], done["done"]) == ("done", 4, 4)
-    assert (done["succeeded"], done["failed"], done["errors_total"]) == (1, 3, 3)
+    assert (done["status"], done["total"], done["done"]) == ("done", 5, 5)
+    assert (done["succeeded"], done["failed"], done["errors_total"]) == (1, 4, 4)
     assert errors_of(done) == {
         others["id"]: "NOT_OWNER",
         no_amount["id"]: "WON_REQUIRES_POSITIVE_AMOUNT",
+        foreign["id"]: "DEAL_NOT_FOUND",
         987654: "DEAL_NOT_FOUND",
     }
     assert all(e["message"] for e in done["errors"])
@@ -106,10 +109,11 @@ def test_each_record_meets_the_single_patch_rules(api: ApiClient, db: Database, 
     assert deal_of(api, member, mine["id"])["title"] == "Closed"
     for refused in (others, no_amount):  # left exactly as they were
         assert deal_of(api, member, refused["id"]) == {**refused, "updated_at": ANY_TIME}
+    assert deal_of(api, stranger, foreign["id"]) == foreign
     # the changed deal's timeline entry and events, like a PATCH's; none for the refused ones
     r = api.get(f"/deals/{mine['id']}/activities", user=member, org=owner.org_id)
     assert [a["type"] for a in r.get_json()["items"]] == ["status_changed"]
-    ids = [others["id"], mine["id"], no_amount["id"]]
+    ids = [others["id"], mine["id"], no_amount["id"], foreign["id"]]
     assert events(db, "deal.updated", ids) == {mine["id"]: 1}
     assert events(db, "deal.status_changed", ids) == {mine["id"]: 1}
 
@@ -372,18 +376,49 @@ def test_a_run_that_dies_resumes_without_doing_a_record_twice(
     assert events(db, "deal.status_changed", ids) == dict.fromkeys(ids, 1)
 
 
+def test_a_batch_locks_its_records_in_one_statement(
+    held: ApiClient, db: Database, held_app: Flask
+) -> None:
+    """Each record goes through the single PATCH's function, which locks its row; a batch
+    locks and loads its rows up front in one statement, and the function finds them there."""
+    owner = held.team()["owner"]
+    ids = _deals(held, owner, 5)
+    body = {"entity": "deal", "action": "update", "ids": ids, "changes": {"title": "Locked"}}
+    job_id = bulk(held, owner, body).get_json()["id"]
+    locks: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("SELECT deals.id") and "FOR UPDATE" in statement:
+            locks.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        settings = held_app.extensions["crm_settings"]
+        assert run_bulk_action(db, job_id, settings) is BulkActionStatus.DONE
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert len(locks) == 1, locks
+    with db.transaction() as s:
+        titles = set(s.scalars(select(Deal.title).where(Deal.id.in_(ids))))
+    assert titles == {"Locked"}
+
+
 # --- what a refused record leaves behind --------------------------------------------------------
 
 
 def _update_deal_but(record_id: int, misstep: str) -> Any:
     """The registry's deal update, except on `record_id`: after the update the database
     refuses a statement (`refused`), or the change is made and then refused by a rule
-    (`left_behind`: a rule checked too late)."""
+    (`left_behind`: a rule checked too late), or an audit entry is recorded and then the
+    record refused (`audited`: the entries wait for the commit's INSERT)."""
 
     def apply(session: Any, actor: Any, deal_id: int, changes: dict[str, Any]) -> None:
         if deal_id == record_id and misstep == "left_behind":
             deals.get_deal(session, actor, deal_id).title = "Leaked"
             raise Forbidden("Refused after a change", code="LATE_REFUSAL")
+        if deal_id == record_id and misstep == "audited":
+            audit.record(session, actor.organization_id, "deal.poked", "deal", deal_id)
+            raise Forbidden("Refused after an audit entry", code="LATE_REFUSAL")
         deals.update_deal(session, actor, deal_id, changes)
         if deal_id == record_id:
             session.execute(text("SELECT 1 / 0"))
@@ -392,26 +427,40 @@ def _update_deal_but(record_id: int, misstep: str) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("misstep", "code"), [("refused", "RECORD_FAILED"), ("left_behind", "LATE_REFUSAL")]
+    ("misstep", "code"),
+    [("refused", "RECORD_FAILED"), ("left_behind", "LATE_REFUSAL"), ("audited", "LATE_REFUSAL")],
 )
 def test_a_record_that_fails_is_undone_alone(
     api: ApiClient, db: Database, team, monkeypatch: pytest.MonkeyPatch, misstep: str, code: str
 ) -> None:
     owner = team["owner"]
     contact = api.contact(owner)["id"]
-    ids = [api.deal(owner, contact_id=contact)["id"] for _ in range(3)]
-    bad = ids[1]
+    # 15 records: their events and audit entries (60 rows) commit past MANY_ROWS
+    ids = [api.deal(owner, contact_id=contact)["id"] for _ in range(15)]
+    bad = ids[7]
+    good = [i for i in ids if i != bad]
     monkeypatch.setitem(actions._actions["update"], "deal", _update_deal_but(bad, misstep))
     body = {"entity": "deal", "action": "update", "ids": ids, "changes": {"status": "lost"}}
     done = run_to_end(api, owner, body)
-    assert (done["succeeded"], done["failed"]) == (2, 1)
+    assert (done["succeeded"], done["failed"]) == (14, 1)
     assert errors_of(done) == {bad: code}
     if misstep == "refused":
         assert "DivisionByZero" in done["errors"][0]["message"]
     statuses = {i: deal_of(api, owner, i)["status"] for i in ids}
-    assert statuses == {ids[0]: "lost", bad: "new", ids[2]: "lost"}
+    assert statuses == {**dict.fromkeys(good, "lost"), bad: "new"}
     assert deal_of(api, owner, bad)["title"] == "Website redesign"
-    assert events(db, "deal.updated", ids) == {ids[0]: 1, ids[2]: 1}
+    assert events(db, "deal.updated", ids) == dict.fromkeys(good, 1)
+    # the audit log: each change once (the batch redone one by one), nothing of the refused
+    with db.transaction() as s:
+        audited = Counter(
+            s.execute(
+                select(AuditEntry.action, AuditEntry.entity_id).where(
+                    AuditEntry.entity_type == "deal", AuditEntry.entity_id.in_(ids)
+                )
+            ).all()
+        )
+    expected = {("deal.created", i): 1 for i in ids} | {("deal.updated", i): 1 for i in good}
+    assert audited == Counter(expected)
 
 
 def test_a_job_whose_user_left_fails(held: ApiClient, db: Database, held_app: Flask) -> None:

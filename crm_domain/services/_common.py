@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, event, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from .. import custom_definitions
 from ..custom_definitions import ENTITY_BY_TABLE
@@ -16,6 +16,10 @@ M = TypeVar("M")
 
 # Called with the freshly locked row before a change is applied (e.g. an If-Match check).
 Precondition = Callable[[Any], None]
+
+# {(model, id): row} locked by `lock_in_org` in the session's transaction (forgotten at its
+# end; held here: the session's identity map holds rows only while something else does).
+_LOCKED_KEY = "crm_locked_rows"
 
 
 def get_in_org(
@@ -28,25 +32,79 @@ def get_in_org(
     for_update: bool = False,
 ) -> M:
     """Load a tenant-owned row by id; another organization's id is simply not found. A record
-    with custom fields brings the organization's definitions along in the same statement."""
+    with custom fields brings the organization's definitions along in the same statement. A
+    row `lock_in_org` locked in this transaction is taken from the session (no statement)."""
+    if for_update:
+        held = _held(session, model, organization_id, entity_id)
+        if held is not None:
+            return held
     stmt = select(model).where(
         model.id == entity_id,  # type: ignore[attr-defined]
         model.organization_id == organization_id,  # type: ignore[attr-defined]
     )
-    definitions = None
-    if model.__tablename__ in ENTITY_BY_TABLE:  # type: ignore[attr-defined]
-        definitions = custom_definitions.along(session, organization_id)
-        if definitions is not None:
-            stmt = stmt.add_columns(definitions)
+    stmt, along = _with_definitions(session, model, organization_id, stmt)
     if for_update:
         stmt = stmt.with_for_update(of=model)
     row: Any = session.execute(stmt).first()
     if row is None:
         raise not_found(name)
-    if definitions is not None:
+    if along:
         custom_definitions.remember(session, organization_id, row[1])
     obj: M = row[0]
     return obj
+
+
+def lock_in_org(
+    session: Session, model: type[Any], organization_id: int, ids: Sequence[int]
+) -> None:
+    """Lock and load the organization's live rows among `ids` in one statement (in id
+    order; the definitions along), for `get_in_org(..., for_update=True)` to find them
+    without a statement each (a bulk action's batch). Call it outside any savepoint: a
+    savepoint rolled back releases the locks taken inside it."""
+    if not ids:
+        return
+    stmt: Select[Any] = select(model).where(
+        model.id.in_(list(ids)), model.organization_id == organization_id
+    )
+    stmt, along = _with_definitions(session, model, organization_id, stmt)
+    stmt = (
+        stmt.order_by(model.id).with_for_update(of=model).execution_options(populate_existing=True)
+    )
+    rows = session.execute(stmt).all()
+    if along and rows:
+        custom_definitions.remember(session, organization_id, rows[0][1])
+    locked = session.info.setdefault(_LOCKED_KEY, {})
+    locked.update(((model, row[0].id), row[0]) for row in rows)
+
+
+def _with_definitions(
+    session: Session, model: type[Any], organization_id: int, stmt: Select[Any]
+) -> tuple[Select[Any], bool]:
+    """`stmt` with the organization's definitions as a second column, if the model has
+    custom fields and the session has not read them yet."""
+    if model.__tablename__ not in ENTITY_BY_TABLE:
+        return stmt, False
+    definitions = custom_definitions.along(session, organization_id)
+    if definitions is None:
+        return stmt, False
+    return stmt.add_columns(definitions), True
+
+
+def _held(session: Session, model: type[M], organization_id: int, entity_id: int) -> M | None:
+    """The row `lock_in_org` locked, if it is still in the session, the organization's and
+    live (anything else goes through the statement, which answers as it always does)."""
+    obj: Any = session.info.get(_LOCKED_KEY, {}).get((model, entity_id))
+    if obj is None or obj not in session or obj.organization_id != organization_id:
+        return None
+    if getattr(obj, "deleted_at", None) is not None:
+        return None
+    return obj  # type: ignore[no-any-return]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_locks(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the locks went with the transaction
+        session.info.pop(_LOCKED_KEY, None)
 
 
 def ensure_in_org(

@@ -19,17 +19,17 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from ... import context
+from ... import commit_inserts, context
 from ...context import Actor
 from ...db import Database
 from ...enums import BulkActionStatus
 from ...errors import DomainError
 from ...models import BulkAction
-from ..delivery import outbox
+from .._common import lock_in_org
 from ..records import organizations
 from . import bulk_actions, leases
 from .bulk_actions import BatchOutcome
-from .bulk_registry import ENTITIES, RecordAction, actions
+from .bulk_registry import ENTITIES, IDS_ONLY, RecordAction, actions
 from .leases import JobError, RunOptions
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class _Claimed:
     actor: Actor
     apply: RecordAction
     changes: dict[str, Any]
+    model: type[Any] | None  # whose live rows a batch locks up front (None: a restore's)
 
 
 def run(db: Database, job_id: int, options: RunOptions) -> BulkActionStatus | None:
@@ -92,7 +93,8 @@ def _prepare(session: Session, job: Any, lease: uuid.UUID) -> _Claimed:
         raise JobError(f"The action {job.action!r} is not available for {job.entity}s")
     changes = ENTITIES[job.entity].changes().load(job.changes) if job.changes else {}
     actor = Actor(user_id, job.organization_id, role, api_key_id=job.api_key_id)
-    return _Claimed(job.id, lease, actor, apply, changes)
+    model = None if job.action in IDS_ONLY else ENTITIES[job.entity].model
+    return _Claimed(job.id, lease, actor, apply, changes, model)
 
 
 @contextmanager
@@ -116,6 +118,8 @@ def _run_batches(db: Database, job: _Claimed, options: RunOptions) -> BulkAction
             if not record_ids:
                 bulk_actions.finish(session, locked, BulkActionStatus.DONE)
                 return BulkActionStatus.DONE
+            if job.model is not None:  # one statement, before the batch's savepoint
+                lock_in_org(session, job.model, job.actor.organization_id, record_ids)
             outcome = _apply(session, job, record_ids)
             bulk_actions.record_batch(session, locked, record_ids, outcome)
         if outcome.succeeded and options.announce is not None:
@@ -129,9 +133,9 @@ class _Unsettled(Exception):
 def _apply(session: Session, job: _Claimed, record_ids: list[int]) -> BatchOutcome:
     """The batch's records together, in one savepoint: a per-record function checks its
     rules before it writes, so a record it refuses leaves nothing behind, which is checked
-    (nothing pending in the session, no event recorded). Should a record fail otherwise (the
-    database refuses it, or a refusal left something), the savepoint is rolled back and the
-    batch done again with a savepoint per record. An outage is raised."""
+    (nothing pending in the session, no event or audit entry queued). Should a record fail
+    otherwise (the database refuses it, or a refusal left something), the savepoint is
+    rolled back and the batch done again with a savepoint per record. An outage is raised."""
     try:
         with session.begin_nested():
             return _apply_together(session, job, record_ids)
@@ -145,14 +149,14 @@ def _apply(session: Session, job: _Claimed, record_ids: list[int]) -> BatchOutco
 def _apply_together(session: Session, job: _Claimed, record_ids: list[int]) -> BatchOutcome:
     outcome = BatchOutcome()
     for record_id in record_ids:
-        events_before = outbox.queued(session)
+        queued_before = commit_inserts.pending(session)  # events and audit entries
         try:
             job.apply(session, job.actor, record_id, job.changes)
             session.flush()
         except DomainError as exc:
             if session.new or session.dirty or session.deleted:
                 raise _Unsettled(record_id) from exc
-            if outbox.queued(session) != events_before:
+            if commit_inserts.pending(session) != queued_before:
                 raise _Unsettled(record_id) from exc
             outcome.errors.append((record_id, exc.code, exc.message))
             continue
