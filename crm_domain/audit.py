@@ -34,7 +34,6 @@ _SECRET = re.compile(r"password|secret|token|(^|_)key$|_hash$|digest", re.IGNORE
 
 Changes = Mapping[str, Sequence[Any]]
 
-
 # Inside `derived()`: the events recorded are consequences of a change audited already.
 _derived: ContextVar[bool] = ContextVar("crm_audit_derived", default=False)
 

@@ -54,10 +54,10 @@ def committed(session: Session) -> dict[str, int]:
     return found
 
 
-def statement(rows: list[tuple[type[Any], dict[str, Any]]]) -> Any:
+def statement(by_model: dict[type[Any], list[dict[str, Any]]]) -> Any:
     """One INSERT for every queued row: per table a multi-row VALUES, in the order the
     tables were first queued (all rows of one table have the same keys)."""
-    (first, first_rows), *others = _by_model(rows).items()
+    (first, first_rows), *others = by_model.items()
     stmt = insert(first).values(first_rows)
     for n, (model, model_rows) in enumerate(others):
         stmt = stmt.add_cte(insert(model).values(model_rows).cte(f"commit_rows_{n}"))
@@ -84,16 +84,14 @@ def _insert_before_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint's release: its rows now belong to the enclosing transaction
     rows: list[tuple[type[Any], dict[str, Any]]] = session.info.pop(_QUEUE, [])
-    counts: dict[str, int] = {}
-    for model, _ in rows:
-        counts[model.__tablename__] = counts.get(model.__tablename__, 0) + 1
-    session.info[_COMMITTED] = counts
+    by_model = _by_model(rows)
+    session.info[_COMMITTED] = {m.__tablename__: len(r) for m, r in by_model.items()}
     # The session's connection, not session.execute: no autoflush, nothing else moves.
     if len(rows) > MANY_ROWS:
-        for model, model_rows in _by_model(rows).items():
+        for model, model_rows in by_model.items():
             session.connection().execute(insert(model), model_rows)
     elif rows:
-        session.connection().execute(statement(rows))
+        session.connection().execute(statement(by_model))
 
 
 @event.listens_for(Session, "after_soft_rollback")

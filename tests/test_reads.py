@@ -11,6 +11,7 @@ from crm_domain.models import Contact
 
 from .api import ApiClient
 from .sql import executed
+from .test_custom_fields import define
 
 
 def test_a_read_session_runs_in_autocommit(db: Database) -> None:
@@ -52,13 +53,7 @@ def test_a_record_brings_its_custom_field_definitions_along(db: Database, api: A
     """One record read by id costs one statement, its organization's definitions included;
     a write's audit entry and events are one INSERT, at its commit."""
     user = api.register()
-    made = api.post(
-        "/custom-fields",
-        user=user,
-        org=user.org_id,
-        json={"entity": "deal", "key": "tier", "label": "Tier", "type": "text"},
-    )
-    assert made.status_code == 201, made.get_json()
+    define(api, user, key="tier", type="text")
     deal = api.deal(user, custom_fields={"tier": "gold"})
 
     with executed(db.engine) as reading:

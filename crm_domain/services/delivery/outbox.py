@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
 BATCH_SIZE = 200
 # An event whose delivery failed this often is left for an operator (see `stuck_count`)
 # instead of being retried with every batch.
