@@ -19,9 +19,11 @@ before the outermost commit; close them first when committing a SessionTransacti
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import event, insert
+from sqlalchemy import TextClause, bindparam, event, insert, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, SessionTransaction
 
 _QUEUE = "crm_commit_rows"  # [(model, row), ...] in the order they were queued
@@ -54,14 +56,46 @@ def committed(session: Session) -> dict[str, int]:
     return found
 
 
-def statement(by_model: dict[type[Any], list[dict[str, Any]]]) -> Any:
+def statement(by_model: dict[type[Any], list[dict[str, Any]]]) -> tuple[TextClause, dict[str, Any]]:
     """One INSERT for every queued row: per table a multi-row VALUES, in the order the
-    tables were first queued (all rows of one table have the same keys)."""
-    (first, first_rows), *others = by_model.items()
-    stmt = insert(first).values(first_rows)
-    for n, (model, model_rows) in enumerate(others):
-        stmt = stmt.add_cte(insert(model).values(model_rows).cte(f"commit_rows_{n}"))
-    return stmt
+    tables were first queued (all rows of one table have the same keys), and its
+    parameters. The statement is made once per shape (tables, keys, rows per table) and
+    kept, so SQLAlchemy compiles it once: a multi-row `insert().values([...])` is never
+    cached by SQLAlchemy and was compiled again at every commit."""
+    shape = tuple((model, tuple(rows[0]), len(rows)) for model, rows in by_model.items())
+    params = {
+        f"t{t}_{i}_{k}": row[key]
+        for t, rows in enumerate(by_model.values())
+        for i, row in enumerate(rows)
+        for k, key in enumerate(shape[t][1])
+    }
+    return _template(shape), params
+
+
+_QUOTE = postgresql.dialect().identifier_preparer.quote
+
+
+@lru_cache(maxsize=256)
+def _template(shape: tuple[tuple[type[Any], tuple[str, ...], int], ...]) -> TextClause:
+    """`INSERT INTO first ... VALUES ...`, the other tables' INSERTs as CTEs of it, with a
+    typed parameter `t{table}_{row}_{key}` per value."""
+    inserts: list[str] = []
+    binds = []
+    for t, (model, keys, count) in enumerate(shape):
+        table = model.__table__
+        rows = ", ".join(
+            "(" + ", ".join(f":t{t}_{i}_{k}" for k in range(len(keys))) + ")" for i in range(count)
+        )
+        columns = ", ".join(_QUOTE(key) for key in keys)
+        inserts.append(f"INSERT INTO {_QUOTE(table.name)} ({columns}) VALUES {rows}")
+        binds += [
+            bindparam(f"t{t}_{i}_{k}", type_=table.c[key].type)
+            for i in range(count)
+            for k, key in enumerate(keys)
+        ]
+    first, *others = inserts
+    ctes = ", ".join(f"commit_rows_{n} AS ({sql})" for n, sql in enumerate(others))
+    return text(f"WITH {ctes} {first}" if ctes else first).bindparams(*binds)
 
 
 def _by_model(
@@ -91,7 +125,7 @@ def _insert_before_commit(session: Session) -> None:
         for model, model_rows in by_model.items():
             session.connection().execute(insert(model), model_rows)
     elif rows:
-        session.connection().execute(statement(by_model))
+        session.connection().execute(*statement(by_model))
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, event
 class Executed:
     sql: str
     autocommit: bool  # the DBAPI connection's mode when the statement ran
+    cached: bool  # SQLAlchemy took its compiled form from its cache (no compile)
 
 
 @contextmanager
@@ -21,9 +22,11 @@ def executed(engine: Engine, containing: str = "") -> Iterator[list[Executed]]:
     """The statements `engine` runs inside the block (those whose text has `containing`)."""
     seen: list[Executed] = []
 
-    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    def record(conn: Any, _cur: Any, statement: str, _params: Any, context: Any, *_: Any) -> None:
         if containing in statement:
-            seen.append(Executed(statement, conn.connection.dbapi_connection.autocommit))
+            autocommit = conn.connection.dbapi_connection.autocommit
+            cached = context is not None and context.cache_hit is context.dialect.CACHE_HIT
+            seen.append(Executed(statement, autocommit, cached))
 
     event.listen(engine, "before_cursor_execute", record)
     try:

@@ -70,3 +70,21 @@ def test_a_record_brings_its_custom_field_definitions_along(db: Database, api: A
     inserts = [e.sql for e in writing if "INSERT INTO audit_entries" in e.sql]
     assert len(inserts) == 1 and "INSERT INTO outbox_events" in inserts[0], inserts
     assert not [e for e in writing if e.sql.startswith("INSERT INTO outbox_events")]
+
+
+def test_a_write_compiles_its_statements_once(db: Database, api: ApiClient) -> None:
+    """The second of two alike writes compiles nothing: its commit-time INSERT (events and
+    audit entries), its locked read and its UPDATE all come from SQLAlchemy's cache."""
+    user = api.register()
+    deal = api.deal(user)
+    for amount in ("10", "20"):
+        with executed(db.engine) as writing:
+            r = api.patch(
+                f"/deals/{deal['id']}", user=user, org=user.org_id, json={"amount": amount}
+            )
+        assert r.status_code == 200, r.get_json()
+    statements = [e for e in writing if not e.sql.startswith(("BEGIN", "COMMIT"))]
+    assert any("INSERT INTO" in e.sql for e in statements), statements
+    assert statements and all(e.cached for e in statements), [
+        e.sql[:60] for e in statements if not e.cached
+    ]
