@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, object_session
 
@@ -87,18 +88,28 @@ def live(session: Session, organization_id: int, entity: str) -> Definitions:
     return found
 
 
+def known(session: Session, organization_id: int) -> bool:
+    """The session has read the organization's definitions of every entity already."""
+    cache: dict[tuple[int, str], Definitions] = session.info.get(_CACHE, {})
+    return all((organization_id, entity) in cache for entity in ENTITIES)
+
+
 def along(session: Session, organization_id: int) -> Any:
     """A column for a statement that loads a record: the organization's live definitions of
     every entity as JSON (null when it has none), for `remember`; None when the session read
-    them already."""
-    cache: dict[tuple[int, str], Definitions] = session.info.get(_CACHE, {})
-    if all((organization_id, entity) in cache for entity in ENTITIES):
-        return None
+    them already. The statement is executed with the parameter `organization_id`."""
+    return None if known(session, organization_id) else along_column()
+
+
+@lru_cache(maxsize=1)
+def along_column() -> Any:
+    """The `along` column, made once (its organization the parameter `organization_id`), so
+    that statements made once with it are compiled once."""
     d = CustomFieldDefinition
     element = func.json_build_array(d.entity, d.id, d.key, d.type, d.required, d.options)
     return (
         select(func.json_agg(aggregate_order_by(element, d.id)))
-        .where(d.organization_id == organization_id, d.deleted_at.is_(None))
+        .where(d.organization_id == bindparam("organization_id"), d.deleted_at.is_(None))
         .scalar_subquery()
     )
 

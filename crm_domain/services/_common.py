@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, event, select
+from sqlalchemy import Select, bindparam, event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from .. import custom_definitions
@@ -38,20 +39,31 @@ def get_in_org(
         held = _held(session, model, organization_id, entity_id)
         if held is not None:
             return held
-    stmt = select(model).where(
-        model.id == entity_id,  # type: ignore[attr-defined]
-        model.organization_id == organization_id,  # type: ignore[attr-defined]
+    mapped: Any = model
+    along = mapped.__tablename__ in ENTITY_BY_TABLE and not custom_definitions.known(
+        session, organization_id
     )
-    stmt, along = _with_definitions(session, model, organization_id, stmt)
-    if for_update:
-        stmt = stmt.with_for_update(of=model)
-    row: Any = session.execute(stmt).first()
+    params = {"entity_id": entity_id, "organization_id": organization_id}
+    row: Any = session.execute(_by_id(mapped, along, for_update), params).first()
     if row is None:
         raise not_found(name)
     if along:
         custom_definitions.remember(session, organization_id, row[1])
     obj: M = row[0]
     return obj
+
+
+@cache
+def _by_id(model: type[Any], along: bool, for_update: bool) -> Select[Any]:
+    """`get_in_org`'s statement, made once per variant (and so compiled once): the row by
+    the parameters `entity_id` and `organization_id`, the definitions along if asked."""
+    stmt: Select[Any] = select(model).where(
+        model.id == bindparam("entity_id"),
+        model.organization_id == bindparam("organization_id"),
+    )
+    if along:
+        stmt = stmt.add_columns(custom_definitions.along_column())
+    return stmt.with_for_update(of=model) if for_update else stmt
 
 
 def lock_in_org(
@@ -70,7 +82,7 @@ def lock_in_org(
     stmt = (
         stmt.order_by(model.id).with_for_update(of=model).execution_options(populate_existing=True)
     )
-    rows = session.execute(stmt).all()
+    rows = session.execute(stmt, {"organization_id": organization_id}).all()
     if along and rows:
         custom_definitions.remember(session, organization_id, rows[0][1])
     locked = session.info.setdefault(_LOCKED_KEY, {})
