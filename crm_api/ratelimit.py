@@ -31,6 +31,7 @@ from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 
 from . import key_auth
 from .errors import error_response
+from .ratelimit_storage import BATCHED
 
 LOGIN = "auth.Login"
 AUTH_ENTRY_POINTS = frozenset({"auth.Login", "auth.Register", "auth.Refresh"})
@@ -110,17 +111,20 @@ def _per_route(scope: str) -> Callable[[str], str]:
     return lambda endpoint: f"{scope}:{endpoint}"
 
 
-def _storage_uri(redis_url: str) -> str:
+API_SCOPE = "api"
+
+
+def _storage_uri(redis_url: str, *, batched: bool) -> str:
     if redis_url.startswith("unix://"):
-        return "redis+unix://" + redis_url[len("unix://") :]
-    return redis_url
+        redis_url = "redis+unix://" + redis_url[len("unix://") :]
+    return BATCHED + redis_url if batched else redis_url
 
 
 def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
     """Attach the limits to the app, configured by its RATELIMIT_* keys."""
     config = app.config
     limits = [
-        ApplicationLimit(config["RATELIMIT_API"], key_function=_api_bucket, scope="api"),
+        ApplicationLimit(config["RATELIMIT_API"], key_function=_api_bucket, scope=API_SCOPE),
         ApplicationLimit(
             config["RATELIMIT_LOGIN"],
             key_function=_account_key,
@@ -140,10 +144,13 @@ def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
         "socket_connect_timeout": 0.25,
         "socket_timeout": 0.25,
     }
+    sync_ms = int(config["RATELIMIT_SYNC_MS"])
+    if sync_ms > 0:  # the API limit counted in process (crm_api.ratelimit_storage)
+        storage_options.update(sync_ms=sync_ms, batched_scopes=API_SCOPE)
     limiter = Limiter(
         client_address,
         application_limits=list(limits),
-        storage_uri=_storage_uri(redis_url),
+        storage_uri=_storage_uri(redis_url, batched=sync_ms > 0),
         storage_options=storage_options,
         strategy="sliding-window-counter",
         key_prefix=f"{key_prefix}:ratelimit",
