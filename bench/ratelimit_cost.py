@@ -39,9 +39,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _commands(redis_client: Any) -> int:
+def _commands(redis_client: Any) -> tuple[int, int]:
+    """(commands, of which scripts called: round trips) the server ran so far (but INFO)."""
     stats = redis_client.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    calls.pop("info", None)
+    return sum(calls.values()), calls.get("evalsha", 0) + calls.get("eval", 0)
 
 
 def _round(client: Any, path: str, headers: dict[str, str], n: int) -> float:
@@ -100,7 +103,7 @@ def main() -> int:
             for v in names:  # warm up every path
                 _round(clients[v], path, headers, 200)
             cpu: dict[str, list[float]] = {v: [] for v in names}
-            calls: dict[str, list[float]] = {v: [] for v in names}
+            calls: dict[str, list[tuple[float, float]]] = {v: [] for v in names}
             profiler = None
             if args.profile:
                 import cProfile
@@ -114,7 +117,13 @@ def main() -> int:
                     cpu[v].append(_round(clients[v], path, headers, args.requests))
                     if profiler is not None and v == args.profile:
                         profiler.disable()
-                    calls[v].append((_commands(redis_client) - before) / args.requests)
+                    after = _commands(redis_client)
+                    calls[v].append(
+                        (
+                            (after[0] - before[0]) / args.requests,
+                            (after[1] - before[1]) / args.requests,
+                        )
+                    )
             load_after = os.getloadavg()
 
             print(
@@ -126,7 +135,8 @@ def main() -> int:
                 rounds = [round(x * 1000, 3) for x in cpu[v]]
                 print(
                     f"  {v:8} median {medians[v]:.3f}  rounds {rounds}"
-                    f"  Redis calls/request {statistics.median(calls[v]):.3f}"
+                    f"  Redis commands/request {statistics.median(c[0] for c in calls[v]):.3f}"
+                    f" (scripts: {statistics.median(c[1] for c in calls[v]):.3f})"
                 )
             if "off" in medians:
                 for v in names:
