@@ -32,6 +32,7 @@ from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from . import key_auth
 from .errors import error_response
 from .ratelimit_storage import BATCHED
+from .resources.auth import blp as auth_blueprint
 
 LOGIN = "auth.Login"
 AUTH_ENTRY_POINTS = frozenset({"auth.Login", "auth.Register", "auth.Refresh"})
@@ -123,22 +124,6 @@ def _storage_uri(redis_url: str, *, batched: bool) -> str:
 def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
     """Attach the limits to the app, configured by its RATELIMIT_* keys."""
     config = app.config
-    limits = [
-        ApplicationLimit(config["RATELIMIT_API"], key_function=_api_bucket, scope=API_SCOPE),
-        ApplicationLimit(
-            config["RATELIMIT_LOGIN"],
-            key_function=_account_key,
-            scope="login-account",
-            exempt_when=_not_login,
-            deduct_when=_failed_login,
-        ),
-        ApplicationLimit(
-            config["RATELIMIT_AUTH_ADDRESS"],
-            key_function=client_address,
-            scope=_per_route("auth-address"),
-            exempt_when=_not_auth_entry_point,
-        ),
-    ]
     storage_options: dict[str, Any] = {
         # A dead Redis must not hold requests up: short timeouts, then the limits are skipped.
         "socket_connect_timeout": 0.25,
@@ -149,7 +134,9 @@ def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
         storage_options.update(sync_ms=sync_ms, batched_scopes=API_SCOPE)
     limiter = Limiter(
         client_address,
-        application_limits=list(limits),
+        application_limits=[
+            ApplicationLimit(config["RATELIMIT_API"], key_function=_api_bucket, scope=API_SCOPE)
+        ],
         storage_uri=_storage_uri(redis_url, batched=sync_ms > 0),
         storage_options=storage_options,
         strategy="sliding-window-counter",
@@ -158,6 +145,22 @@ def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
         # X-RateLimit-* on every answer would cost a Redis read per request; a 429 says when.
         headers_enabled=False,
     )
+
+    # The login and auth limits on the auth routes only: every other request would parse and
+    # weigh them (Flask-Limiter's bookkeeping per limit and request) to find itself exempt.
+    limiter.shared_limit(
+        config["RATELIMIT_LOGIN"],
+        "login-account",
+        key_func=_account_key,
+        exempt_when=_not_login,
+        deduct_when=_failed_login,
+    )(auth_blueprint)
+    limiter.shared_limit(
+        config["RATELIMIT_AUTH_ADDRESS"],
+        _per_route("auth-address"),
+        key_func=client_address,
+        exempt_when=_not_auth_entry_point,
+    )(auth_blueprint)
 
     @limiter.request_filter
     def _unlimited() -> bool:
