@@ -39,12 +39,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _commands(redis_client: Any) -> tuple[int, int]:
-    """(commands, of which scripts called: round trips) the server ran so far (but INFO)."""
+def _commands(redis_client: Any) -> tuple[int, int, float]:
+    """(commands, of which scripts called: round trips, CPU seconds) of the Redis server so
+    far (but INFO)."""
     stats = redis_client.info("commandstats")
     calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
     calls.pop("info", None)
-    return sum(calls.values()), calls.get("evalsha", 0) + calls.get("eval", 0)
+    cpu = redis_client.info("cpu")
+    return (
+        sum(calls.values()),
+        calls.get("evalsha", 0) + calls.get("eval", 0),
+        float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+    )
 
 
 def _round(client: Any, path: str, headers: dict[str, str], n: int) -> float:
@@ -103,7 +109,7 @@ def main() -> int:
             for v in names:  # warm up every path
                 _round(clients[v], path, headers, 200)
             cpu: dict[str, list[float]] = {v: [] for v in names}
-            calls: dict[str, list[tuple[float, float]]] = {v: [] for v in names}
+            calls: dict[str, list[tuple[float, ...]]] = {v: [] for v in names}
             profiler = None
             if args.profile:
                 import cProfile
@@ -119,10 +125,7 @@ def main() -> int:
                         profiler.disable()
                     after = _commands(redis_client)
                     calls[v].append(
-                        (
-                            (after[0] - before[0]) / args.requests,
-                            (after[1] - before[1]) / args.requests,
-                        )
+                        tuple((a - b) / args.requests for a, b in zip(after, before, strict=True))
                     )
             load_after = os.getloadavg()
 
@@ -131,17 +134,23 @@ def main() -> int:
                 f" {args.requests}), Redis commands per request:"
             )
             medians = {v: statistics.median(cpu[v]) * 1000 for v in names}
+            lows = {v: min(cpu[v]) * 1000 for v in names}
             for v in names:
                 rounds = [round(x * 1000, 3) for x in cpu[v]]
                 print(
-                    f"  {v:8} median {medians[v]:.3f}  rounds {rounds}"
-                    f"  Redis commands/request {statistics.median(c[0] for c in calls[v]):.3f}"
-                    f" (scripts: {statistics.median(c[1] for c in calls[v]):.3f})"
+                    f"  {v:8} median {medians[v]:.3f}  min {lows[v]:.3f}  rounds {rounds}\n"
+                    f"           Redis per request: commands"
+                    f" {statistics.median(c[0] for c in calls[v]):.3f}, scripts (round trips)"
+                    f" {statistics.median(c[1] for c in calls[v]):.3f}, server CPU"
+                    f" {statistics.median(c[2] for c in calls[v]) * 1e6:.1f} us"
                 )
             if "off" in medians:
                 for v in names:
                     if v != "off":
-                        print(f"  {v} - off: {medians[v] - medians['off']:.3f} ms per request")
+                        print(
+                            f"  {v} - off: median {medians[v] - medians['off']:.3f},"
+                            f" min {lows[v] - lows['off']:.3f} ms per request"
+                        )
             print(f"load average before {load_before}, after {load_after}")
             if profiler is not None:
                 import pstats
