@@ -4,12 +4,18 @@ Every limit is checked before the view runs (Flask-Limiter's before_request hook
 in Redis, so it holds across processes and hosts:
 
 - API: every route, per API key (`Bearer crm_...`), per user of a valid access token, per
-  client address without either.
+  client address without either. Counted in process and synced with Redis every
+  RATELIMIT_SYNC_MS (crm_api.ratelimit_storage): exact within a process, and across processes
+  late by at most one sync interval (or 1 % of the limit per process); 0 counts every request
+  in Redis, as the other limits always do.
 - Login, per account: failed logins (401) per email and client address.
 - Login, per email from any address (a distributed guess): progressive delays instead of a
   limit of this kind, so that nobody can lock the owner out (crm_api.login_backoff).
 - Auth, per address: every login, register and refresh attempt, per route and client address
   (bcrypt costs the server ~250 ms a try).
+
+The API limit is the application's; the login and auth limits are the auth blueprint's, so
+that other requests do not pay Flask-Limiter's bookkeeping for limits they are exempt from.
 
 Emails are keyed by an HMAC under SECRET_KEY of the casefolded address: no addresses in Redis.
 When Redis is unreachable the limits are skipped (logged), never the request (fail open).
