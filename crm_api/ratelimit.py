@@ -5,9 +5,9 @@ in Redis, so it holds across processes and hosts:
 
 - API: every route, per API key (`Bearer crm_...`), per user of a valid access token, per
   client address without either. Counted in process and synced with Redis every
-  RATELIMIT_SYNC_MS (crm_api.ratelimit_storage): exact within a process, and across processes
-  late by at most one sync interval (or 1 % of the limit per process); 0 counts every request
-  in Redis, as the other limits always do.
+  RATELIMIT_SYNC_MS (crm_api.ratelimit_storage): exact within a process; across processes
+  late by at most one sync interval, plus under 1 % of the limit per process; 0 counts every
+  request in Redis, as the other limits always do.
 - Login, per account: failed logins (401) per email and client address.
 - Login, per email from any address (a distributed guess): progressive delays instead of a
   limit of this kind, so that nobody can lock the owner out (crm_api.login_backoff).

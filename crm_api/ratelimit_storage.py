@@ -12,9 +12,9 @@ this process holds hits of, from the request path:
 - as soon as this process holds 1 % of a limit's amount unpushed (at least one hit).
 
 So within one process the count is what the Redis script would count; across processes a
-process does not see the others' hits of the last sync interval (at most `sync_ms`, or 1 % of
-the limit per process when they come in a burst): together they can admit that much more
-than the limit. Every other scope (the login and auth limits: rare, and small limits that
+process misses at most the others' hits of the last sync interval (`sync_ms`), plus under 1 %
+of the limit per other process (what it has not pushed yet): together they can admit that
+much more than the limit. Every other scope (the login and auth limits: rare, and small limits that
 must hold exactly) is decided in Redis on every hit, as by RedisStorage.
 
 Thread-safe (one lock, never held across a Redis call: the thread that syncs does so alone,
