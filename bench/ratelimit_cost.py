@@ -5,9 +5,10 @@ In-process (Flask's test client, the real database and Redis; no HTTP server), o
 - `off`: RATELIMIT_ENABLED=false (what the application costs without any limit);
 - `exact`: RATELIMIT_SYNC_MS=0, every request's API limit counted in Redis (one Lua script);
 - `batched`: the default, counted in process and synced to Redis every RATELIMIT_SYNC_MS.
-CPU seconds of this process per request (`time.process_time`), medians of the rounds, and
-Redis commands per request (the server's `INFO commandstats`, whole server: give the bench a
-Redis of its own, e.g. `redis-server --port 6390 --save ''`, for exact counts). The API
+CPU seconds of this process per request (`time.process_time`), medians and minimums of the
+rounds, Flask-Limiter's before-request check alone (`timeit`, best of 5), and Redis
+commands and server CPU per request (`INFO commandstats`, `INFO cpu`: the whole server's, so
+give the bench a Redis of its own, e.g. `redis-server --port 6390 --save ''`). The API
 limit is raised so that no request is refused.
 
   BENCH_DATABASE_URL=postgresql://root@127.0.0.1:5432/postgres \\
@@ -22,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+import timeit
 import uuid
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,19 @@ def _commands(redis_client: Any) -> tuple[int, int, float]:
         calls.get("evalsha", 0) + calls.get("eval", 0),
         float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
     )
+
+
+def _check_us(app: Any, path: str, headers: dict[str, str]) -> float:
+    """CPU microseconds of Flask-Limiter's before-request check alone (best of 5 runs)."""
+    limiter = next(iter(app.extensions["limiter"]))
+    with app.test_request_context(path, headers=headers):
+
+        def check() -> None:
+            limiter.context.reset()
+            limiter._check_request_limit()
+
+        runs = timeit.repeat(check, number=2000, repeat=5, timer=time.process_time)
+    return min(runs) / 2000 * 1e6
 
 
 def _round(client: Any, path: str, headers: dict[str, str], n: int) -> float:
@@ -151,6 +166,10 @@ def main() -> int:
                             f"  {v} - off: median {medians[v] - medians['off']:.3f},"
                             f" min {lows[v] - lows['off']:.3f} ms per request"
                         )
+            for v in names:
+                if v != "off":
+                    check = _check_us(apps[v], path, headers)
+                    print(f"  {v}: the before-request check alone {check:.1f} us")
             print(f"load average before {load_before}, after {load_after}")
             if profiler is not None:
                 import pstats
