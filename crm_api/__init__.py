@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         RATELIMIT_LOGIN_MAX_DELAY=settings.ratelimit_login_max_delay,
         RATELIMIT_LOGIN_KNOWN_DAYS=settings.ratelimit_login_known_days,
         RATELIMIT_AUTH_ADDRESS=settings.ratelimit_auth_address,
+        RATELIMIT_SYNC_MS=settings.ratelimit_sync_ms,
         OUTBOX_DISPATCH="celery",
         API_TITLE="CRM API",
         API_VERSION="v1",

@@ -4,12 +4,18 @@ Every limit is checked before the view runs (Flask-Limiter's before_request hook
 in Redis, so it holds across processes and hosts:
 
 - API: every route, per API key (`Bearer crm_...`), per user of a valid access token, per
-  client address without either.
+  client address without either. Counted in process and synced with Redis every
+  RATELIMIT_SYNC_MS (crm_api.ratelimit_storage): exact within a process; across processes
+  late by at most one sync interval, plus under 1 % of the limit per process; 0 counts every
+  request in Redis, as the other limits always do.
 - Login, per account: failed logins (401) per email and client address.
 - Login, per email from any address (a distributed guess): progressive delays instead of a
   limit of this kind, so that nobody can lock the owner out (crm_api.login_backoff).
 - Auth, per address: every login, register and refresh attempt, per route and client address
   (bcrypt costs the server ~250 ms a try).
+
+The API limit is the application's; the login and auth limits are the auth blueprint's, so
+that other requests do not pay Flask-Limiter's bookkeeping for limits they are exempt from.
 
 Emails are keyed by an HMAC under SECRET_KEY of the casefolded address: no addresses in Redis.
 When Redis is unreachable the limits are skipped (logged), never the request (fail open).
@@ -31,6 +37,8 @@ from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 
 from . import key_auth
 from .errors import error_response
+from .ratelimit_storage import BATCHED
+from .resources.auth import blp as auth_blueprint
 
 LOGIN = "auth.Login"
 AUTH_ENTRY_POINTS = frozenset({"auth.Login", "auth.Register", "auth.Refresh"})
@@ -110,40 +118,32 @@ def _per_route(scope: str) -> Callable[[str], str]:
     return lambda endpoint: f"{scope}:{endpoint}"
 
 
-def _storage_uri(redis_url: str) -> str:
+API_SCOPE = "api"
+
+
+def _storage_uri(redis_url: str, *, batched: bool) -> str:
     if redis_url.startswith("unix://"):
-        return "redis+unix://" + redis_url[len("unix://") :]
-    return redis_url
+        redis_url = "redis+unix://" + redis_url[len("unix://") :]
+    return BATCHED + redis_url if batched else redis_url
 
 
 def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
     """Attach the limits to the app, configured by its RATELIMIT_* keys."""
     config = app.config
-    limits = [
-        ApplicationLimit(config["RATELIMIT_API"], key_function=_api_bucket, scope="api"),
-        ApplicationLimit(
-            config["RATELIMIT_LOGIN"],
-            key_function=_account_key,
-            scope="login-account",
-            exempt_when=_not_login,
-            deduct_when=_failed_login,
-        ),
-        ApplicationLimit(
-            config["RATELIMIT_AUTH_ADDRESS"],
-            key_function=client_address,
-            scope=_per_route("auth-address"),
-            exempt_when=_not_auth_entry_point,
-        ),
-    ]
     storage_options: dict[str, Any] = {
         # A dead Redis must not hold requests up: short timeouts, then the limits are skipped.
         "socket_connect_timeout": 0.25,
         "socket_timeout": 0.25,
     }
+    sync_ms = int(config["RATELIMIT_SYNC_MS"])
+    if sync_ms > 0:  # the API limit counted in process (crm_api.ratelimit_storage)
+        storage_options.update(sync_ms=sync_ms, batched_scopes=API_SCOPE)
     limiter = Limiter(
         client_address,
-        application_limits=list(limits),
-        storage_uri=_storage_uri(redis_url),
+        application_limits=[
+            ApplicationLimit(config["RATELIMIT_API"], key_function=_api_bucket, scope=API_SCOPE)
+        ],
+        storage_uri=_storage_uri(redis_url, batched=sync_ms > 0),
         storage_options=storage_options,
         strategy="sliding-window-counter",
         key_prefix=f"{key_prefix}:ratelimit",
@@ -151,6 +151,22 @@ def init_rate_limits(app: Flask, *, redis_url: str, key_prefix: str) -> Limiter:
         # X-RateLimit-* on every answer would cost a Redis read per request; a 429 says when.
         headers_enabled=False,
     )
+
+    # The login and auth limits on the auth routes only: every other request would parse and
+    # weigh them (Flask-Limiter's bookkeeping per limit and request) to find itself exempt.
+    limiter.shared_limit(
+        config["RATELIMIT_LOGIN"],
+        "login-account",
+        key_func=_account_key,
+        exempt_when=_not_login,
+        deduct_when=_failed_login,
+    )(auth_blueprint)
+    limiter.shared_limit(
+        config["RATELIMIT_AUTH_ADDRESS"],
+        _per_route("auth-address"),
+        key_func=client_address,
+        exempt_when=_not_auth_entry_point,
+    )(auth_blueprint)
 
     @limiter.request_filter
     def _unlimited() -> bool:

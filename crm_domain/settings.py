@@ -172,6 +172,8 @@ class Settings:
     ratelimit_login_max_delay: int = 300
     ratelimit_login_known_days: int = 30
     ratelimit_auth_address: str = "30/minute"
+    # The API limit is counted in process and synced to Redis this often (0: every hit in Redis).
+    ratelimit_sync_ms: int = 200
     trusted_proxies: int = 0
     installation_check_seconds: float = 5.0
     # Outbound webhooks (see crm_domain.services.delivery.webhooks and crm_worker.webhook_sender).
@@ -242,6 +244,7 @@ class Settings:
             ratelimit_login_max_delay=env.int("RATELIMIT_LOGIN_MAX_DELAY", 300),
             ratelimit_login_known_days=env.int("RATELIMIT_LOGIN_KNOWN_DAYS", 30),
             ratelimit_auth_address=env.str("RATELIMIT_AUTH_ADDRESS", "30/minute"),
+            ratelimit_sync_ms=env.int("RATELIMIT_SYNC_MS", 200),
             trusted_proxies=env.int("TRUSTED_PROXIES", 0),
             installation_check_seconds=env.float("INSTALLATION_CHECK_SECONDS", 5.0),
             webhooks_allow_private=env.bool("WEBHOOKS_ALLOW_PRIVATE", False),
