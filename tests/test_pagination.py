@@ -283,3 +283,6 @@ def test_a_page_of_a_mid_sized_list_carries_a_count_of_its_keys(
         assert [d["id"] for d in body["items"]] == [d["id"] for d in listed[3:6]]
         assert len(seen) == 1 and "OVER ()" not in seen[0].sql, seen
         assert seen[0].sql.count("deals.deleted_at IS NULL") == 2, seen[0].sql
+        with executed(db.engine, "FROM deals") as again:
+            api.get("/deals", user=user, org=user.org_id, query=query)
+        assert [e.sql for e in again] == [seen[0].sql] and again[0].cached  # compiled once
