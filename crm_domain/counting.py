@@ -6,8 +6,8 @@ in Redis for `ttl` seconds per organization and filter set, and the process reme
 this list is large, so its next pages look in Redis first: a client paging through 100,000
 deals pays for one full count every `ttl` seconds, not one per page; such a total can lag
 writes by up to `ttl` seconds. Without Redis every total is exact. A list counted small is
-remembered too: its next shallow pages take their total from the page's own statement
-(`count(*) OVER ()`, crm_domain.pagination), one scan instead of two; a total found grown past
+remembered too, with its last total: its next shallow pages take their total from the page's
+own statement (crm_domain.pagination), one round trip instead of two; a total found grown past
 `exact_below` there is counted here again.
 
 Keys are `<prefix>:<epoch>:count:<hash of the statement>`: the statement names the
@@ -45,11 +45,11 @@ class LargeCountCache:
         self.identity = identity
         self.exact_below = exact_below
         self.ttl = ttl
-        # Lists (statement shape + values) this process found large: only those pay for
-        # rendering the Redis key and the lookup; small lists are just counted. Those it
-        # found small get their total from their page's own statement (crm_domain.pagination).
-        self._large: set[Any] = set()
-        self._small: set[Any] = set()
+        # The last total this process saw per list (statement shape + values). Only the
+        # lists found large pay for rendering the Redis key and the lookup; small lists are
+        # just counted, and get their total from their page's own statement
+        # (crm_domain.pagination), which picks how by the last total.
+        self._seen: dict[Any, int] = {}
 
     def key(self, rows: Select[Any]) -> str:
         epoch = self.identity.epoch() if self.identity is not None else None
@@ -59,19 +59,30 @@ class LargeCountCache:
         return f"{self.prefix}:{epoch}:count:{hashlib.sha1(sql.encode()).hexdigest()}"
 
     def shape(self, rows: Select[Any]) -> Any:
-        """The identity of a list (statement shape and values) for known_small() and count()."""
+        """The identity of a list (statement shape and values) for small_total() and count()."""
         return _shape(rows)
 
-    def known_small(self, shape: Any) -> bool:
-        """Whether this process last counted this list at most `exact_below` rows."""
-        return shape is not None and shape in self._small
+    def small_total(self, shape: Any) -> int | None:
+        """The total this process last saw for this list if it was at most `exact_below`
+        rows; None if never seen, or large."""
+        total = None if shape is None else self._seen.get(shape)
+        return total if total is not None and total <= self.exact_below else None
+
+    def saw(self, shape: Any, total: int) -> None:
+        """Remember a list's exact total (forgetting every list at 10,000 of them)."""
+        if shape is None:
+            return
+        if len(self._seen) >= 10_000 and shape not in self._seen:
+            self._seen.clear()
+        self._seen[shape] = total
 
     def count(self, session: Session, rows: Select[Any], *, shape: Any = None) -> int:
         """`rows` selects the matching rows' keys (filtered, unordered); `shape` is
         shape(rows) when the caller has it."""
         if shape is None:
             shape = _shape(rows)
-        key = self._key_or_none(rows) if shape in self._large else None
+        known_large = self._seen.get(shape, 0) > self.exact_below
+        key = self._key_or_none(rows) if known_large else None
         if key is not None:
             cached = self._get(key)
             if cached is not None:
@@ -80,13 +91,11 @@ class LargeCountCache:
             select(func.count()).select_from(rows.limit(self.exact_below + 1).subquery())
         )
         if (capped or 0) <= self.exact_below:
-            self._large.discard(shape)
-            _remember(self._small, shape)
+            self.saw(shape, capped or 0)
             return capped or 0
-        self._small.discard(shape)
-        _remember(self._large, shape)  # next time: the cache first, no capped count
         key = key or self._key_or_none(rows)
         total = session.scalar(select(func.count()).select_from(rows.subquery())) or 0
+        self.saw(shape, total)  # large: next time the cache first, no capped count
         if key is not None:
             self._set(key, total)
         return total
@@ -116,14 +125,6 @@ class LargeCountCache:
             self.client.set(key, total, ex=self.ttl)
         except redis.RedisError:
             log.warning("count cache unavailable; not stored")
-
-
-def _remember(shapes: set[Any], shape: Any, limit: int = 10_000) -> None:
-    if shape is None:
-        return
-    if len(shapes) >= limit:
-        shapes.clear()
-    shapes.add(shape)
 
 
 def _shape(rows: Select[Any]) -> Any:

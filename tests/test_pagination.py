@@ -242,3 +242,47 @@ def test_a_small_list_that_grew_large_is_counted_again(
     with executed(db.engine, "FROM contacts") as seen:
         body = api.get("/contacts", user=user, org=user.org_id, query=query).get_json()
     assert body["total"] == 55 and "OVER ()" not in seen[0].sql  # now counted, then paged
+
+
+def test_a_page_of_a_mid_sized_list_carries_a_count_of_its_keys(
+    api: ApiClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above WINDOW_BELOW rows a list seen small gets its total from a count of its keys in
+    the page's statement (not `count(*) OVER ()`): still one statement, and exact with the
+    trash, the list's filters and custom-field filters."""
+    from crm_domain import pagination
+
+    from .test_custom_fields import define
+
+    monkeypatch.setattr(db, "count_cache", LargeCountCache(None, exact_below=50))
+    monkeypatch.setattr(pagination, "WINDOW_BELOW", 5)
+    user = api.register()
+    options = [{"value": v, "label": v.title()} for v in ("gold", "silver")]
+    define(api, user, key="tier", type="single_select", options=options)
+    contact_id = api.contact(user)["id"]
+    deals = [
+        api.deal(
+            user,
+            contact_id=contact_id,
+            title=f"D{i}",
+            custom_fields={"tier": "gold" if i % 3 else "silver"},
+        )
+        for i in range(24)
+    ]
+    for deal in deals[:4]:  # to the trash: D0 (silver), D1, D2 (gold), D3 (silver)
+        assert api.delete(f"/deals/{deal['id']}", user=user, org=user.org_id).status_code == 204
+
+    for query, expected in (({}, 20), ({"cf.tier": "gold"}, 14), ({"stage": "qualification"}, 20)):
+        query = {**query, "page": 2, "page_size": 3}
+        listed = walk(api, user, "/deals", {k: v for k, v in query.items() if k != "page"})
+        assert len(listed) == expected
+        first = api.get("/deals", user=user, org=user.org_id, query=query).get_json()
+        with executed(db.engine, "FROM deals") as seen:
+            body = api.get("/deals", user=user, org=user.org_id, query=query).get_json()
+        assert body == first and body["total"] == expected and body["pages"] == -(-expected // 3)
+        assert [d["id"] for d in body["items"]] == [d["id"] for d in listed[3:6]]
+        assert len(seen) == 1 and "OVER ()" not in seen[0].sql, seen
+        assert seen[0].sql.count("deals.deleted_at IS NULL") == 2, seen[0].sql
+        with executed(db.engine, "FROM deals") as again:
+            api.get("/deals", user=user, org=user.org_id, query=query)
+        assert [e.sql for e in again] == [seen[0].sql] and again[0].cached  # compiled once
