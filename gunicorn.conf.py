@@ -42,6 +42,7 @@ max_requests_jitter = 2_000
 accesslog = "-" if os.environ.get("ACCESS_LOG", "1") == "1" else None
 _log_format = log_format_from_env()
 access_log_format = _access_log_format(_log_format)
+logger_class = "crm_api.access_log.AccessLogger"  # only the atoms those formats read
 logconfig_dict = _logconfig(_log_format, access=accesslog is not None)
 # gunicorn 25+ opens a control socket at a shared per-user path by default, so two
 # instances on one host would replace each other's; nothing here uses it.
