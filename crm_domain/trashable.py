@@ -48,7 +48,24 @@ def _hide_trashed(state: ORMExecuteState) -> None:
         and not state.execution_options.get("include_trashed", False)
         and not state.session.info.get("include_trashed", False)
     ):
-        state.statement = state.statement.options(_LIVE_ONLY)
+        state.statement = _live_only(state.statement)
+
+
+_MEMO = "_crm_live_only"
+
+
+def _live_only(statement: Any) -> Any:
+    """`statement` with `_LIVE_ONLY`, made once per statement object: a statement built once
+    and run many times (crm_domain.services._common) then keeps one copy, whose cache key
+    SQLAlchemy computes once, instead of a new copy and key walk per run. Kept the way
+    SQLAlchemy keeps its own memoized values (named in `_memoized_keys`), so that a statement
+    derived from this one (`.where(...)`, a clone) never inherits the copy."""
+    found = statement.__dict__.get(_MEMO)
+    if found is None:
+        found = statement.options(_LIVE_ONLY)
+        statement.__dict__[_MEMO] = found
+        statement._memoized_keys |= {_MEMO}
+    return found
 
 
 @contextmanager

@@ -399,3 +399,32 @@ def _lock_waiters(db: Database) -> int:
             ).scalar()
             or 0
         )
+
+
+def test_a_statement_run_again_hides_the_trash_without_a_new_copy(
+    api: ApiClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement built once and run again (get_in_org's) gets the trash rule once: its
+    cache key is not walked again. One derived from it gets the rule of its own."""
+    from sqlalchemy.sql import cache_key
+
+    user = api.register()
+    kept, gone = api.deal(user), api.deal(user)
+    assert api.delete(f"/deals/{gone['id']}", user=user, org=user.org_id).status_code == 204
+    stmt = select(Deal).where(Deal.organization_id == user.org_id)
+    walks: list[object] = []
+    walk = cache_key.HasCacheKey._generate_cache_key
+    monkeypatch.setattr(
+        cache_key.HasCacheKey,
+        "_generate_cache_key",
+        lambda self: walks.append(self) or walk(self),
+    )
+    for _ in range(3):
+        with db.reads() as s:
+            assert [d.id for d in s.scalars(stmt)] == [kept["id"]]
+    assert len(walks) == 1, walks
+
+    derived = stmt.where(Deal.id == gone["id"])
+    with db.reads() as s:
+        assert list(s.scalars(derived)) == []
+        assert [d.id for d in s.scalars(derived, execution_options=INCLUDE_TRASHED)] == [gone["id"]]
