@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 DRAIN_KEY_TTL_MS = 5000
 GATHER_SECONDS = 0.05
+# A waker sends drains at least this far apart: under a stream of commits each drain task
+# (its publish, receipt, acknowledgement and transactions) serves ~SPACING worth of them.
+SPACING_SECONDS = 0.25
 # Outages that cost an event no delivery attempt: delivery is retried when they are over
 # (the database, Redis, or the broker: kombu's error, or the socket's own on RabbitMQ).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -116,10 +119,12 @@ class Dispatcher:
 class DrainWaker:
     """The API's publisher: asks for a drain from a daemon thread, so neither Redis nor the
     broker is ever on a request's path. It waits `gather` seconds after the first wake-up so
-    that the commits of that moment share one drain (fewer, larger batches: less worker CPU
-    per write, a few ms more until the timeline entry exists). After a failure it stays
-    quiet for `cooldown` seconds (the events stay pending; beat's re-dispatch sends them)
-    instead of waiting on a broker that is away for every commit."""
+    that the commits of that moment share one drain, and sends drains at least `spacing`
+    seconds apart, so that under a stream of commits each drain delivers that long's worth
+    of them (fewer, larger batches: less worker CPU per write, at most `spacing` more until
+    the timeline entry exists). After a failure it stays quiet for `cooldown` seconds (the
+    events stay pending; beat's re-dispatch sends them) instead of waiting on a broker that
+    is away for every commit."""
 
     def __init__(
         self,
@@ -127,11 +132,14 @@ class DrainWaker:
         send: Callable[[], None],
         *,
         gather: float = GATHER_SECONDS,
+        spacing: float = SPACING_SECONDS,
         cooldown: float = 5.0,
     ) -> None:
         self._flag = flag
         self._send = send
         self._gather = gather
+        self._spacing = spacing
+        self._next_send = 0.0  # time.monotonic() before which no drain is sent
         self._cooldown = cooldown
         self._wanted = threading.Event()
         self._lock = threading.Lock()
@@ -157,12 +165,13 @@ class DrainWaker:
     def _run(self) -> None:
         while True:
             self._wanted.wait()
-            time.sleep(self._gather)
+            time.sleep(max(self._gather, self._next_send - time.monotonic()))
             self._wanted.clear()
             if time.monotonic() < self._down_until:
                 continue  # just failed; the re-dispatch will find these events
             try:
-                self.wake()
+                if self.wake():
+                    self._next_send = time.monotonic() + self._spacing
             except Exception:
                 self._down_until = time.monotonic() + self._cooldown
                 log.warning("could not ask for outbox delivery; left for re-dispatch")

@@ -25,6 +25,12 @@ from crm_domain.services.delivery.outbox import DeliveryObserver
 from crm_domain.settings import log_format_from_env
 
 REQUEST_ID_HEADER = "x_request_id"
+# Options of the tasks that run several times a second under writes (the outbox drain, the
+# analytics refresh): no task events for Flower. Each run would cost the worker three event
+# publishes and Flower their handling, and their flood would push every other task out of
+# Flower's bounded task list; their runs are counted by task and state here (TASK_RUNS) and
+# logged. Every other task keeps its events while Flower watches.
+FREQUENT_TASK: dict[str, Any] = {"send_events": False}
 
 OUTBOX_DELIVERED = Counter(
     "crm_outbox_delivered", "Outbox events delivered (committed), by topic", ["topic"]

@@ -86,7 +86,10 @@ def send_report_build(report_id: int) -> None:
 
 
 def schedule_refresh(cache: AnalyticsCache, organization_id: int) -> None:
-    """Debounced: at most one refresh is scheduled per organization at a time."""
-    if cache.claim_refresh(organization_id):
-        delay = countdown(celery_app.conf.broker_url, REFRESH_DELAY_SECONDS)
+    """Debounced: at most one refresh is scheduled per organization at a time, to start
+    REFRESH_DELAY_SECONDS from now and no sooner than the cache's minimum interval after
+    the organization's previous refresh started."""
+    wait = cache.claim_refresh(organization_id)
+    if wait is not None:
+        delay = countdown(celery_app.conf.broker_url, max(REFRESH_DELAY_SECONDS, wait))
         publish(REFRESH_TASK, args=[organization_id], countdown=delay)

@@ -286,15 +286,18 @@ def test_keys_are_per_org_and_namespaced_by_prefix_and_database(api: ApiClient, 
         _summary(api, user)
         _summary(api, user, days=3)
         _funnel(api, user)
-    assert cache.claim_refresh(a.org_id) is True  # makes a :scheduled key exist too
+    assert cache.claim_refresh(a.org_id) is not None  # makes a :scheduled key exist too
+    cache.release_refresh(b.org_id)  # and b's refresh started: a :started key
     try:
         pattern = re.compile(
-            rf"^{re.escape(cache.prefix)}:{epoch}:analytics:(org:\d+(:scheduled)?|refreshed|stale)$"
+            rf"^{re.escape(cache.prefix)}:{epoch}:analytics:"
+            rf"(org:\d+(:scheduled|:started)?|refreshed|stale)$"
         )
         keys = [k.decode() for k in cache.client.scan_iter(match=f"{cache.prefix}:*")]
         assert cache.org_key(a.org_id) in keys
         assert cache.org_key(b.org_id) in keys
         assert cache.schedule_key(a.org_id) in keys
+        assert cache.started_key(b.org_id) in keys
         assert cache.refreshed_key in keys  # refresh times, for /metrics
         assert cache.stale_key() in keys  # refreshes asked for and not done yet
         assert [k for k in keys if not pattern.match(k)] == []
@@ -456,16 +459,60 @@ def test_claim_refresh_debounces_until_released(api: ApiClient, app) -> None:
     org = api.register().org_id
     cache.release_refresh(org)
     try:
-        assert cache.claim_refresh(org) is True
-        assert cache.claim_refresh(org) is False
+        assert cache.claim_refresh(org) is not None
+        assert cache.claim_refresh(org) is None
         ttl = cache.client.pttl(cache.schedule_key(org))
         assert 0 < ttl <= analytics_cache.DEBOUNCE_MS
         other = api.register().org_id  # debounce is per organization
-        assert cache.claim_refresh(other) is True
+        assert cache.claim_refresh(other) is not None
         cache.release_refresh(other)
         cache.release_refresh(org)
         assert cache.client.exists(cache.schedule_key(org)) == 0
-        assert cache.claim_refresh(org) is True
-        assert cache.claim_refresh(org) is False
+        assert cache.claim_refresh(org) is not None
+        assert cache.claim_refresh(org) is None
+    finally:
+        cache.release_refresh(org)
+
+
+def test_refreshes_of_an_organization_start_a_minimum_interval_apart(api: ApiClient, app) -> None:
+    """The first change after a quiet spell waits for nothing more; one that comes right
+    after a refresh started waits for the rest of the interval (the refresh it schedules
+    reads it then); another organization's refresh waits for nothing."""
+    cache = _cache(app)
+    org, other = api.register().org_id, api.register().org_id
+    interval = analytics_cache.MIN_REFRESH_INTERVAL_MS / 1000
+    try:
+        assert cache.claim_refresh(org) == 0.0  # no refresh started recently
+        cache.release_refresh(org)  # the refresh starts
+        wait = cache.claim_refresh(org)  # a change during it
+        assert wait is not None and 0 < wait <= interval
+        assert cache.claim_refresh(other) == 0.0
+    finally:
+        cache.release_refresh(org)
+        cache.release_refresh(other)
+
+
+def test_a_refresh_asked_for_right_after_another_started_is_delayed_to_the_interval(
+    api: ApiClient, app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm_worker import publishing
+    from crm_worker.broker import countdown
+
+    countdowns: list[float] = []
+    monkeypatch.setattr(
+        publishing, "publish", lambda _name, **options: countdowns.append(options["countdown"])
+    )
+    cache = _cache(app)
+    org = api.register().org_id
+    interval = analytics_cache.MIN_REFRESH_INTERVAL_MS / 1000
+    broker = publishing.celery_app.conf.broker_url
+    try:
+        publishing.schedule_refresh(cache, org)  # after a quiet spell: the usual short delay
+        publishing.schedule_refresh(cache, org)  # one is scheduled already: nothing
+        assert countdowns == [countdown(broker, publishing.REFRESH_DELAY_SECONDS)]
+        cache.release_refresh(org)  # the refresh starts
+        publishing.schedule_refresh(cache, org)  # a change during it
+        assert len(countdowns) == 2
+        assert publishing.REFRESH_DELAY_SECONDS < countdowns[1] <= countdown(broker, interval)
     finally:
         cache.release_refresh(org)

@@ -9,6 +9,7 @@ each started through scripts/with-metrics-dir, once with LOG_FORMAT=json and onc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.request
@@ -190,7 +191,7 @@ def test_a_client_request_id_reaches_the_worker(stack: Stack, secrets: list[str]
 
 
 def test_metrics_add_up_both_gunicorn_workers(stack: Stack) -> None:
-    """Requests until the access log shows both workers answered; one scrape (answered by
+    """Requests until the access log shows both workers answered; a scrape (answered by
     either) counts every one of them."""
     if fmt(stack) != "json":
         pytest.skip("the access log is read as JSON")
@@ -223,9 +224,19 @@ def test_metrics_add_up_both_gunicorn_workers(stack: Stack) -> None:
         if len(serving_pids()) >= 2:
             break
     assert len(serving_pids()) >= 2, "one worker answered everything"
-    after = scrape(stack)
-    assert value(after, "crm_http_requests_total", **health, auth="none") - before == sent
-    assert value(after, "crm_http_request_duration_seconds_count", **health) - before_count == sent
+
+    # A request is counted once its response has gone out: the last ones may still be
+    # counting when the client has its answer. Each scrape adds up both workers.
+    def counted() -> tuple[float, float]:
+        after = scrape(stack)
+        return (
+            value(after, "crm_http_requests_total", **health, auth="none") - before,
+            value(after, "crm_http_request_duration_seconds_count", **health) - before_count,
+        )
+
+    with contextlib.suppress(TimeoutError):  # the assertion below says what was counted
+        wait_until(lambda: counted() == (sent, sent), 10, 0.1)
+    assert counted() == (sent, sent)
 
 
 def test_metrics_export_the_celery_workers_counters(stack: Stack, secrets: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from crm_worker.dispatch import DrainFlag, DrainWaker
 
 from .api import ApiClient
 from .delivery import timeline_handled_by
+from .stack import wait_until
 
 
 @pytest.fixture
@@ -382,6 +384,20 @@ def test_the_background_waker_merges_wake_ups(flag: DrainFlag) -> None:
         waker()
     assert sent.acquire(timeout=5)
     assert not sent.acquire(timeout=0.3)  # one drain for all twenty commits
+
+
+def test_the_background_waker_spaces_drains_under_a_stream_of_commits(flag: DrainFlag) -> None:
+    """Commits that keep coming share a drain per `spacing`: the one after a drain started
+    waits for the rest of it (its events are delivered by the next drain, not lost)."""
+    sent: list[float] = []
+    spacing = 0.5
+    waker = DrainWaker(flag, lambda: sent.append(time.monotonic()), gather=0.01, spacing=spacing)
+    waker()
+    wait_until(lambda: len(sent) == 1, 5, 0.01)
+    flag.clear()  # the drain task starts
+    waker()  # a commit during the drain
+    wait_until(lambda: len(sent) == 2, 5, 0.01)
+    assert sent[1] - sent[0] >= spacing
 
 
 def test_an_event_committed_during_a_drain_asks_for_a_drain_of_its_own(

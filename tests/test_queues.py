@@ -1,11 +1,13 @@
 """Routed queues are consumed: by the Procfile's workers, and by a bare `celery worker`; what
-the workers do with running tasks when the broker connection drops."""
+the workers do with running tasks when the broker connection drops; which tasks Flower sees."""
 
 from __future__ import annotations
 
 import re
 
+import crm_worker.tasks  # noqa: F401  (registers the tasks)
 from crm_worker.app import QUEUE_ROUTES, celery_app
+from crm_worker.names import DRAIN_TASK, REFRESH_TASK, REPORT_BUILD_TASK, SEND_WEBHOOKS_TASK
 from scripts.procfile import read_procfile
 
 
@@ -34,3 +36,13 @@ def test_what_a_broker_connection_loss_does_to_running_tasks_is_chosen() -> None
     assert conf.task_acks_late
     assert "worker_cancel_long_running_tasks_on_connection_loss" in conf.changes
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+def test_the_tasks_that_run_with_every_write_send_no_task_events() -> None:
+    """The drain and the analytics refresh run several times a second under writes: no task
+    events for them (each would cost the worker three publishes and Flower their handling);
+    the other tasks keep theirs whenever Flower switches events on."""
+    frequent = {DRAIN_TASK, REFRESH_TASK}
+    assert all(celery_app.tasks[name].send_events is False for name in frequent)
+    assert celery_app.tasks[SEND_WEBHOOKS_TASK].send_events is True
+    assert celery_app.tasks[REPORT_BUILD_TASK].send_events is True

@@ -13,7 +13,7 @@ from crm_domain.models import Organization
 from ..app import analytics_cache, celery_app, database
 from ..dispatch import TRANSIENT_ERRORS
 from ..names import REFRESH_TASK, SWEEP_STALE_TASK
-from ..observability import ANALYTICS_REFRESH
+from ..observability import ANALYTICS_REFRESH, FREQUENT_TASK
 from ..publishing import schedule_refresh
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ REFRESH_RETRY: dict[str, Any] = {
 STALE_AFTER_SECONDS = 60.0
 
 
-@celery_app.task(name=REFRESH_TASK, acks_late=True, reject_on_worker_lost=True, **REFRESH_RETRY)
+@celery_app.task(
+    name=REFRESH_TASK, acks_late=True, reject_on_worker_lost=True, **REFRESH_RETRY, **FREQUENT_TASK
+)
 def refresh(organization_id: int) -> bool:
     """Recompute one organization (changes after this point schedule another refresh)."""
     cache = analytics_cache()

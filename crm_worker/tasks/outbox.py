@@ -24,6 +24,7 @@ from ..consumers import (
 )
 from ..dispatch import RESILIENT_TASK, Dispatcher
 from ..names import DRAIN_TASK
+from ..observability import FREQUENT_TASK
 from ..outbox_listener import start_listener
 from ..publishing import (
     schedule_refresh,
@@ -57,7 +58,7 @@ dispatcher = (
 )
 
 
-@celery_app.task(name=DRAIN_TASK, **RESILIENT_TASK)
+@celery_app.task(name=DRAIN_TASK, **RESILIENT_TASK, **FREQUENT_TASK)
 def drain() -> int:
     """Deliver every pending event in batches; a redelivered batch writes nothing twice."""
     drain_flag().clear()  # commits from now on ask for another drain (see dispatch)

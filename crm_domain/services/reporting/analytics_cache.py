@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 DEFAULT_DAYS = 30
 KEY_TTL_SECONDS = 7 * 24 * 3600
 DEBOUNCE_MS = 2000
+# Refreshes of one organization start at least this far apart: under a stream of writes its
+# figures are recomputed about once a second (each a scan of its deals) instead of after
+# every drain, and a change waits at most this long (plus the drain and the computation)
+# for figures that include it.
+MIN_REFRESH_INTERVAL_MS = 1000
 FUNNEL_FIELD = "funnel"
 
 # Store fields only if the generation is still ARGV[1]; ARGV[2] = 1 drops other fields first.
@@ -60,7 +65,9 @@ return 1
 
 
 # Mark ARGV[1] stale (KEYS[1]) with Redis's time in ms, later than its previous mark, then
-# claim its debounce key (KEYS[2], for ARGV[2] ms): 1 if claimed.
+# claim its debounce key (KEYS[2], for ARGV[2] ms). Claimed: the ms until the last refresh's
+# start is MIN_REFRESH_INTERVAL_MS old (KEYS[3]'s time to live; 0 if none started that
+# recently). Not claimed: -1.
 _MARK_AND_CLAIM = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -68,8 +75,10 @@ local previous = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
 if now <= previous then now = previous + 1 end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
+  return math.max(redis.call('PTTL', KEYS[3]), 0)
+end
+return -1
 """
 
 # Remove ARGV[1]'s stale mark if it is still the one seen when the refresh started (ARGV[2]).
@@ -127,6 +136,10 @@ class AnalyticsCache:
 
     def schedule_key(self, organization_id: int, epoch: str | None = None) -> str:
         return f"{self.org_key(organization_id, epoch)}:scheduled"
+
+    def started_key(self, organization_id: int, epoch: str | None = None) -> str:
+        """Exists for MIN_REFRESH_INTERVAL_MS after a refresh of the organization started."""
+        return f"{self.org_key(organization_id, epoch)}:started"
 
     def refreshed_key_of(self, epoch: str | None = None) -> str:
         return f"{self.prefix}:{epoch or self.epoch()}:analytics:refreshed"
@@ -285,20 +298,28 @@ class AnalyticsCache:
                 log.warning("analytics cache unavailable (%s); answering from the database", exc)
         return json.dumps(self.compute(organization_id, field)).encode()
 
-    def claim_refresh(self, organization_id: int) -> bool:
-        """Mark the organization stale (until a refresh stores), and debounce: True for the
-        first caller in DEBOUNCE_MS, who then schedules the refresh."""
+    def claim_refresh(self, organization_id: int) -> float | None:
+        """Mark the organization stale (until a refresh stores), and debounce: the first
+        caller until the refresh starts (at most DEBOUNCE_MS) gets the seconds its refresh
+        must wait to start MIN_REFRESH_INTERVAL_MS after the previous one (0.0: none started
+        that recently) and schedules it; the others get None."""
         epoch = self.epoch()
-        claimed = self._redis().eval(
-            _MARK_AND_CLAIM,
-            2,
-            self.stale_key(epoch),
-            self.schedule_key(organization_id, epoch),
-            str(organization_id),
-            DEBOUNCE_MS,
-            KEY_TTL_SECONDS,
+        wait_ms = int(
+            cast(
+                "int",
+                self._redis().eval(
+                    _MARK_AND_CLAIM,
+                    3,
+                    self.stale_key(epoch),
+                    self.schedule_key(organization_id, epoch),
+                    self.started_key(organization_id, epoch),
+                    str(organization_id),
+                    DEBOUNCE_MS,
+                    KEY_TTL_SECONDS,
+                ),
+            )
         )
-        return bool(claimed)
+        return None if wait_ms < 0 else wait_ms / 1000
 
     def stale_organizations(self, older_than: float) -> list[int]:
         """Organizations marked stale whose refresh was last asked for more than
@@ -310,5 +331,10 @@ class AnalyticsCache:
         return sorted(int(i) for i in ids)
 
     def release_refresh(self, organization_id: int) -> None:
-        """Called when a refresh starts: later changes schedule another one."""
-        self._redis().delete(self.schedule_key(organization_id))
+        """Called when a refresh starts: later changes schedule another one, to start
+        MIN_REFRESH_INTERVAL_MS after this one at the earliest."""
+        epoch = self.epoch()
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.delete(self.schedule_key(organization_id, epoch))
+        pipe.set(self.started_key(organization_id, epoch), "1", px=MIN_REFRESH_INTERVAL_MS)
+        pipe.execute()
