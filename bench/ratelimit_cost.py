@@ -24,16 +24,15 @@ import statistics
 import sys
 import time
 import timeit
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.config import KEY_PREFIX, log
+from bench.config import API, KEY_PREFIX, log
+from bench.in_process import register
 from bench.infra import own_database, start_infra
 
-API = "/api/v1"
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {"RATELIMIT_ENABLED": False},
     "exact": {"RATELIMIT_ENABLED": True, "RATELIMIT_SYNC_MS": 0},
@@ -99,17 +98,7 @@ def main() -> int:
                 if v in names
             }
             client = next(iter(apps.values())).test_client()
-            r = client.post(
-                f"{API}/auth/register",
-                json={
-                    "email": f"rl-{uuid.uuid4().hex[:10]}@bench.example.com",
-                    "password": "BenchPassword123",
-                    "name": "Rate Limit Bench",
-                    "organization_name": "Rate Limit Bench",
-                },
-            )
-            token, org = r.get_json()["access_token"], r.get_json()["organization"]["id"]
-            headers = {"Authorization": f"Bearer {token}", "X-Organization-Id": str(org)}
+            _, _, headers = register(client, "Rate Limit Bench")
             contact = client.post(f"{API}/contacts", json={"name": "C"}, headers=headers)
             deal = client.post(
                 f"{API}/deals",
