@@ -23,13 +23,27 @@ from gunicorn.glogging import Logger
 
 from crm_domain import logs
 
-from .observability import API_KEY_ID_KEY, AUTH_KEY, ORGANIZATION_KEY, ROUTE_KEY, USER_KEY
+from .observability import (
+    API_KEY_ID_KEY,
+    AUTH_KEY,
+    HEADER,
+    ORGANIZATION_KEY,
+    ROUTE_KEY,
+    USER_KEY,
+)
 
 # gunicorn access-log atoms: https://docs.gunicorn.org/en/stable/settings.html#access-log-format
+# The WSGI environ keys the line shows (observability leaves them there), and their atoms.
+_ENVIRON_KEYS = (ROUTE_KEY, USER_KEY, ORGANIZATION_KEY, AUTH_KEY, API_KEY_ID_KEY)
+_ENVIRON_ATOMS = tuple((f"{{{key}}}e", key) for key in _ENVIRON_KEYS)
+ROUTE, USER, ORGANIZATION, AUTH, API_KEY_ID = (atom for atom, _ in _ENVIRON_ATOMS)
+_REQUEST_ID_HEADER = HEADER.lower()
+REQUEST_ID_ATOM = f"{{{_REQUEST_ID_HEADER}}}o"  # the X-Request-ID response header
+
 TEXT_ACCESS_FORMAT = (
     '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
-    f" route=%({{{ROUTE_KEY}}}e)s user=%({{{USER_KEY}}}e)s org=%({{{ORGANIZATION_KEY}}}e)s"
-    f" auth=%({{{AUTH_KEY}}}e)s key=%({{{API_KEY_ID_KEY}}}e)s"
+    f" route=%({ROUTE})s user=%({USER})s org=%({ORGANIZATION})s"
+    f" auth=%({AUTH})s key=%({API_KEY_ID})s"
 )
 JSON_ACCESS_MESSAGE = "%(m)s %(U)s %(s)s"  # the fields are separate keys (AccessFields)
 
@@ -37,16 +51,16 @@ _TEXT = {
     "remote_addr": "h",
     "method": "m",
     "path": "U",
-    "route": f"{{{ROUTE_KEY}}}e",
-    "auth": f"{{{AUTH_KEY}}}e",
-    "request_id": "{x-request-id}o",  # REQUEST_ID_ATOM
+    "route": ROUTE,
+    "auth": AUTH,
+    "request_id": REQUEST_ID_ATOM,
 }
 _NUMBERS = {
     "status": "s",
     "bytes": "B",
-    "user_id": f"{{{USER_KEY}}}e",
-    "organization_id": f"{{{ORGANIZATION_KEY}}}e",
-    "api_key_id": f"{{{API_KEY_ID_KEY}}}e",
+    "user_id": USER,
+    "organization_id": ORGANIZATION,
+    "api_key_id": API_KEY_ID,
 }
 
 
@@ -65,11 +79,6 @@ class AccessFields(logging.Filter):
         micros = atoms.get("D")
         record.duration_ms = round(micros / 1000, 3) if isinstance(micros, int) else None
         return True
-
-
-_ENVIRON_KEYS = (ROUTE_KEY, USER_KEY, ORGANIZATION_KEY, AUTH_KEY, API_KEY_ID_KEY)
-_ENVIRON_ATOMS = tuple((f"{{{key}}}e", key) for key in _ENVIRON_KEYS)
-REQUEST_ID_ATOM = "{x-request-id}o"
 
 
 class AccessLogger(Logger):
@@ -94,7 +103,7 @@ class AccessLogger(Logger):
             if key in environ:
                 atoms[atom] = environ[key]
         for name, value in resp.headers:
-            if name.lower() == "x-request-id":
+            if name.lower() == _REQUEST_ID_HEADER:
                 atoms[REQUEST_ID_ATOM] = value
         return atoms
 
