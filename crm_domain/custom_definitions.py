@@ -3,7 +3,7 @@ writes, lists and representations of those records read them.
 
 Read once per session and entity (`live`: one indexed query, kept in `session.info`; the
 definitions service forgets them when it changes one). A record loaded by id reads them in
-its own statement instead (`along`, `remember`: every entity's definitions as one JSON
+its own statement instead (`along_column`, `remember`: every entity's definitions as one JSON
 column beside the row), so a single record's read or write costs no query for them. A record
 read for an answer carries the keys of the live definitions it was read with (`attach`), so
 its JSON can show every live key (null when absent) and hide the values of deleted
@@ -94,17 +94,12 @@ def known(session: Session, organization_id: int) -> bool:
     return all((organization_id, entity) in cache for entity in ENTITIES)
 
 
-def along(session: Session, organization_id: int) -> Any:
-    """A column for a statement that loads a record: the organization's live definitions of
-    every entity as JSON (null when it has none), for `remember`; None when the session read
-    them already. The statement is executed with the parameter `organization_id`."""
-    return None if known(session, organization_id) else along_column()
-
-
 @lru_cache(maxsize=1)
 def along_column() -> Any:
-    """The `along` column, made once (its organization the parameter `organization_id`), so
-    that statements made once with it are compiled once."""
+    """A column for a statement that loads a record (when the session does not `know` the
+    definitions yet): the organization's live definitions of every entity as JSON (null when
+    it has none), for `remember`. Made once, its organization the parameter
+    `organization_id`, so that statements made once with it are compiled once."""
     d = CustomFieldDefinition
     element = func.json_build_array(d.entity, d.id, d.key, d.type, d.required, d.options)
     return (
@@ -115,7 +110,7 @@ def along_column() -> Any:
 
 
 def remember(session: Session, organization_id: int, found: list[list[Any]] | None) -> None:
-    """Keep what an `along` column read, as `live` would have read it, entity by entity."""
+    """Keep what an `along_column` read, as `live` would have read it, entity by entity."""
     by_entity: dict[str, Definitions] = {entity: {} for entity in ENTITIES}
     for entity, id_, key, type_, required, options in found or ():
         by_entity[entity][key] = _definition(id_, key, type_, required, options)

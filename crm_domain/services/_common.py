@@ -39,11 +39,9 @@ def get_in_org(
         held = _held(session, model, organization_id, entity_id)
         if held is not None:
             return held
-    mapped: Any = model
-    along = mapped.__tablename__ in ENTITY_BY_TABLE and not custom_definitions.known(
-        session, organization_id
-    )
+    along = _wants_definitions(session, model, organization_id)
     params = {"entity_id": entity_id, "organization_id": organization_id}
+    mapped: Any = model  # hashable, as every class (for _by_id's cache)
     row: Any = session.execute(_by_id(mapped, along, for_update), params).first()
     if row is None:
         raise not_found(name)
@@ -94,12 +92,16 @@ def _with_definitions(
 ) -> tuple[Select[Any], bool]:
     """`stmt` with the organization's definitions as a second column, if the model has
     custom fields and the session has not read them yet."""
-    if model.__tablename__ not in ENTITY_BY_TABLE:
+    if not _wants_definitions(session, model, organization_id):
         return stmt, False
-    definitions = custom_definitions.along(session, organization_id)
-    if definitions is None:
-        return stmt, False
-    return stmt.add_columns(definitions), True
+    return stmt.add_columns(custom_definitions.along_column()), True
+
+
+def _wants_definitions(session: Session, model: type[Any], organization_id: int) -> bool:
+    """The model has custom fields and the session has not read the organization's
+    definitions yet: its statement brings them along."""
+    known = custom_definitions.known(session, organization_id)
+    return model.__tablename__ in ENTITY_BY_TABLE and not known
 
 
 def _held(session: Session, model: type[M], organization_id: int, entity_id: int) -> M | None:
